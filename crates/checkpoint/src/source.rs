@@ -1,0 +1,179 @@
+//! Resolving what the user typed (`./ckpt`, `model.gguf`, `org/name`) into files on disk.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::{hub, safetensors_header, CheckpointError};
+
+/// The on-disk format of a resolved model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A Hugging Face folder: `config.json`, safetensors weights, tokenizer files.
+    HfFolder,
+    /// A single GGUF file carrying weights, hyper-parameters, tokenizer and chat template.
+    Gguf,
+}
+
+/// A model located on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub kind: SourceKind,
+    /// The folder (for [`SourceKind::HfFolder`]) or the file (for [`SourceKind::Gguf`]).
+    pub path: PathBuf,
+    /// A short readable name: the folder or file name, or the hub id.
+    pub name: String,
+}
+
+/// Resolves a model name: an existing path first, then a hub id in the local cache.
+pub fn resolve(spec: &str) -> Result<Source, CheckpointError> {
+    let path = Path::new(spec);
+    if path.exists() {
+        return from_path(path);
+    }
+    if hub::looks_like_repo_id(spec) {
+        let dir = hub::resolve(spec)?;
+        let mut source = from_path(&dir)?;
+        source.name = spec.to_string();
+        return Ok(source);
+    }
+    Err(CheckpointError::NotFound {
+        spec: spec.to_string(),
+        searched: path.display().to_string(),
+        hint: "Give a path to a checkpoint folder or a .gguf file, or a hub id such as `HuggingFaceTB/SmolLM2-135M-Instruct`."
+            .into(),
+    })
+}
+
+fn from_path(path: &Path) -> Result<Source, CheckpointError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    if path.is_dir() {
+        if path.join("config.json").is_file() {
+            return Ok(Source {
+                kind: SourceKind::HfFolder,
+                path: path.to_path_buf(),
+                name,
+            });
+        }
+        let ggufs = gguf_files_in(path)?;
+        if let [single] = ggufs.as_slice() {
+            return from_path(single);
+        }
+        return Err(CheckpointError::invalid(
+            path,
+            if ggufs.is_empty() {
+                "this folder has no config.json and no .gguf file; a checkpoint folder needs config.json beside its safetensors weights".to_string()
+            } else {
+                format!(
+                    "this folder has no config.json and {} .gguf files; name one of them directly",
+                    ggufs.len()
+                )
+            },
+        ));
+    }
+    let is_gguf = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if is_gguf || has_gguf_magic(path) {
+        return Ok(Source {
+            kind: SourceKind::Gguf,
+            path: path.to_path_buf(),
+            name,
+        });
+    }
+    Err(CheckpointError::invalid(
+        path,
+        "not a checkpoint: expected a folder with config.json or a .gguf file",
+    ))
+}
+
+fn gguf_files_in(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| CheckpointError::io(dir, e))?;
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn has_gguf_magic(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
+}
+
+/// The safetensors files of a checkpoint folder, in a stable order, each validated.
+///
+/// With `model.safetensors.index.json` these are the shards its `weight_map` names (which must stay inside the
+/// folder and must all exist); otherwise `model.safetensors`.
+pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    let index = dir.join("model.safetensors.index.json");
+    let files = if index.is_file() {
+        shards_from_index(dir, &index)?
+    } else {
+        let single = dir.join("model.safetensors");
+        if !single.is_file() {
+            return Err(CheckpointError::invalid(
+                dir,
+                "no model.safetensors and no model.safetensors.index.json; \
+                 save the model with safetensors (transformers does by default) or pass a .gguf file",
+            ));
+        }
+        vec![single]
+    };
+    for file in &files {
+        safetensors_header::read(file)?;
+    }
+    Ok(files)
+}
+
+fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    let text = std::fs::read_to_string(index).map_err(|e| CheckpointError::io(index, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| CheckpointError::invalid(index, format!("not valid JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| CheckpointError::invalid(index, "missing the `weight_map` object"))?;
+    let mut names: Vec<&str> = Vec::new();
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            CheckpointError::invalid(index, format!("weight_map[{tensor:?}] is not a file name"))
+        })?;
+        if !names.contains(&file) {
+            names.push(file);
+        }
+    }
+    names.sort_unstable();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let rel = Path::new(name);
+        let escapes = rel.components().any(|c| !matches!(c, Component::Normal(_)));
+        if escapes || rel.components().count() != 1 {
+            return Err(CheckpointError::invalid(
+                index,
+                format!("weight_map names shard {name:?}, which is not a plain file name inside the checkpoint folder"),
+            ));
+        }
+        let path = dir.join(rel);
+        if !path.is_file() {
+            return Err(CheckpointError::invalid(
+                index,
+                format!("weight_map names shard {name:?}, which does not exist (is the checkpoint still being written?)"),
+            ));
+        }
+        out.push(path);
+    }
+    if out.is_empty() {
+        return Err(CheckpointError::invalid(index, "weight_map is empty"));
+    }
+    Ok(out)
+}

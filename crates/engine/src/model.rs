@@ -1,0 +1,549 @@
+//! One decoder for every supported architecture.
+//!
+//! Llama, Mistral, Qwen2/3, OLMo 2, Gemma 2 and Phi-3 are the same pre-norm transformer with small differences,
+//! each following its transformers `modeling_*.py`:
+//! - Qwen2: biases on the q/k/v projections.
+//! - Qwen3: RMSNorm over each head of q and k before RoPE.
+//! - OLMo 2: RMSNorm over the whole q and k projections; norms after attention and MLP instead of before.
+//! - Gemma 2: embeddings scaled by √hidden, `(1 + w)` RMSNorm, norms before and after both blocks, tanh-GELU,
+//!   soft-capped attention and final logits, `query_pre_attn_scalar`, sliding window on alternate layers.
+//! - Phi-3: fused `qkv_proj` and `gate_up_proj`, partial rotary.
+//!
+//! Every tensor carries a batch dimension and every sequence its own positions, so sequences of different
+//! lengths can share a forward pass (left-padded, masked per sequence).
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::kv_cache::KvCache;
+
+use crate::config::{Activation, Arch, ModelConfig};
+use crate::rope::RopeTables;
+use crate::weights::{Linear, Weights};
+use crate::EngineError;
+
+/// RMSNorm with its weight kept in float32 (Gemma's `1 + w` already folded in).
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn load(w: &Weights, name: &str, cfg: &ModelConfig) -> Result<Self, EngineError> {
+        let mut weight = w.dense_f32(&format!("{name}.weight"))?;
+        if cfg.arch == Arch::Gemma2 {
+            weight = (weight + 1.0)?;
+        }
+        Ok(Self {
+            weight,
+            eps: cfg.rms_norm_eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dtype = x.dtype();
+        let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+        candle_nn::ops::rms_norm(&x32, &self.weight, self.eps)?.to_dtype(dtype)
+    }
+}
+
+enum QkNorm {
+    None,
+    PerHead(RmsNorm, RmsNorm),
+    Full(RmsNorm, RmsNorm),
+}
+
+enum Projections {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+struct Attention {
+    proj: Projections,
+    o: Linear,
+    qk_norm: QkNorm,
+    window: Option<usize>,
+}
+
+enum MlpProj {
+    Separate { gate: Linear, up: Linear },
+    Fused(Linear),
+}
+
+struct Mlp {
+    proj: MlpProj,
+    down: Linear,
+}
+
+struct Layer {
+    attn: Attention,
+    mlp: Mlp,
+    /// Before attention (absent in OLMo 2).
+    input_norm: Option<RmsNorm>,
+    /// After attention (Gemma 2, OLMo 2).
+    post_attn_norm: Option<RmsNorm>,
+    /// Before the MLP (the `post_attention_layernorm` of Llama-style models).
+    pre_mlp_norm: Option<RmsNorm>,
+    /// After the MLP (Gemma 2, OLMo 2).
+    post_mlp_norm: Option<RmsNorm>,
+}
+
+enum Embedding {
+    Dense(Tensor),
+}
+
+/// Per-sequence decoding state: the KV cache of every layer plus each sequence's left padding.
+pub struct Cache {
+    layers: Vec<KvCache>,
+    /// Tokens seen so far, padding included (the same for every sequence of the batch).
+    len: usize,
+    /// Left padding of each sequence; padded positions are masked out.
+    pads: Vec<usize>,
+}
+
+impl Cache {
+    pub fn new(cfg: &ModelConfig, batch: usize) -> Self {
+        Self::with_padding(cfg, vec![0; batch])
+    }
+
+    /// A cache for a batch whose sequence `b` is left-padded by `pads[b]` tokens.
+    pub fn with_padding(cfg: &ModelConfig, pads: Vec<usize>) -> Self {
+        Self {
+            layers: (0..cfg.num_layers).map(|_| KvCache::new(2, 256)).collect(),
+            len: 0,
+            pads,
+        }
+    }
+
+    pub fn batch(&self) -> usize {
+        self.pads.len()
+    }
+
+    /// Tokens in the cache, padding included.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Drops everything; the next forward starts at position 0.
+    pub fn reset(&mut self) {
+        self.layers.iter_mut().for_each(KvCache::reset);
+        self.len = 0;
+    }
+}
+
+/// A loaded model.
+pub struct Decoder {
+    pub cfg: ModelConfig,
+    embed: Embedding,
+    embed_scale: Option<f64>,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: RopeTables,
+    dtype: DType,
+    device: Device,
+}
+
+impl Decoder {
+    /// Builds the decoder from `weights` (tensor names as in transformers).
+    pub fn load(cfg: ModelConfig, w: &Weights, max_positions: usize) -> Result<Self, EngineError> {
+        let (h, nh, nkv, hd, inter) = (
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.intermediate_size,
+        );
+        let embed_w = w.dense("model.embed_tokens.weight")?;
+        if embed_w.dims() != [cfg.vocab_size, h] {
+            return Err(EngineError::Config(format!(
+                "model.embed_tokens.weight has shape {:?}, expected [{}, {h}] from vocab_size and hidden_size",
+                embed_w.dims(),
+                cfg.vocab_size
+            )));
+        }
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let proj = if cfg.arch == Arch::Phi3 {
+                Projections::Fused(w.linear(
+                    &format!("{p}.self_attn.qkv_proj"),
+                    (nh + 2 * nkv) * hd,
+                    h,
+                    false,
+                )?)
+            } else {
+                let b = cfg.attention_bias;
+                Projections::Separate {
+                    q: w.linear(&format!("{p}.self_attn.q_proj"), nh * hd, h, b)?,
+                    k: w.linear(&format!("{p}.self_attn.k_proj"), nkv * hd, h, b)?,
+                    v: w.linear(&format!("{p}.self_attn.v_proj"), nkv * hd, h, b)?,
+                }
+            };
+            let o_bias = cfg.attention_bias && matches!(cfg.arch, Arch::Llama | Arch::Mistral);
+            let qk_norm = match cfg.arch {
+                Arch::Qwen3 => QkNorm::PerHead(
+                    RmsNorm::load(w, &format!("{p}.self_attn.q_norm"), &cfg)?,
+                    RmsNorm::load(w, &format!("{p}.self_attn.k_norm"), &cfg)?,
+                ),
+                Arch::Olmo2 => QkNorm::Full(
+                    RmsNorm::load(w, &format!("{p}.self_attn.q_norm"), &cfg)?,
+                    RmsNorm::load(w, &format!("{p}.self_attn.k_norm"), &cfg)?,
+                ),
+                _ => QkNorm::None,
+            };
+            let attn = Attention {
+                proj,
+                o: w.linear(&format!("{p}.self_attn.o_proj"), h, nh * hd, o_bias)?,
+                qk_norm,
+                window: cfg.layer_windows.get(i).copied().flatten(),
+            };
+            let mb = cfg.mlp_bias;
+            let mlp = Mlp {
+                proj: if cfg.arch == Arch::Phi3 {
+                    MlpProj::Fused(w.linear(
+                        &format!("{p}.mlp.gate_up_proj"),
+                        2 * inter,
+                        h,
+                        false,
+                    )?)
+                } else {
+                    MlpProj::Separate {
+                        gate: w.linear(&format!("{p}.mlp.gate_proj"), inter, h, mb)?,
+                        up: w.linear(&format!("{p}.mlp.up_proj"), inter, h, mb)?,
+                    }
+                },
+                down: w.linear(&format!("{p}.mlp.down_proj"), h, inter, mb)?,
+            };
+            let norm = |n: &str| RmsNorm::load(w, &format!("{p}.{n}"), &cfg);
+            let layer = match cfg.arch {
+                Arch::Gemma2 => Layer {
+                    attn,
+                    mlp,
+                    input_norm: Some(norm("input_layernorm")?),
+                    post_attn_norm: Some(norm("post_attention_layernorm")?),
+                    pre_mlp_norm: Some(norm("pre_feedforward_layernorm")?),
+                    post_mlp_norm: Some(norm("post_feedforward_layernorm")?),
+                },
+                Arch::Olmo2 => Layer {
+                    attn,
+                    mlp,
+                    input_norm: None,
+                    post_attn_norm: Some(norm("post_attention_layernorm")?),
+                    pre_mlp_norm: None,
+                    post_mlp_norm: Some(norm("post_feedforward_layernorm")?),
+                },
+                _ => Layer {
+                    attn,
+                    mlp,
+                    input_norm: Some(norm("input_layernorm")?),
+                    post_attn_norm: None,
+                    pre_mlp_norm: Some(norm("post_attention_layernorm")?),
+                    post_mlp_norm: None,
+                },
+            };
+            layers.push(layer);
+        }
+        let lm_head = if !cfg.tie_word_embeddings && w.contains("lm_head.weight") {
+            w.linear("lm_head", cfg.vocab_size, h, false)?
+        } else if w.contains("lm_head.weight") {
+            w.linear("lm_head", cfg.vocab_size, h, false)?
+        } else if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
+            // Tied: the output projection is the embedding matrix (kept quantized when it is stored so).
+            w.linear("model.embed_tokens", cfg.vocab_size, h, false)?
+        } else {
+            unreachable!()
+        };
+        let max_positions = max_positions.min(cfg.max_position_embeddings.max(1));
+        let rope = RopeTables::new(&cfg, max_positions, w.dtype, &w.device)?;
+        Ok(Self {
+            embed_scale: (cfg.arch == Arch::Gemma2).then(|| (h as f64).sqrt()),
+            norm: RmsNorm::load(w, "model.norm", &cfg)?,
+            embed: Embedding::Dense(embed_w),
+            layers,
+            lm_head,
+            rope,
+            dtype: w.dtype,
+            device: w.device.clone(),
+            cfg,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The longest sequence (prompt plus generated tokens) this instance can hold.
+    pub fn max_positions(&self) -> usize {
+        self.rope.max_positions
+    }
+
+    /// Runs `tokens` (`[batch][steps]`, every row the same length) through the model, appending to `cache`.
+    /// Returns float32 logits: `[batch, vocab]` for the last step, or `[batch, steps, vocab]` with `all_steps`.
+    pub fn forward(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: &mut Cache,
+        all_steps: bool,
+    ) -> Result<Tensor, EngineError> {
+        let b = tokens.len();
+        let t = tokens.first().map_or(0, Vec::len);
+        if b == 0 || t == 0 || tokens.iter().any(|r| r.len() != t) || b != cache.batch() {
+            return Err(EngineError::Config(format!(
+                "forward needs {} rows of equal, non-zero length",
+                cache.batch()
+            )));
+        }
+        let start = cache.len;
+        if start + t > self.rope.max_positions {
+            return Err(EngineError::ContextFull {
+                needed: start + t,
+                max: self.rope.max_positions,
+            });
+        }
+        let vocab = self.cfg.vocab_size as u32;
+        if let Some(bad) = tokens.iter().flatten().find(|&&id| id >= vocab) {
+            return Err(EngineError::Config(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let positions: Vec<Vec<u32>> = cache
+            .pads
+            .iter()
+            .map(|&pad| {
+                (start..start + t)
+                    .map(|p| p.saturating_sub(pad) as u32)
+                    .collect()
+            })
+            .collect();
+        let (cos, sin) = self.rope.gather(&positions)?;
+        let masks = Masks::new(&cache.pads, start, t, &self.device)?;
+
+        let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (b * t,), &self.device)?;
+        let Embedding::Dense(table) = &self.embed;
+        let mut x = table
+            .index_select(&ids, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?;
+        if let Some(s) = self.embed_scale {
+            // transformers multiplies by the normalizer cast to the hidden dtype.
+            let s = Tensor::new(s as f32, &self.device)?.to_dtype(self.dtype)?;
+            x = x.broadcast_mul(&s)?;
+        }
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = self.layer_forward(layer, &x, kv, &cos, &sin, &masks)?;
+        }
+        cache.len += t;
+        let x = if all_steps { x } else { x.narrow(1, t - 1, 1)? };
+        let x = self.norm.forward(&x)?;
+        let mut logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        if let Some(cap) = self.cfg.final_logit_softcapping {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        Ok(if all_steps {
+            logits
+        } else {
+            logits.squeeze(1)?
+        })
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        kv: &mut KvCache,
+        cos: &Tensor,
+        sin: &Tensor,
+        masks: &Masks,
+    ) -> candle_core::Result<Tensor> {
+        let h = match &layer.input_norm {
+            Some(n) => n.forward(x)?,
+            None => x.clone(),
+        };
+        let mut h = self.attention(&layer.attn, &h, kv, cos, sin, masks)?;
+        if let Some(n) = &layer.post_attn_norm {
+            h = n.forward(&h)?;
+        }
+        let x = (x + h)?;
+        let h = match &layer.pre_mlp_norm {
+            Some(n) => n.forward(&x)?,
+            None => x.clone(),
+        };
+        let mut h = self.mlp(&layer.mlp, &h)?;
+        if let Some(n) = &layer.post_mlp_norm {
+            h = n.forward(&h)?;
+        }
+        x + h
+    }
+
+    fn mlp(&self, mlp: &Mlp, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (gate, up) = match &mlp.proj {
+            MlpProj::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
+            MlpProj::Fused(p) => {
+                let gu = p.forward(x)?;
+                let n = self.cfg.intermediate_size;
+                (gu.narrow(D::Minus1, 0, n)?, gu.narrow(D::Minus1, n, n)?)
+            }
+        };
+        let act = match self.cfg.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+            Activation::Gelu => gate.gelu_erf()?,
+        };
+        mlp.down.forward(&(act * up)?)
+    }
+
+    fn attention(
+        &self,
+        attn: &Attention,
+        x: &Tensor,
+        kv: &mut KvCache,
+        cos: &Tensor,
+        sin: &Tensor,
+        masks: &Masks,
+    ) -> candle_core::Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let (mut q, mut k, v) = match &attn.proj {
+            Projections::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            Projections::Fused(p) => {
+                let qkv = p.forward(x)?;
+                (
+                    qkv.narrow(D::Minus1, 0, nh * hd)?,
+                    qkv.narrow(D::Minus1, nh * hd, nkv * hd)?,
+                    qkv.narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?,
+                )
+            }
+        };
+        if let QkNorm::Full(qn, kn) = &attn.qk_norm {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let mut q = q.reshape((b, t, nh, hd))?;
+        let mut k = k.reshape((b, t, nkv, hd))?;
+        if let QkNorm::PerHead(qn, kn) = &attn.qk_norm {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = self.apply_rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let k = self.apply_rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let (k, v) = kv.append(&k, &v)?;
+        let s = k.dim(2)?;
+        let k = k.contiguous()?;
+        let v = v.contiguous()?;
+
+        // Grouped-query attention without copying K/V: the `rep` query heads that share a KV head are stacked
+        // along the time axis.
+        let rep = nh / nkv;
+        let q = (q * cfg.attention_scale())?.reshape((b, nkv, rep * t, hd))?;
+        let mut scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+        if let Some(cap) = cfg.attn_logit_softcapping {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
+        if let Some(mask) = masks.get(attn.window, s)? {
+            scores = scores
+                .reshape((b, nkv, rep, t, s))?
+                .broadcast_add(&mask)?
+                .reshape((b, nkv, rep * t, s))?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let out = probs.matmul(&v)?.reshape((b, nh, t, hd))?;
+        let out = out.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        attn.o.forward(&out)
+    }
+
+    fn apply_rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        let rot = self.cfg.rotary_dim();
+        let hd = self.cfg.head_dim;
+        if rot == hd {
+            return candle_nn::rotary_emb::rope(x, cos, sin);
+        }
+        let rotated =
+            candle_nn::rotary_emb::rope(&x.narrow(D::Minus1, 0, rot)?.contiguous()?, cos, sin)?;
+        Tensor::cat(&[&rotated, &x.narrow(D::Minus1, rot, hd - rot)?], D::Minus1)
+    }
+}
+
+/// Additive attention masks for one forward pass: causal, left padding and sliding windows.
+struct Masks {
+    pads: Vec<usize>,
+    start: usize,
+    t: usize,
+    device: Device,
+    full: std::cell::RefCell<Option<(usize, Option<Tensor>)>>,
+    windowed: std::cell::RefCell<Vec<(usize, usize, Option<Tensor>)>>,
+}
+
+impl Masks {
+    fn new(pads: &[usize], start: usize, t: usize, device: &Device) -> candle_core::Result<Self> {
+        Ok(Self {
+            pads: pads.to_vec(),
+            start,
+            t,
+            device: device.clone(),
+            full: Default::default(),
+            windowed: Default::default(),
+        })
+    }
+
+    /// The mask for `s` keys, shaped `[B, 1, 1, T, S]`, or `None` when nothing is masked.
+    fn get(&self, window: Option<usize>, s: usize) -> candle_core::Result<Option<Tensor>> {
+        match window {
+            None => {
+                if let Some((cs, m)) = self.full.borrow().as_ref() {
+                    if *cs == s {
+                        return Ok(m.clone());
+                    }
+                }
+                let m = self.build(None, s)?;
+                *self.full.borrow_mut() = Some((s, m.clone()));
+                Ok(m)
+            }
+            Some(w) => {
+                if let Some((_, _, m)) = self
+                    .windowed
+                    .borrow()
+                    .iter()
+                    .find(|(ws, ss, _)| *ws == w && *ss == s)
+                {
+                    return Ok(m.clone());
+                }
+                let m = self.build(Some(w), s)?;
+                self.windowed.borrow_mut().push((w, s, m.clone()));
+                Ok(m)
+            }
+        }
+    }
+
+    fn build(&self, window: Option<usize>, s: usize) -> candle_core::Result<Option<Tensor>> {
+        let (b, t, start) = (self.pads.len(), self.t, self.start);
+        let mut data = vec![0f32; b * t * s];
+        let mut any = false;
+        for (bi, &pad) in self.pads.iter().enumerate() {
+            for i in 0..t {
+                let qpos = start + i;
+                for j in 0..s {
+                    let blocked =
+                        j > qpos || j < pad || window.is_some_and(|w| qpos - j.min(qpos) >= w);
+                    if blocked {
+                        data[(bi * t + i) * s + j] = f32::NEG_INFINITY;
+                        any = true;
+                    }
+                }
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        Ok(Some(Tensor::from_vec(data, (b, 1, 1, t, s), &self.device)?))
+    }
+}

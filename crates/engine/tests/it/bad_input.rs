@@ -1,0 +1,243 @@
+//! Hostile and half-written checkpoints: each gives an error that names the file and the fault, never a panic.
+
+use std::path::{Path, PathBuf};
+
+use vibecheck_engine::{ChatMessage, LoadOptions, Model, Prompt, SamplingParams};
+
+use crate::fixtures::{copy_dir, reference_dir};
+
+fn tiny_copy() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    copy_dir(&reference_dir().join("tiny/llama"), &dir);
+    (tmp, dir)
+}
+
+fn load_err(dir: &Path) -> String {
+    match Model::load(dir.to_str().unwrap(), &LoadOptions::default()) {
+        Ok(_) => panic!("{} loaded but should not", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn write_safetensors(path: &Path, header: &serde_json::Value, data_len: usize) {
+    let h = header.to_string().into_bytes();
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(h);
+    bytes.extend(vec![0u8; data_len]);
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn assert_mentions(err: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(err.contains(p), "error {err:?} should mention {p:?}");
+    }
+}
+
+#[test]
+fn truncated_safetensors_is_reported_as_such() {
+    let (_t, dir) = tiny_copy();
+    let st = dir.join("model.safetensors");
+    let len = std::fs::metadata(&st).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&st).unwrap();
+    f.set_len(len / 2).unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &["model.safetensors", "still being written"],
+    );
+}
+
+#[test]
+fn header_length_beyond_the_file() {
+    let (_t, dir) = tiny_copy();
+    let st = dir.join("model.safetensors");
+    let mut bytes = 1_000_000u64.to_le_bytes().to_vec();
+    bytes.extend(b"{}");
+    std::fs::write(&st, bytes).unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &["model.safetensors", "header claims 1000000 bytes"],
+    );
+    // An absurd length is refused before any allocation.
+    std::fs::write(&st, u64::MAX.to_le_bytes()).unwrap();
+    assert_mentions(&load_err(&dir), &["model.safetensors", "limit"]);
+}
+
+#[test]
+fn overlapping_offsets() {
+    let (_t, dir) = tiny_copy();
+    let header = serde_json::json!({
+        "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+        "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]},
+    });
+    write_safetensors(&dir.join("model.safetensors"), &header, 24);
+    assert_mentions(&load_err(&dir), &["model.safetensors", "overlaps"]);
+}
+
+#[test]
+fn unknown_dtype() {
+    let (_t, dir) = tiny_copy();
+    let header = serde_json::json!({"a": {"dtype": "F7", "shape": [4], "data_offsets": [0, 16]}});
+    write_safetensors(&dir.join("model.safetensors"), &header, 16);
+    assert_mentions(
+        &load_err(&dir),
+        &["model.safetensors", "unknown dtype \"F7\""],
+    );
+}
+
+#[test]
+fn shard_index_pointing_outside_the_folder() {
+    let (_t, dir) = tiny_copy();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        r#"{"metadata": {}, "weight_map": {"model.embed_tokens.weight": "../../etc/passwd"}}"#,
+    )
+    .unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &[
+            "model.safetensors.index.json",
+            "not a plain file name inside",
+        ],
+    );
+}
+
+#[test]
+fn shard_index_naming_a_missing_shard() {
+    let (_t, dir) = tiny_copy();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        r#"{"weight_map": {"model.embed_tokens.weight": "model-00002-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &["model-00002-of-00002.safetensors", "does not exist"],
+    );
+}
+
+#[test]
+fn gguf_with_absurd_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("evil.gguf");
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend((u64::MAX / 3).to_le_bytes()); // tensors
+    bytes.extend((1u64 << 40).to_le_bytes()); // metadata entries
+    bytes.extend([0u8; 64]);
+    std::fs::write(&path, bytes).unwrap();
+    let err = match Model::load(path.to_str().unwrap(), &LoadOptions::default()) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert_mentions(&err, &["evil.gguf", "not a readable GGUF"]);
+}
+
+#[test]
+fn gguf_with_a_huge_string_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("long.gguf");
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(0u64.to_le_bytes());
+    bytes.extend(1u64.to_le_bytes());
+    bytes.extend((u64::MAX - 5).to_le_bytes()); // key length
+    bytes.extend([b'k'; 32]);
+    std::fs::write(&path, bytes).unwrap();
+    let err = Model::load(path.to_str().unwrap(), &LoadOptions::default())
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert_mentions(&err, &["long.gguf"]);
+}
+
+#[test]
+fn missing_tokenizer() {
+    let (_t, dir) = tiny_copy();
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    assert_mentions(&load_err(&dir), &["ckpt", "no tokenizer.json"]);
+}
+
+#[test]
+fn unsupported_architecture_lists_the_supported_ones() {
+    let (_t, dir) = tiny_copy();
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("LlamaForCausalLM", "GPTNeoXForCausalLM");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &[
+            "config.json",
+            "GPTNeoXForCausalLM",
+            "Gemma2ForCausalLM",
+            "Phi3ForCausalLM",
+        ],
+    );
+}
+
+#[test]
+fn tensor_with_the_wrong_shape() {
+    let (_t, dir) = tiny_copy();
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 128", "\"intermediate_size\": 96");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &["model.safetensors", "gate_proj", "shape"],
+    );
+}
+
+#[test]
+fn endless_chat_template_fails_the_request_not_the_process() {
+    let (_t, dir) = tiny_copy();
+    std::fs::write(
+        dir.join("chat_template.jinja"),
+        "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}",
+    )
+    .unwrap();
+    let model = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let err = model
+        .generate(
+            &Prompt::Chat(vec![ChatMessage::new("user", "hi")]),
+            &SamplingParams::greedy(2),
+        )
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&err, &["chat template"]);
+    // The model still works for raw prompts afterwards.
+    model
+        .generate(&Prompt::Text("hello".into()), &SamplingParams::greedy(2))
+        .unwrap();
+}
+
+#[test]
+fn chat_template_as_a_list_of_named_templates() {
+    let (_t, dir) = tiny_copy();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    cfg["chat_template"] = serde_json::json!([
+        {"name": "tool_use", "template": "TOOLS"},
+        {"name": "default", "template": "{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}"}
+    ]);
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let model = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(
+        model.render_chat(&[ChatMessage::new("user", "x")]).unwrap(),
+        "[user] x"
+    );
+}
+
+#[test]
+fn prompt_beyond_the_context_is_an_error() {
+    let (_t, dir) = tiny_copy();
+    let model = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let long = vec![5u32; 300];
+    let err = model
+        .generate(&Prompt::Tokens(long), &SamplingParams::greedy(2))
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&err, &["positions"]);
+}

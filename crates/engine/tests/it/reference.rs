@@ -1,0 +1,168 @@
+//! Every tiny random-weight checkpoint in `shared/reference/tiny`: last-position logits and 8 greedy tokens
+//! against what transformers computed.
+
+use vibecheck_engine::model::Cache;
+use vibecheck_engine::{DType, LoadOptions, Model, Prompt, SamplingParams};
+
+use crate::fixtures::{read_json, reference_dir};
+
+fn check(name: &str, dtype: Option<DType>, tol: f32) {
+    let dir = reference_dir().join("tiny").join(name);
+    let reference = read_json(&dir.join("reference.json"));
+    let opts = LoadOptions {
+        dtype,
+        ..LoadOptions::default()
+    };
+    let model = Model::load(dir.to_str().unwrap(), &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(
+        model.config().arch.hf_name(),
+        reference["architecture"].as_str().unwrap()
+    );
+    let ids: Vec<u32> = reference["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let expected: Vec<f32> = reference["last_position_logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+
+    let mut cache = Cache::new(model.config(), 1);
+    let logits = model
+        .decoder
+        .forward(&[ids.clone()], &mut cache, false)
+        .unwrap();
+    let got = logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(got.len(), expected.len(), "{name}: vocabulary size");
+    let worst = got
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= tol,
+        "{name}: last-position logits differ by up to {worst} (tolerance {tol})"
+    );
+
+    let greedy: Vec<u32> = reference["greedy_8"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(8)
+    };
+    let g = model.generate(&Prompt::Tokens(ids), &params).unwrap();
+    assert_eq!(g.token_ids, greedy, "{name}: greedy tokens");
+}
+
+#[test]
+fn llama_matches_transformers() {
+    check("llama", None, 1e-4);
+}
+
+#[test]
+fn mistral_matches_transformers() {
+    check("mistral", None, 1e-4);
+}
+
+#[test]
+fn qwen2_matches_transformers() {
+    check("qwen2", None, 1e-4);
+}
+
+#[test]
+fn qwen3_matches_transformers() {
+    check("qwen3", None, 1e-4);
+}
+
+#[test]
+fn olmo2_matches_transformers() {
+    check("olmo2", None, 1e-4);
+}
+
+#[test]
+fn gemma2_matches_transformers() {
+    check("gemma2", None, 1e-4);
+}
+
+#[test]
+fn phi3_matches_transformers() {
+    check("phi3", None, 1e-4);
+}
+
+/// transformers ran this one in bfloat16; a bf16 result carries ~3 significant digits.
+#[test]
+fn llama_bf16_sharded_matches_transformers_in_bf16() {
+    check("llama-bf16-sharded", Some(DType::BF16), 0.05);
+}
+
+#[test]
+fn llama_bf16_sharded_loads_in_f32_too() {
+    check("llama-bf16-sharded", Some(DType::F32), 0.05);
+}
+
+/// A batch of two different-length prompts (left-padded) gives each the logits it gets alone.
+#[test]
+fn batched_ragged_prompts_match_single_runs() {
+    let dir = reference_dir().join("tiny").join("qwen3");
+    let model = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let a: Vec<u32> = vec![5, 17, 99, 3, 42, 7];
+    let b: Vec<u32> = vec![8, 64, 23];
+    let single = |ids: &Vec<u32>| {
+        let mut c = Cache::new(model.config(), 1);
+        model
+            .decoder
+            .forward(&[ids.clone()], &mut c, false)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (la, lb) = (single(&a), single(&b));
+    let pad = a.len() - b.len();
+    let mut padded_b = vec![0u32; pad];
+    padded_b.extend(&b);
+    let mut cache = Cache::with_padding(model.config(), vec![0, pad]);
+    let out = model
+        .decoder
+        .forward(&[a.clone(), padded_b], &mut cache, false)
+        .unwrap();
+    let rows = out.to_vec2::<f32>().unwrap();
+    let diff = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(
+        diff(&rows[0], &la) < 1e-4,
+        "row 0 differs by {}",
+        diff(&rows[0], &la)
+    );
+    assert!(
+        diff(&rows[1], &lb) < 1e-4,
+        "row 1 differs by {}",
+        diff(&rows[1], &lb)
+    );
+    // One decode step for both sequences at their own positions.
+    let step = model
+        .decoder
+        .forward(&[vec![11], vec![11]], &mut cache, false)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let mut a2 = a.clone();
+    a2.push(11);
+    let mut b2 = b.clone();
+    b2.push(11);
+    assert!(diff(&step[0], &single(&a2)) < 1e-4);
+    assert!(diff(&step[1], &single(&b2)) < 1e-4);
+}

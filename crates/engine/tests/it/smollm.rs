@@ -1,0 +1,224 @@
+//! The real model, SmolLM2-135M-Instruct: converted to float32 it must reproduce transformers token for token;
+//! loaded straight from the Q4_1 GGUF it must agree on the first tokens and read coherently.
+
+use std::sync::OnceLock;
+
+use vibecheck_engine::{ChatMessage, LoadOptions, Model, Prompt, SamplingParams};
+
+use crate::fixtures::{read_json, reference_dir, smollm_f32_dir, smollm_gguf};
+
+struct Case {
+    id: String,
+    messages: Vec<ChatMessage>,
+    rendered: String,
+    prompt_ids: Vec<u32>,
+    greedy_ids: Vec<u32>,
+    greedy_text: String,
+}
+
+fn cases() -> Vec<Case> {
+    let json = read_json(&reference_dir().join("smollm2_transformers_greedy.json"));
+    let ids = |v: &serde_json::Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    json.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Case {
+            id: c["id"].as_str().unwrap().into(),
+            messages: serde_json::from_value(c["messages"].clone()).unwrap(),
+            rendered: c["rendered_prompt"].as_str().unwrap().into(),
+            prompt_ids: ids(&c["prompt_token_ids"]),
+            greedy_ids: ids(&c["greedy_token_ids"]),
+            greedy_text: c["greedy_text"].as_str().unwrap().into(),
+        })
+        .collect()
+}
+
+fn f32_model() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| {
+        Model::load(smollm_f32_dir().to_str().unwrap(), &LoadOptions::default()).unwrap()
+    })
+}
+
+fn gguf_model() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| Model::load(smollm_gguf().to_str().unwrap(), &LoadOptions::default()).unwrap())
+}
+
+/// Generated ids plus the end-of-sequence id when generation stopped on it, as the reference records them.
+fn greedy(model: &Model, case: &Case) -> (Vec<u32>, String) {
+    let max = case.greedy_ids.len();
+    let g = model
+        .generate(
+            &Prompt::Chat(case.messages.clone()),
+            &SamplingParams::greedy(max),
+        )
+        .unwrap();
+    let mut ids = g.token_ids.clone();
+    if g.finish_reason == vibecheck_engine::FinishReason::Stop {
+        ids.push(2);
+    }
+    (ids, g.text)
+}
+
+#[test]
+fn f32_conversion_reproduces_transformers_token_for_token() {
+    let model = f32_model();
+    for case in cases() {
+        assert_eq!(
+            model.render_chat(&case.messages).unwrap(),
+            case.rendered,
+            "{}: rendered prompt",
+            case.id
+        );
+        assert_eq!(
+            model
+                .prompt_ids(&Prompt::Chat(case.messages.clone()))
+                .unwrap(),
+            case.prompt_ids,
+            "{}: prompt ids",
+            case.id
+        );
+        let (ids, text) = greedy(model, &case);
+        assert_eq!(ids, case.greedy_ids, "{}: greedy ids", case.id);
+        assert_eq!(text, case.greedy_text, "{}: greedy text", case.id);
+    }
+}
+
+#[test]
+fn gguf_tokenizer_and_template_match_transformers() {
+    let model = gguf_model();
+    for case in cases() {
+        assert_eq!(
+            model.render_chat(&case.messages).unwrap(),
+            case.rendered,
+            "{}: rendered prompt",
+            case.id
+        );
+        assert_eq!(
+            model
+                .prompt_ids(&Prompt::Chat(case.messages.clone()))
+                .unwrap(),
+            case.prompt_ids,
+            "{}: prompt ids",
+            case.id
+        );
+    }
+}
+
+#[test]
+fn gguf_agrees_on_the_first_tokens_and_is_coherent() {
+    let model = gguf_model();
+    for case in cases() {
+        let (ids, text) = greedy(model, &case);
+        let n = 8.min(case.greedy_ids.len());
+        assert_eq!(
+            &ids[..n.min(ids.len())],
+            &case.greedy_ids[..n],
+            "{}: first {n} tokens",
+            case.id
+        );
+        if case.id == "capital-france" {
+            assert!(text.contains("Paris"), "{text}");
+        }
+    }
+}
+
+#[test]
+fn seeded_sampling_reproduces_and_streaming_concatenates_to_the_text() {
+    let model = gguf_model();
+    let prompt = Prompt::Chat(vec![ChatMessage::new(
+        "user",
+        "Write a short poem about the sea. Use an emoji 🌊.",
+    )]);
+    let params = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        seed: Some(1234),
+        max_tokens: 48,
+        ..SamplingParams::default()
+    };
+    let a = model.generate(&prompt, &params).unwrap();
+    let mut pieces = Vec::new();
+    let b = model
+        .generate_stream(&prompt, &params, &mut |p| {
+            pieces.push(p.to_string());
+            true
+        })
+        .unwrap();
+    assert_eq!(a.token_ids, b.token_ids, "same seed, same tokens");
+    assert_eq!(a.text, b.text);
+    assert_eq!(
+        pieces.concat(),
+        b.text,
+        "streamed pieces concatenate to the text"
+    );
+    assert!(pieces.len() > 5, "streamed in many pieces");
+    assert_eq!(b.seed, 1234);
+    let other = model
+        .generate(
+            &prompt,
+            &SamplingParams {
+                seed: Some(99),
+                ..params.clone()
+            },
+        )
+        .unwrap();
+    assert_ne!(
+        other.token_ids, a.token_ids,
+        "another seed gives another sample"
+    );
+}
+
+#[test]
+fn stop_strings_and_max_tokens_end_generation() {
+    let model = gguf_model();
+    let prompt = Prompt::Chat(vec![ChatMessage::new(
+        "user",
+        "What is the capital of France?",
+    )]);
+    let g = model
+        .generate(
+            &prompt,
+            &SamplingParams {
+                stop: vec!["France".into()],
+                ..SamplingParams::greedy(32)
+            },
+        )
+        .unwrap();
+    assert_eq!(g.text, "The capital of ");
+    assert_eq!(g.finish_reason, vibecheck_engine::FinishReason::Stop);
+    let g = model.generate(&prompt, &SamplingParams::greedy(3)).unwrap();
+    assert_eq!(g.usage.completion_tokens, 3);
+    assert_eq!(g.finish_reason, vibecheck_engine::FinishReason::Length);
+    assert!(g.usage.prompt_tokens > 10);
+    assert!(g.timings.first_token_ms > 0.0 && g.timings.prefill_tokens_per_s > 0.0);
+}
+
+#[test]
+fn cancelling_from_the_callback_stops_generation() {
+    let model = gguf_model();
+    let prompt = Prompt::Chat(vec![ChatMessage::new(
+        "user",
+        "Count from one to fifty in words.",
+    )]);
+    let mut calls = 0;
+    let g = model
+        .generate_stream(&prompt, &SamplingParams::greedy(64), &mut |_| {
+            calls += 1;
+            calls < 3
+        })
+        .unwrap();
+    assert_eq!(g.finish_reason, vibecheck_engine::FinishReason::Cancelled);
+    assert!(
+        g.usage.completion_tokens < 10,
+        "{}",
+        g.usage.completion_tokens
+    );
+}
