@@ -10,6 +10,7 @@ pub mod convert;
 mod error;
 pub mod generate;
 pub mod gguf;
+pub mod kernels;
 pub mod loader;
 pub mod model;
 pub mod rope;

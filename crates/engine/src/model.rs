@@ -293,6 +293,18 @@ impl Decoder {
         cache: &mut Cache,
         all_steps: bool,
     ) -> Result<Tensor, EngineError> {
+        // Run the whole pass on a rayon worker: the kernels' parallel loops then split work inside the pool
+        // instead of handing every matmul from an outside thread to the pool and sleeping until it is done
+        // (two futex round trips per matmul).
+        rayon::scope(|_| self.forward_in_pool(tokens, cache, all_steps))
+    }
+
+    fn forward_in_pool(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: &mut Cache,
+        all_steps: bool,
+    ) -> Result<Tensor, EngineError> {
         let b = tokens.len();
         let t = tokens.first().map_or(0, Vec::len);
         if b == 0 || t == 0 || tokens.iter().any(|r| r.len() != t) || b != cache.batch() {

@@ -6,23 +6,23 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
+use crate::kernels::{PackError, PackedMatrix};
 use crate::EngineError;
 
 /// A projection `y = x W^T (+ b)`.
 #[derive(Debug, Clone)]
 pub enum Linear {
-    Dense {
-        weight: Tensor,
-        bias: Option<Tensor>,
-    },
-    Quant {
-        weight: QMatMul,
-        bias: Option<Tensor>,
-    },
+    /// candle's matmul in the compute dtype (GPU).
+    Dense { weight: Tensor, bias: Option<Tensor> },
+    /// candle's quantized matmul (GPU).
+    Quant { weight: QMatMul, bias: Option<Tensor> },
+    /// Our CPU kernels: any weight format, float32 activations.
+    Packed { weight: Arc<PackedMatrix>, bias: Option<Tensor> },
 }
 
 impl Linear {
@@ -38,6 +38,17 @@ impl Linear {
                 y.reshape(out_dims)?
             }
             Linear::Quant { weight, .. } => weight.forward(x)?,
+            Linear::Packed { weight, .. } => {
+                let dims = x.dims().to_vec();
+                let k = dims[dims.len() - 1];
+                let rows = x.elem_count() / k.max(1);
+                let xv = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut out = vec![0f32; rows * weight.rows];
+                weight.matmul(&xv, rows, &mut out);
+                let mut out_dims = dims;
+                *out_dims.last_mut().unwrap() = weight.rows;
+                Tensor::from_vec(out, out_dims, x.device())?.to_dtype(x.dtype())?
+            }
         };
         match self.bias() {
             Some(b) => y.broadcast_add(b),
@@ -47,7 +58,7 @@ impl Linear {
 
     fn bias(&self) -> Option<&Tensor> {
         match self {
-            Linear::Dense { bias, .. } | Linear::Quant { bias, .. } => bias.as_ref(),
+            Linear::Dense { bias, .. } | Linear::Quant { bias, .. } | Linear::Packed { bias, .. } => bias.as_ref(),
         }
     }
 
@@ -62,6 +73,7 @@ impl Linear {
                 weight: QMatMul::Tensor(t) | QMatMul::TensorF16(t),
                 ..
             } => t.dim(0),
+            Linear::Packed { weight, .. } => Ok(weight.rows),
         }
     }
 }
@@ -77,8 +89,6 @@ pub struct Weights {
     backend: Backend,
     pub dtype: DType,
     pub device: Device,
-    /// Requantize ggml formats that have no fast kernel here (Q4_1, Q5_0, Q5_1, ...) to Q8_0 at load.
-    pub requantize_slow_formats: bool,
 }
 
 enum Backend {
@@ -109,7 +119,6 @@ impl Weights {
             backend: Backend::Safetensors { st, files },
             dtype,
             device: device.clone(),
-            requantize_slow_formats: false,
         })
     }
 
@@ -129,7 +138,6 @@ impl Weights {
             },
             dtype: DType::F32,
             device: device.clone(),
-            requantize_slow_formats: true,
         }
     }
 
@@ -251,23 +259,22 @@ impl Weights {
                 format!("tensor {name:?} has shape {dims:?}, but config.json implies [{out_dim}, {in_dim}]"),
             ));
         }
+        let packed = |r: Result<PackedMatrix, PackError>| -> Result<Linear, EngineError> {
+            let m = r.map_err(|e| EngineError::file(self.origin(), format!("tensor {name:?}: {e}")))?;
+            Ok(Linear::Packed { weight: Arc::new(m), bias: bias.clone() })
+        };
+        if self.device.is_cpu() {
+            return match stored {
+                Stored::Dense(t) => packed(PackedMatrix::from_dense(&t)),
+                Stored::Quant(q) => match PackedMatrix::from_qtensor(&q) {
+                    Err(PackError::Unsupported(_)) => packed(PackedMatrix::from_dense(&q.dequantize(&self.device)?)),
+                    other => packed(other),
+                },
+            };
+        }
         Ok(match stored {
-            Stored::Dense(t) => Linear::Dense {
-                weight: t.to_dtype(self.dtype)?,
-                bias,
-            },
-            Stored::Quant(q) => {
-                let q = if self.requantize_slow_formats && !has_fast_kernel(q.dtype()) {
-                    let f = q.dequantize(&self.device)?;
-                    QTensor::quantize(&f, GgmlDType::Q8_0)?
-                } else {
-                    q
-                };
-                Linear::Quant {
-                    weight: QMatMul::from_qtensor(q)?,
-                    bias,
-                }
-            }
+            Stored::Dense(t) => Linear::Dense { weight: t.to_dtype(self.dtype)?, bias },
+            Stored::Quant(q) => Linear::Quant { weight: QMatMul::from_qtensor(q)?, bias },
         })
     }
 
@@ -278,21 +285,6 @@ impl Weights {
             Backend::Safetensors { st, .. } => st.tensors().into_iter().map(|(n, _)| n).collect(),
         }
     }
-}
-
-/// ggml formats whose candle CPU kernels are vectorised on x86 (AVX2) and ARM (NEON).
-fn has_fast_kernel(dtype: GgmlDType) -> bool {
-    matches!(
-        dtype,
-        GgmlDType::Q4_0
-            | GgmlDType::Q8_0
-            | GgmlDType::Q2K
-            | GgmlDType::Q3K
-            | GgmlDType::Q4K
-            | GgmlDType::Q5K
-            | GgmlDType::Q6K
-            | GgmlDType::Q8K
-    )
 }
 
 /// Maps a Hugging Face llama tensor name to its GGUF name.
@@ -364,66 +356,4 @@ pub fn read_gguf(path: &Path) -> Result<gguf_file::Content, EngineError> {
     let mut file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
     gguf_file::Content::read(&mut file)
         .map_err(|e| EngineError::file(path, format!("not a readable GGUF file: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every quantized kernel agrees with a plain float matmul over the dequantized weights.
-    #[test]
-    fn quantized_linear_matches_dense_reference() {
-        let dev = Device::Cpu;
-        let cases = [
-            (GgmlDType::Q4_0, 576),
-            (GgmlDType::Q4_1, 576),
-            (GgmlDType::Q5_0, 576),
-            (GgmlDType::Q5_1, 576),
-            (GgmlDType::Q8_0, 576),
-            (GgmlDType::Q8_0, 1536),
-            (GgmlDType::Q4K, 512),
-            (GgmlDType::Q5K, 512),
-            (GgmlDType::Q6K, 512),
-        ];
-        for (dtype, k) in cases {
-            for (t, n) in [(1usize, 64usize), (7, 64), (1, 1536), (37, 576)] {
-                let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-                let x = Tensor::randn(0f32, 1.0, (1, t, k), &dev).unwrap();
-                let q = QTensor::quantize(&w, dtype).unwrap();
-                let wd = q.dequantize(&dev).unwrap();
-                let dense = Linear::Dense {
-                    weight: wd,
-                    bias: None,
-                }
-                .forward(&x)
-                .unwrap();
-                let quant = Linear::Quant {
-                    weight: QMatMul::from_qtensor(q).unwrap(),
-                    bias: None,
-                }
-                .forward(&x)
-                .unwrap();
-                let diff = (dense.clone() - quant)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let scale = dense
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(
-                    diff / scale < 0.05,
-                    "{dtype:?} n={n} k={k} t={t}: relative error {}",
-                    diff / scale
-                );
-            }
-        }
-    }
 }

@@ -1,0 +1,263 @@
+//! CPU matrix kernels with float32 activations.
+//!
+//! Why our own: candle's quantized CPU matmul quantizes the activations to 8 bits (as llama.cpp does), which
+//! moves SmolLM2's first greedy token away from what the same weights give in transformers; and its f32/bf16
+//! matrix–vector products are far from the memory-bandwidth limit. Here dense weights meet float32
+//! activations, and quantized weights meet activations rounded to 16-bit integers per block of 32 (relative
+//! error at most 2^-16 of the block's largest value, where ggml's 8 bits allow 2^-8), so a GGUF file computes
+//! what its dequantized weights compute to about five significant digits, and decoding reads each weight once,
+//! in its compact form, with integer multiply-adds.
+//!
+//! Formats (weights row-major, one row per output):
+//! - `F32`, `Bf16`, `F16`: dense rows.
+//! - `Q4`: 4-bit values with a float32 scale and offset per 32 weights (`w = d·q + m`), holding Q4_0, Q4_1 and
+//!   Q4_K exactly.
+//! - `Q8`: 8-bit signed values with a scale and offset per 32 (`w = d·q + m`), holding Q8_0, Q5_0, Q5_1 and
+//!   Q5_K exactly.
+//!
+//! The inner products are selected at run time (AVX2+FMA+F16C on x86-64, a portable loop elsewhere), so one
+//! binary runs everywhere. Rows are split across rayon's threads.
+
+mod pack;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use rayon::prelude::*;
+
+pub use pack::PackError;
+
+/// Weights in one of the kernel formats.
+#[derive(Debug, Clone)]
+pub enum Format {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+    F16(Vec<u16>),
+    /// `qs`: 16 bytes per block of 32 (low nibbles hold weights 0–15, high nibbles 16–31); `dm`: (d, m) pairs.
+    Q4 { qs: Vec<u8>, dm: Vec<f32> },
+    /// `qs`: 32 signed bytes per block of 32; `dm`: (d, m) pairs.
+    Q8 { qs: Vec<i8>, dm: Vec<f32> },
+}
+
+/// A `rows × cols` weight matrix ready for [`PackedMatrix::matmul`].
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub format: Format,
+}
+
+/// Weights per quantization block.
+pub const BLOCK: usize = 32;
+
+impl PackedMatrix {
+    pub fn format_name(&self) -> &'static str {
+        match self.format {
+            Format::F32(_) => "f32",
+            Format::Bf16(_) => "bf16",
+            Format::F16(_) => "f16",
+            Format::Q4 { .. } => "q4",
+            Format::Q8 { .. } => "q8",
+        }
+    }
+
+    /// Bytes of weight data read by one matrix–vector product.
+    pub fn bytes(&self) -> usize {
+        match &self.format {
+            Format::F32(v) => v.len() * 4,
+            Format::Bf16(v) | Format::F16(v) => v.len() * 2,
+            Format::Q4 { qs, dm } => qs.len() + dm.len() * 4,
+            Format::Q8 { qs, dm } => qs.len() + dm.len() * 4,
+        }
+    }
+
+    /// `out[t][r] = Σ_c w[r][c] · x[t][c]` for `m` input rows `x` (`m × cols`), writing `m × rows`.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), m * self.cols, "input is not m × cols");
+        assert_eq!(out.len(), m * self.rows, "output is not m × rows");
+        let quantized: Vec<QuantizedInput> = match self.format {
+            Format::Q4 { .. } | Format::Q8 { .. } => x.chunks(self.cols).map(QuantizedInput::new).collect(),
+            _ => Vec::new(),
+        };
+        let kernel = Kernel::detect();
+        // Rows per task: enough work to amortise scheduling, enough tasks to balance threads.
+        let chunk = (4096 / self.cols.max(1)).clamp(8, 256);
+        if m == 1 {
+            out.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
+                let r0 = ci * chunk;
+                for (i, v) in o.iter_mut().enumerate() {
+                    *v = self.row_dot(kernel, r0 + i, x, quantized.first());
+                }
+            });
+            return;
+        }
+        // Several inputs: compute rows × m, then transpose into m × rows.
+        let mut tmp = vec![0f32; self.rows * m];
+        tmp.par_chunks_mut(chunk * m).enumerate().for_each(|(ci, o)| {
+            let r0 = ci * chunk;
+            for (i, row_out) in o.chunks_mut(m).enumerate() {
+                for (t, v) in row_out.iter_mut().enumerate() {
+                    let xt = &x[t * self.cols..(t + 1) * self.cols];
+                    *v = self.row_dot(kernel, r0 + i, xt, quantized.get(t));
+                }
+            }
+        });
+        for r in 0..self.rows {
+            for t in 0..m {
+                out[t * self.rows + r] = tmp[r * m + t];
+            }
+        }
+    }
+
+    #[inline]
+    fn row_dot(&self, kernel: Kernel, r: usize, x: &[f32], xq: Option<&QuantizedInput>) -> f32 {
+        let c = self.cols;
+        let nb = c / BLOCK;
+        match &self.format {
+            Format::F32(w) => kernel.dot_f32(&w[r * c..(r + 1) * c], x),
+            Format::Bf16(w) => kernel.dot_bf16(&w[r * c..(r + 1) * c], x),
+            Format::F16(w) => kernel.dot_f16(&w[r * c..(r + 1) * c], x),
+            Format::Q4 { qs, dm } => {
+                let xq = xq.expect("quantized input");
+                kernel.dot_q4(&qs[r * c / 2..(r + 1) * c / 2], &dm[r * nb * 2..(r + 1) * nb * 2], xq)
+            }
+            Format::Q8 { qs, dm } => {
+                let xq = xq.expect("quantized input");
+                kernel.dot_q8(&qs[r * c..(r + 1) * c], &dm[r * nb * 2..(r + 1) * nb * 2], xq)
+            }
+        }
+    }
+
+    /// The weights as float32 (row-major), for tests and conversions.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        let nb = self.cols / BLOCK;
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                let i = r * self.cols + c;
+                let (b, j) = (r * nb + c / BLOCK, c % BLOCK);
+                out.push(match &self.format {
+                    Format::F32(w) => w[i],
+                    Format::Bf16(w) => half::bf16::from_bits(w[i]).to_f32(),
+                    Format::F16(w) => half::f16::from_bits(w[i]).to_f32(),
+                    Format::Q4 { qs, dm } => {
+                        let byte = qs[b * 16 + j % 16];
+                        let q = if j < 16 { byte & 0x0F } else { byte >> 4 };
+                        dm[2 * b] * q as f32 + dm[2 * b + 1]
+                    }
+                    Format::Q8 { qs, dm } => dm[2 * b] * qs[b * BLOCK + j] as f32 + dm[2 * b + 1],
+                });
+            }
+        }
+        out
+    }
+}
+
+/// One input row rounded to 16-bit integers per block of 32, for the quantized formats.
+#[derive(Debug, Clone)]
+pub struct QuantizedInput {
+    /// `x ≈ sx[b] · q` within block `b`.
+    pub q: Vec<i16>,
+    pub sx: Vec<f32>,
+    /// Exact float32 sum of each block (the offset term of `d·q + m` needs only these).
+    pub sum: Vec<f32>,
+}
+
+impl QuantizedInput {
+    pub fn new(x: &[f32]) -> Self {
+        let nb = x.len() / BLOCK;
+        let mut q = Vec::with_capacity(x.len());
+        let mut sx = Vec::with_capacity(nb);
+        let mut sum = Vec::with_capacity(nb);
+        for block in x.chunks_exact(BLOCK) {
+            let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = amax / 32767.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            q.extend(block.iter().map(|v| (v * inv).round() as i16));
+            sx.push(scale);
+            sum.push(block.iter().sum());
+        }
+        Self { q, sx, sum }
+    }
+}
+
+/// The inner-product implementation chosen for this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernel {
+    pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            let ok = *AVX2.get_or_init(|| {
+                std::env::var_os("VIBECHECK_PORTABLE_KERNELS").is_none()
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            });
+            if ok {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Portable
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => "avx2",
+        }
+    }
+
+    #[inline]
+    fn dot_f32(self, w: &[f32], x: &[f32]) -> f32 {
+        match self {
+            Kernel::Portable => scalar::dot_f32(w, x),
+            // SAFETY: `detect` checked that the CPU has AVX2, FMA and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::dot_f32(w, x) },
+        }
+    }
+
+    #[inline]
+    fn dot_bf16(self, w: &[u16], x: &[f32]) -> f32 {
+        match self {
+            Kernel::Portable => scalar::dot_bf16(w, x),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::dot_bf16(w, x) },
+        }
+    }
+
+    #[inline]
+    fn dot_f16(self, w: &[u16], x: &[f32]) -> f32 {
+        match self {
+            Kernel::Portable => scalar::dot_f16(w, x),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::dot_f16(w, x) },
+        }
+    }
+
+    #[inline]
+    fn dot_q4(self, qs: &[u8], dm: &[f32], x: &QuantizedInput) -> f32 {
+        match self {
+            Kernel::Portable => scalar::dot_q4(qs, dm, x),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::dot_q4(qs, dm, x) },
+        }
+    }
+
+    #[inline]
+    fn dot_q8(self, qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
+        match self {
+            Kernel::Portable => scalar::dot_q8(qs, dm, x),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::dot_q8(qs, dm, x) },
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! AVX2 + FMA + F16C inner products. Callers must have checked the CPU features (`Kernel::detect`).
+//! Every function here is `unsafe` only because of its CPU-feature contract; the bodies are plain intrinsics.
+#![allow(unsafe_op_in_unsafe_fn)]
+
+use std::arch::x86_64::*;
+
+use super::{QuantizedInput, BLOCK};
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    let n = w.len().min(x.len());
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let mut a0 = _mm256_setzero_ps();
+    let mut a1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i)), _mm256_loadu_ps(xp.add(i)), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i + 8)), _mm256_loadu_ps(xp.add(i + 8)), a1);
+        i += 16;
+    }
+    let mut s = hsum(_mm256_add_ps(a0, a1));
+    while i < n {
+        s += w[i] * x[i];
+        i += 1;
+    }
+    s
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load_bf16(p: *const u16) -> __m256 {
+    let h = _mm_loadu_si128(p as *const __m128i);
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
+    let n = w.len().min(x.len());
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let mut a0 = _mm256_setzero_ps();
+    let mut a1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        a0 = _mm256_fmadd_ps(load_bf16(wp.add(i)), _mm256_loadu_ps(xp.add(i)), a0);
+        a1 = _mm256_fmadd_ps(load_bf16(wp.add(i + 8)), _mm256_loadu_ps(xp.add(i + 8)), a1);
+        i += 16;
+    }
+    let mut s = hsum(_mm256_add_ps(a0, a1));
+    while i < n {
+        s += f32::from_bits(u32::from(w[i]) << 16) * x[i];
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16(w: &[u16], x: &[f32]) -> f32 {
+    let n = w.len().min(x.len());
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let mut a0 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm_loadu_si128(wp.add(i) as *const __m128i);
+        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xp.add(i)), a0);
+        i += 8;
+    }
+    let mut s = hsum(a0);
+    while i < n {
+        s += half::f16::from_bits(w[i]).to_f32() * x[i];
+        i += 1;
+    }
+    s
+}
+
+/// Σ_b d_b·sx_b·(Σ q·x16) + m_b·xsum_b over 4-bit weights and 16-bit activations.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_q4(qs: &[u8], dm: &[f32], x: &QuantizedInput) -> f32 {
+    let nb = x.sx.len();
+    debug_assert!(qs.len() >= nb * 16 && dm.len() >= nb * 2 && x.q.len() >= nb * BLOCK);
+    let mask = _mm_set1_epi8(0x0F);
+    let mut acc = _mm256_setzero_ps();
+    let mut offset = 0f32;
+    let (qp, xp) = (qs.as_ptr(), x.q.as_ptr());
+    for b in 0..nb {
+        let q = _mm_loadu_si128(qp.add(b * 16) as *const __m128i);
+        let lo = _mm256_cvtepu8_epi16(_mm_and_si128(q, mask));
+        let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(q, 4), mask));
+        let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+        let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
+        let s = _mm256_add_epi32(_mm256_madd_epi16(lo, xa), _mm256_madd_epi16(hi, xb));
+        let scale = *dm.get_unchecked(2 * b) * *x.sx.get_unchecked(b);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale), acc);
+        offset += *dm.get_unchecked(2 * b + 1) * *x.sum.get_unchecked(b);
+    }
+    hsum(acc) + offset
+}
+
+/// As [`dot_q4`] with signed 8-bit weights.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_q8(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
+    let nb = x.sx.len();
+    debug_assert!(qs.len() >= nb * BLOCK && dm.len() >= nb * 2 && x.q.len() >= nb * BLOCK);
+    let mut acc = _mm256_setzero_ps();
+    let mut offset = 0f32;
+    let (qp, xp) = (qs.as_ptr(), x.q.as_ptr());
+    for b in 0..nb {
+        let wa = _mm256_cvtepi8_epi16(_mm_loadu_si128(qp.add(b * BLOCK) as *const __m128i));
+        let wb = _mm256_cvtepi8_epi16(_mm_loadu_si128(qp.add(b * BLOCK + 16) as *const __m128i));
+        let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+        let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
+        let s = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
+        let scale = *dm.get_unchecked(2 * b) * *x.sx.get_unchecked(b);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale), acc);
+        offset += *dm.get_unchecked(2 * b + 1) * *x.sum.get_unchecked(b);
+    }
+    hsum(acc) + offset
+}
