@@ -201,9 +201,11 @@ impl ModelConfig {
             "silu" | "swish" => Activation::Silu,
             "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
             "gelu" => Activation::Gelu,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "hidden_act {other:?} is not supported (supported: silu, gelu, gelu_pytorch_tanh)"
-            )),
+            ))
+            }
         };
 
         let sliding_window = f.opt_usize("sliding_window")?;

@@ -100,7 +100,16 @@ impl Model {
             stored
         });
         let weights = Weights::from_safetensors(files, dtype, &opts.device)?;
-        let tokenizer = Tokenizer::from_hf_dir(dir)?;
+        // The tokenizer builds on another core while the weights are packed.
+        let (tokenizer, decoder) = std::thread::scope(|s| {
+            let tokenizer = s.spawn(|| Tokenizer::from_hf_dir(dir));
+            let decoder = Decoder::load(cfg.clone(), &weights, opts.max_context);
+            (
+                tokenizer.join().expect("tokenizer thread panicked"),
+                decoder,
+            )
+        });
+        let (tokenizer, decoder) = (tokenizer?, decoder?);
         let template = match template_source_from_dir(dir)? {
             Some(src) => Some(ChatTemplate::new(
                 &src,
@@ -116,7 +125,6 @@ impl Model {
                 eos_ids.push(*id);
             }
         }
-        let decoder = Decoder::load(cfg, &weights, opts.max_context)?;
         Ok(Self {
             decoder,
             tokenizer,
@@ -130,10 +138,34 @@ impl Model {
 
     fn load_gguf(source: &Source, opts: &LoadOptions) -> Result<Self, EngineError> {
         let path = &source.path;
+        let t = Instant::now();
         let content = read_gguf(path)?;
         let cfg = gguf::config_from_gguf(&content).map_err(|m| EngineError::file(path, m))?;
-        let tokenizer = Tokenizer::from_gguf(&content, path)?;
-        let template = match gguf::chat_template(&content) {
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "gguf header read");
+        let tokenizer_json = crate::tokenizer::gguf_tokenizer_json(&content)
+            .map_err(|m| EngineError::file(path, m))?;
+        let special = crate::tokenizer::GgufSpecialTokens::read(&content);
+        let template_src = gguf::chat_template(&content);
+        let (heads, kv_heads) = (cfg.num_heads, cfg.num_kv_heads);
+        let mut weights = Weights::from_gguf(content, path, heads, kv_heads, &opts.device)?;
+        if let Some(dtype) = opts.dtype {
+            weights.dtype = dtype;
+        }
+        // The tokenizer builds on another core while the weights are packed.
+        let (tokenizer, decoder) = std::thread::scope(|s| {
+            let tokenizer = s.spawn(|| Tokenizer::from_gguf_json(tokenizer_json, &special, path));
+            let decoder = Decoder::load(cfg.clone(), &weights, opts.max_context);
+            (
+                tokenizer.join().expect("tokenizer thread panicked"),
+                decoder,
+            )
+        });
+        let (tokenizer, decoder) = (tokenizer?, decoder?);
+        tracing::debug!(
+            ms = t.elapsed().as_millis() as u64,
+            "weights and tokenizer loaded"
+        );
+        let template = match template_src {
             Some(src) => Some(ChatTemplate::new(
                 &src,
                 tokenizer.bos_token.as_deref(),
@@ -147,12 +179,6 @@ impl Model {
                 eos_ids.push(*id);
             }
         }
-        let (heads, kv_heads) = (cfg.num_heads, cfg.num_kv_heads);
-        let mut weights = Weights::from_gguf(content, path, heads, kv_heads, &opts.device);
-        if let Some(dtype) = opts.dtype {
-            weights.dtype = dtype;
-        }
-        let decoder = Decoder::load(cfg, &weights, opts.max_context)?;
         Ok(Self {
             decoder,
             tokenizer,

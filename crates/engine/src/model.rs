@@ -88,7 +88,10 @@ struct Layer {
 }
 
 enum Embedding {
+    /// A candle tensor (GPU).
     Dense(Tensor),
+    /// Rows unpacked on lookup (CPU); shared with a tied `lm_head`.
+    Packed(std::sync::Arc<crate::kernels::PackedMatrix>),
 }
 
 /// Per-sequence decoding state: the KV cache of every layer plus each sequence's left padding.
@@ -150,119 +153,40 @@ pub struct Decoder {
 impl Decoder {
     /// Builds the decoder from `weights` (tensor names as in transformers).
     pub fn load(cfg: ModelConfig, w: &Weights, max_positions: usize) -> Result<Self, EngineError> {
-        let (h, nh, nkv, hd, inter) = (
-            cfg.hidden_size,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-            cfg.intermediate_size,
-        );
-        let embed_w = w.dense("model.embed_tokens.weight")?;
-        if embed_w.dims() != [cfg.vocab_size, h] {
+        let h = cfg.hidden_size;
+        let (embed, embed_dims) = if w.device.is_cpu() {
+            let p = w.packed("model.embed_tokens.weight")?;
+            let dims = vec![p.rows, p.cols];
+            (Embedding::Packed(p), dims)
+        } else {
+            let t = w.dense("model.embed_tokens.weight")?;
+            let dims = t.dims().to_vec();
+            (Embedding::Dense(t), dims)
+        };
+        if embed_dims != [cfg.vocab_size, h] {
             return Err(EngineError::Config(format!(
-                "model.embed_tokens.weight has shape {:?}, expected [{}, {h}] from vocab_size and hidden_size",
-                embed_w.dims(),
+                "model.embed_tokens.weight has shape {embed_dims:?}, expected [{}, {h}] from vocab_size and hidden_size",
                 cfg.vocab_size
             )));
         }
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for i in 0..cfg.num_layers {
-            let p = format!("model.layers.{i}");
-            let proj = if cfg.arch == Arch::Phi3 {
-                Projections::Fused(w.linear(
-                    &format!("{p}.self_attn.qkv_proj"),
-                    (nh + 2 * nkv) * hd,
-                    h,
-                    false,
-                )?)
-            } else {
-                let b = cfg.attention_bias;
-                Projections::Separate {
-                    q: w.linear(&format!("{p}.self_attn.q_proj"), nh * hd, h, b)?,
-                    k: w.linear(&format!("{p}.self_attn.k_proj"), nkv * hd, h, b)?,
-                    v: w.linear(&format!("{p}.self_attn.v_proj"), nkv * hd, h, b)?,
-                }
-            };
-            let o_bias = cfg.attention_bias && matches!(cfg.arch, Arch::Llama | Arch::Mistral);
-            let qk_norm = match cfg.arch {
-                Arch::Qwen3 => QkNorm::PerHead(
-                    RmsNorm::load(w, &format!("{p}.self_attn.q_norm"), &cfg)?,
-                    RmsNorm::load(w, &format!("{p}.self_attn.k_norm"), &cfg)?,
-                ),
-                Arch::Olmo2 => QkNorm::Full(
-                    RmsNorm::load(w, &format!("{p}.self_attn.q_norm"), &cfg)?,
-                    RmsNorm::load(w, &format!("{p}.self_attn.k_norm"), &cfg)?,
-                ),
-                _ => QkNorm::None,
-            };
-            let attn = Attention {
-                proj,
-                o: w.linear(&format!("{p}.self_attn.o_proj"), h, nh * hd, o_bias)?,
-                qk_norm,
-                window: cfg.layer_windows.get(i).copied().flatten(),
-            };
-            let mb = cfg.mlp_bias;
-            let mlp = Mlp {
-                proj: if cfg.arch == Arch::Phi3 {
-                    MlpProj::Fused(w.linear(
-                        &format!("{p}.mlp.gate_up_proj"),
-                        2 * inter,
-                        h,
-                        false,
-                    )?)
-                } else {
-                    MlpProj::Separate {
-                        gate: w.linear(&format!("{p}.mlp.gate_proj"), inter, h, mb)?,
-                        up: w.linear(&format!("{p}.mlp.up_proj"), inter, h, mb)?,
-                    }
-                },
-                down: w.linear(&format!("{p}.mlp.down_proj"), h, inter, mb)?,
-            };
-            let norm = |n: &str| RmsNorm::load(w, &format!("{p}.{n}"), &cfg);
-            let layer = match cfg.arch {
-                Arch::Gemma2 => Layer {
-                    attn,
-                    mlp,
-                    input_norm: Some(norm("input_layernorm")?),
-                    post_attn_norm: Some(norm("post_attention_layernorm")?),
-                    pre_mlp_norm: Some(norm("pre_feedforward_layernorm")?),
-                    post_mlp_norm: Some(norm("post_feedforward_layernorm")?),
-                },
-                Arch::Olmo2 => Layer {
-                    attn,
-                    mlp,
-                    input_norm: None,
-                    post_attn_norm: Some(norm("post_attention_layernorm")?),
-                    pre_mlp_norm: None,
-                    post_mlp_norm: Some(norm("post_feedforward_layernorm")?),
-                },
-                _ => Layer {
-                    attn,
-                    mlp,
-                    input_norm: Some(norm("input_layernorm")?),
-                    post_attn_norm: None,
-                    pre_mlp_norm: Some(norm("post_attention_layernorm")?),
-                    post_mlp_norm: None,
-                },
-            };
-            layers.push(layer);
-        }
+        // Layers are packed in parallel (the tokenizer may be building on another thread meanwhile).
+        use rayon::prelude::*;
+        let layers = (0..cfg.num_layers)
+            .into_par_iter()
+            .map(|i| Self::load_layer(&cfg, w, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Tied (or saved without one): the output projection is the embedding matrix, shared, not copied.
         let lm_head = if !cfg.tie_word_embeddings && w.contains("lm_head.weight") {
             w.linear("lm_head", cfg.vocab_size, h, false)?
-        } else if w.contains("lm_head.weight") {
-            w.linear("lm_head", cfg.vocab_size, h, false)?
-        } else if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
-            // Tied: the output projection is the embedding matrix (kept quantized when it is stored so).
-            w.linear("model.embed_tokens", cfg.vocab_size, h, false)?
         } else {
-            unreachable!()
+            w.linear("model.embed_tokens", cfg.vocab_size, h, false)?
         };
         let max_positions = max_positions.min(cfg.max_position_embeddings.max(1));
         let rope = RopeTables::new(&cfg, max_positions, w.dtype, &w.device)?;
         Ok(Self {
             embed_scale: (cfg.arch == Arch::Gemma2).then(|| (h as f64).sqrt()),
             norm: RmsNorm::load(w, "model.norm", &cfg)?,
-            embed: Embedding::Dense(embed_w),
+            embed,
             layers,
             lm_head,
             rope,
@@ -270,6 +194,90 @@ impl Decoder {
             device: w.device.clone(),
             cfg,
         })
+    }
+
+    fn load_layer(cfg: &ModelConfig, w: &Weights, i: usize) -> Result<Layer, EngineError> {
+        let (h, nh, nkv, hd, inter) = (
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.intermediate_size,
+        );
+        let p = format!("model.layers.{i}");
+        let proj = if cfg.arch == Arch::Phi3 {
+            Projections::Fused(w.linear(
+                &format!("{p}.self_attn.qkv_proj"),
+                (nh + 2 * nkv) * hd,
+                h,
+                false,
+            )?)
+        } else {
+            let b = cfg.attention_bias;
+            Projections::Separate {
+                q: w.linear(&format!("{p}.self_attn.q_proj"), nh * hd, h, b)?,
+                k: w.linear(&format!("{p}.self_attn.k_proj"), nkv * hd, h, b)?,
+                v: w.linear(&format!("{p}.self_attn.v_proj"), nkv * hd, h, b)?,
+            }
+        };
+        let o_bias = cfg.attention_bias && matches!(cfg.arch, Arch::Llama | Arch::Mistral);
+        let qk_norm = match cfg.arch {
+            Arch::Qwen3 => QkNorm::PerHead(
+                RmsNorm::load(w, &format!("{p}.self_attn.q_norm"), cfg)?,
+                RmsNorm::load(w, &format!("{p}.self_attn.k_norm"), cfg)?,
+            ),
+            Arch::Olmo2 => QkNorm::Full(
+                RmsNorm::load(w, &format!("{p}.self_attn.q_norm"), cfg)?,
+                RmsNorm::load(w, &format!("{p}.self_attn.k_norm"), cfg)?,
+            ),
+            _ => QkNorm::None,
+        };
+        let attn = Attention {
+            proj,
+            o: w.linear(&format!("{p}.self_attn.o_proj"), h, nh * hd, o_bias)?,
+            qk_norm,
+            window: cfg.layer_windows.get(i).copied().flatten(),
+        };
+        let mb = cfg.mlp_bias;
+        let mlp = Mlp {
+            proj: if cfg.arch == Arch::Phi3 {
+                MlpProj::Fused(w.linear(&format!("{p}.mlp.gate_up_proj"), 2 * inter, h, false)?)
+            } else {
+                MlpProj::Separate {
+                    gate: w.linear(&format!("{p}.mlp.gate_proj"), inter, h, mb)?,
+                    up: w.linear(&format!("{p}.mlp.up_proj"), inter, h, mb)?,
+                }
+            },
+            down: w.linear(&format!("{p}.mlp.down_proj"), h, inter, mb)?,
+        };
+        let norm = |n: &str| RmsNorm::load(w, &format!("{p}.{n}"), cfg);
+        let layer = match cfg.arch {
+            Arch::Gemma2 => Layer {
+                attn,
+                mlp,
+                input_norm: Some(norm("input_layernorm")?),
+                post_attn_norm: Some(norm("post_attention_layernorm")?),
+                pre_mlp_norm: Some(norm("pre_feedforward_layernorm")?),
+                post_mlp_norm: Some(norm("post_feedforward_layernorm")?),
+            },
+            Arch::Olmo2 => Layer {
+                attn,
+                mlp,
+                input_norm: None,
+                post_attn_norm: Some(norm("post_attention_layernorm")?),
+                pre_mlp_norm: None,
+                post_mlp_norm: Some(norm("post_feedforward_layernorm")?),
+            },
+            _ => Layer {
+                attn,
+                mlp,
+                input_norm: Some(norm("input_layernorm")?),
+                post_attn_norm: None,
+                pre_mlp_norm: Some(norm("post_attention_layernorm")?),
+                post_mlp_norm: None,
+            },
+        };
+        Ok(layer)
     }
 
     pub fn device(&self) -> &Device {
@@ -339,11 +347,20 @@ impl Decoder {
         let masks = Masks::new(&cache.pads, start, t, &self.device)?;
 
         let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, (b * t,), &self.device)?;
-        let Embedding::Dense(table) = &self.embed;
-        let mut x = table
-            .index_select(&ids, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?;
+        let h = self.cfg.hidden_size;
+        let mut x = match &self.embed {
+            Embedding::Dense(table) => {
+                let ids = Tensor::from_vec(flat, (b * t,), &self.device)?;
+                table.index_select(&ids, 0)?.reshape((b, t, h))?
+            }
+            Embedding::Packed(table) => {
+                let mut rows = vec![0f32; b * t * h];
+                for (id, row) in flat.iter().zip(rows.chunks_mut(h)) {
+                    table.row_to_f32(*id as usize, row);
+                }
+                Tensor::from_vec(rows, (b, t, h), &self.device)?.to_dtype(self.dtype)?
+            }
+        };
         if let Some(s) = self.embed_scale {
             // transformers multiplies by the normalizer cast to the hidden dtype.
             let s = Tensor::new(s as f32, &self.device)?.to_dtype(self.dtype)?;

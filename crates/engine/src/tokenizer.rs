@@ -59,25 +59,32 @@ impl Tokenizer {
     /// Rebuilds the tokenizer from a GGUF file's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Self, EngineError> {
         let json = gguf_tokenizer_json(content).map_err(|m| EngineError::file(path, m))?;
-        let inner =
-            tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).map_err(|e| {
-                EngineError::file(
-                    path,
-                    format!("cannot build the tokenizer from GGUF metadata: {e}"),
-                )
-            })?;
-        let id_of = |k: &str| content.metadata.get(k).and_then(|v| v.to_u32().ok());
+        Self::from_gguf_json(json, &GgufSpecialTokens::read(content), path)
+    }
+
+    /// Builds the tokenizer from [`gguf_tokenizer_json`]'s document (the slow part, so it can run on its own
+    /// thread while weights load).
+    pub fn from_gguf_json(
+        json: Value,
+        special: &GgufSpecialTokens,
+        path: &Path,
+    ) -> Result<Self, EngineError> {
+        let inner = serde_json::from_value::<tokenizers::Tokenizer>(json).map_err(|e| {
+            EngineError::file(
+                path,
+                format!("cannot build the tokenizer from GGUF metadata: {e}"),
+            )
+        })?;
         let tok = |id: Option<u32>| id.and_then(|i| inner.id_to_token(i));
-        let eos_id = id_of("tokenizer.ggml.eos_token_id");
-        let mut eos_ids: Vec<u32> = eos_id.into_iter().collect();
-        if let Some(eot) = id_of("tokenizer.ggml.eot_token_id") {
+        let mut eos_ids: Vec<u32> = special.eos.into_iter().collect();
+        if let Some(eot) = special.eot {
             if !eos_ids.contains(&eot) {
                 eos_ids.push(eot);
             }
         }
         Ok(Self {
-            bos_token: tok(id_of("tokenizer.ggml.bos_token_id")),
-            eos_token: tok(eos_id),
+            bos_token: tok(special.bos),
+            eos_token: tok(special.eos),
             eos_ids,
             inner,
         })
@@ -107,6 +114,25 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+}
+
+/// The special token ids a GGUF file names.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GgufSpecialTokens {
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub eot: Option<u32>,
+}
+
+impl GgufSpecialTokens {
+    pub fn read(content: &gguf_file::Content) -> Self {
+        let id_of = |k: &str| content.metadata.get(k).and_then(|v| v.to_u32().ok());
+        Self {
+            bos: id_of("tokenizer.ggml.bos_token_id"),
+            eos: id_of("tokenizer.ggml.eos_token_id"),
+            eot: id_of("tokenizer.ggml.eot_token_id"),
+        }
     }
 }
 

@@ -1,12 +1,15 @@
-//! Where tensors come from: memory-mapped safetensors shards or a GGUF file, behind one [`Weights`] type that
-//! the decoder asks for tensors by their Hugging Face names.
+//! Where tensors come from: memory-mapped safetensors shards or a memory-mapped GGUF file, behind one
+//! [`Weights`] type that the decoder asks for tensors by their Hugging Face names.
 //!
-//! This is also the kernels' seam: a projection is a [`Linear`], either dense (candle's matmul in the compute
-//! dtype) or quantized (ggml block formats through candle's quantized matmul). Faster kernels plug in here.
+//! This is also the kernels' seam: a projection is a [`Linear`]. On the CPU it is a [`PackedMatrix`] for our
+//! own kernels, packed straight from the mapped file bytes (ggml blocks repacked exactly, GGUF Q/K rows
+//! un-permuted on the way) and shared between users (a tied `lm_head` reuses the embedding). On a GPU it is a
+//! candle tensor or candle quantized matrix.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
@@ -18,11 +21,20 @@ use crate::EngineError;
 #[derive(Debug, Clone)]
 pub enum Linear {
     /// candle's matmul in the compute dtype (GPU).
-    Dense { weight: Tensor, bias: Option<Tensor> },
+    Dense {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
     /// candle's quantized matmul (GPU).
-    Quant { weight: QMatMul, bias: Option<Tensor> },
+    Quant {
+        weight: QMatMul,
+        bias: Option<Tensor>,
+    },
     /// Our CPU kernels: any weight format, float32 activations.
-    Packed { weight: Arc<PackedMatrix>, bias: Option<Tensor> },
+    Packed {
+        weight: Arc<PackedMatrix>,
+        bias: Option<Tensor>,
+    },
 }
 
 impl Linear {
@@ -58,22 +70,9 @@ impl Linear {
 
     fn bias(&self) -> Option<&Tensor> {
         match self {
-            Linear::Dense { bias, .. } | Linear::Quant { bias, .. } | Linear::Packed { bias, .. } => bias.as_ref(),
-        }
-    }
-
-    pub fn out_dim(&self) -> candle_core::Result<usize> {
-        match self {
-            Linear::Dense { weight, .. } => weight.dim(0),
-            Linear::Quant {
-                weight: QMatMul::QTensor(q),
-                ..
-            } => q.shape().dim(0),
-            Linear::Quant {
-                weight: QMatMul::Tensor(t) | QMatMul::TensorF16(t),
-                ..
-            } => t.dim(0),
-            Linear::Packed { weight, .. } => Ok(weight.rows),
+            Linear::Dense { bias, .. }
+            | Linear::Quant { bias, .. }
+            | Linear::Packed { bias, .. } => bias.as_ref(),
         }
     }
 }
@@ -87,8 +86,10 @@ pub enum Stored {
 /// The tensors of a checkpoint, by Hugging Face name.
 pub struct Weights {
     backend: Backend,
+    /// Compute dtype of activations and dense GPU weights.
     pub dtype: DType,
     pub device: Device,
+    packed: Mutex<HashMap<String, Arc<PackedMatrix>>>,
 }
 
 enum Backend {
@@ -98,10 +99,22 @@ enum Backend {
     },
     Gguf {
         content: gguf_file::Content,
+        mmap: memmap2::Mmap,
         path: PathBuf,
         heads: usize,
         kv_heads: usize,
     },
+}
+
+/// What a GGUF tensor needs before use: Q and K rows of llama files are permuted for llama.cpp's RoPE.
+fn gguf_permute_heads(gguf: &str, heads: usize, kv_heads: usize) -> Option<usize> {
+    if gguf.ends_with("attn_q.weight") {
+        Some(heads)
+    } else if gguf.ends_with("attn_k.weight") {
+        Some(kv_heads)
+    } else {
+        None
+    }
 }
 
 impl Weights {
@@ -119,26 +132,37 @@ impl Weights {
             backend: Backend::Safetensors { st, files },
             dtype,
             device: device.clone(),
+            packed: Default::default(),
         })
     }
 
+    /// Memory-maps a GGUF file whose header is `content`; every tensor's byte range is checked against the file.
     pub fn from_gguf(
         content: gguf_file::Content,
         path: &Path,
         heads: usize,
         kv_heads: usize,
         device: &Device,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, EngineError> {
+        let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+        // SAFETY: read-only mapping of a file we only read; every range used is checked against its length.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
+        for (name, info) in &content.tensor_infos {
+            gguf_range(&content, info, mmap.len())
+                .map_err(|m| EngineError::file(path, format!("tensor {name:?}: {m}")))?;
+        }
+        Ok(Self {
             backend: Backend::Gguf {
                 content,
+                mmap,
                 path: path.to_path_buf(),
                 heads,
                 kv_heads,
             },
             dtype: DType::F32,
             device: device.clone(),
-        }
+            packed: Default::default(),
+        })
     }
 
     fn origin(&self) -> &Path {
@@ -164,52 +188,109 @@ impl Weights {
         )
     }
 
-    /// Loads a tensor as stored.
+    fn bad(&self, name: &str, e: impl std::fmt::Display) -> EngineError {
+        EngineError::file(self.origin(), format!("tensor {name:?}: {e}"))
+    }
+
+    /// A GGUF tensor's info and (un-permuted) bytes.
+    fn gguf_bytes(
+        &self,
+        hf_name: &str,
+    ) -> Result<(GgmlDType, Vec<usize>, Cow<'_, [u8]>), EngineError> {
+        let Backend::Gguf {
+            content,
+            mmap,
+            heads,
+            kv_heads,
+            ..
+        } = &self.backend
+        else {
+            unreachable!("only called for GGUF")
+        };
+        let name = gguf_name(hf_name).ok_or_else(|| self.missing(hf_name))?;
+        let info = content
+            .tensor_infos
+            .get(&name)
+            .ok_or_else(|| self.missing(hf_name))?;
+        let range = gguf_range(content, info, mmap.len()).map_err(|m| self.bad(&name, m))?;
+        let dims = info.shape.dims().to_vec();
+        let bytes = &mmap[range];
+        Ok(match gguf_permute_heads(&name, *heads, *kv_heads) {
+            Some(h) => {
+                let row_bytes = bytes.len() / dims[0].max(1);
+                let permuted =
+                    unpermute_rows(bytes, dims[0], row_bytes, h).map_err(|m| self.bad(&name, m))?;
+                (info.ggml_dtype, dims, Cow::Owned(permuted))
+            }
+            None => (info.ggml_dtype, dims, Cow::Borrowed(bytes)),
+        })
+    }
+
+    /// Loads a tensor as stored (copied out of the mapping).
     pub fn stored(&self, hf_name: &str) -> Result<Stored, EngineError> {
         match &self.backend {
-            Backend::Safetensors { st, files } => {
+            Backend::Safetensors { st, .. } => {
                 if st.get(hf_name).is_err() {
                     return Err(self.missing(hf_name));
                 }
-                let t = st.load(hf_name, &self.device).map_err(|e| {
-                    EngineError::file(&files[0], format!("tensor {hf_name:?}: {e}"))
-                })?;
+                let t = st
+                    .load(hf_name, &self.device)
+                    .map_err(|e| self.bad(hf_name, e))?;
                 Ok(Stored::Dense(t))
             }
-            Backend::Gguf {
-                content,
-                path,
-                heads,
-                kv_heads,
-            } => {
-                let name = gguf_name(hf_name).ok_or_else(|| self.missing(hf_name))?;
-                if !content.tensor_infos.contains_key(&name) {
-                    return Err(self.missing(hf_name));
-                }
-                let mut file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
-                let q = content
-                    .tensor(&mut file, &name, &self.device)
-                    .map_err(|e| EngineError::file(path, format!("tensor {name:?}: {e}")))?;
-                let permute_heads = if name.ends_with("attn_q.weight") {
-                    Some(*heads)
-                } else if name.ends_with("attn_k.weight") {
-                    Some(*kv_heads)
-                } else {
-                    None
-                };
-                let q = match permute_heads {
-                    Some(h) => unpermute_qk_rows(&q, h)
-                        .map_err(|e| EngineError::file(path, format!("{name}: {e}")))?,
-                    None => q,
-                };
+            Backend::Gguf { .. } => {
+                let (dtype, dims, bytes) = self.gguf_bytes(hf_name)?;
+                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dtype,
+                    &bytes,
+                    dims,
+                    &self.device,
+                )
+                .map_err(|e| self.bad(hf_name, e))?;
                 Ok(match q.dtype() {
                     GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
-                        Stored::Dense(q.dequantize(&self.device).map_err(EngineError::Candle)?)
+                        Stored::Dense(q.dequantize(&self.device)?)
                     }
                     _ => Stored::Quant(q),
                 })
             }
         }
+    }
+
+    /// A matrix packed for the CPU kernels, built once per name and shared.
+    pub fn packed(&self, hf_name: &str) -> Result<Arc<PackedMatrix>, EngineError> {
+        if let Some(p) = self.packed.lock().unwrap().get(hf_name) {
+            return Ok(p.clone());
+        }
+        let m = match &self.backend {
+            Backend::Safetensors { st, .. } => {
+                let view = st.get(hf_name).map_err(|_| self.missing(hf_name))?;
+                PackedMatrix::from_safetensors(view.dtype(), view.shape(), view.data())
+            }
+            Backend::Gguf { .. } => {
+                let (dtype, dims, bytes) = self.gguf_bytes(hf_name)?;
+                match PackedMatrix::from_ggml(dtype, &bytes, &dims) {
+                    Err(PackError::Unsupported(_)) => {
+                        let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                            dtype,
+                            &bytes,
+                            dims,
+                            &self.device,
+                        )
+                        .map_err(|e| self.bad(hf_name, e))?;
+                        PackedMatrix::from_dense(&q.dequantize(&self.device)?)
+                    }
+                    other => other,
+                }
+            }
+        }
+        .map_err(|e| self.bad(hf_name, e))?;
+        let m = Arc::new(m);
+        self.packed
+            .lock()
+            .unwrap()
+            .insert(hf_name.to_string(), m.clone());
+        Ok(m)
     }
 
     /// A dense tensor in the compute dtype (quantized ones are dequantized).
@@ -226,14 +307,6 @@ impl Weights {
         Ok(self.dense(hf_name)?.to_dtype(DType::F32)?)
     }
 
-    pub fn optional_dense(&self, hf_name: &str) -> Result<Option<Tensor>, EngineError> {
-        if self.contains(hf_name) {
-            self.dense(hf_name).map(Some)
-        } else {
-            Ok(None)
-        }
-    }
-
     /// A projection with its weight `[out, in]` checked against the expected shape.
     pub fn linear(
         &self,
@@ -248,43 +321,66 @@ impl Weights {
         } else {
             None
         };
-        let stored = self.stored(&name)?;
-        let dims = match &stored {
-            Stored::Dense(t) => t.dims().to_vec(),
-            Stored::Quant(q) => q.shape().dims().to_vec(),
-        };
-        if dims != [out_dim, in_dim] {
-            return Err(EngineError::file(
-                self.origin(),
-                format!("tensor {name:?} has shape {dims:?}, but config.json implies [{out_dim}, {in_dim}]"),
-            ));
-        }
-        let packed = |r: Result<PackedMatrix, PackError>| -> Result<Linear, EngineError> {
-            let m = r.map_err(|e| EngineError::file(self.origin(), format!("tensor {name:?}: {e}")))?;
-            Ok(Linear::Packed { weight: Arc::new(m), bias: bias.clone() })
+        let check = |dims: &[usize]| {
+            if dims != [out_dim, in_dim] {
+                return Err(self.bad(
+                    &name,
+                    format!("has shape {dims:?}, but config.json implies [{out_dim}, {in_dim}]"),
+                ));
+            }
+            Ok(())
         };
         if self.device.is_cpu() {
-            return match stored {
-                Stored::Dense(t) => packed(PackedMatrix::from_dense(&t)),
-                Stored::Quant(q) => match PackedMatrix::from_qtensor(&q) {
-                    Err(PackError::Unsupported(_)) => packed(PackedMatrix::from_dense(&q.dequantize(&self.device)?)),
-                    other => packed(other),
-                },
-            };
+            let weight = self.packed(&name)?;
+            check(&[weight.rows, weight.cols])?;
+            return Ok(Linear::Packed { weight, bias });
         }
+        let stored = self.stored(&name)?;
         Ok(match stored {
-            Stored::Dense(t) => Linear::Dense { weight: t.to_dtype(self.dtype)?, bias },
-            Stored::Quant(q) => Linear::Quant { weight: QMatMul::from_qtensor(q)?, bias },
+            Stored::Dense(t) => {
+                check(t.dims())?;
+                Linear::Dense {
+                    weight: t.to_dtype(self.dtype)?,
+                    bias,
+                }
+            }
+            Stored::Quant(q) => {
+                check(q.shape().dims())?;
+                Linear::Quant {
+                    weight: QMatMul::from_qtensor(q)?,
+                    bias,
+                }
+            }
         })
     }
+}
 
-    /// Every tensor name, for the GGUF converter and diagnostics.
-    pub fn gguf_tensor_names(&self) -> Vec<String> {
-        match &self.backend {
-            Backend::Gguf { content, .. } => content.tensor_infos.keys().cloned().collect(),
-            Backend::Safetensors { st, .. } => st.tensors().into_iter().map(|(n, _)| n).collect(),
-        }
+/// The byte range of a GGUF tensor inside the file, checked.
+fn gguf_range(
+    content: &gguf_file::Content,
+    info: &gguf_file::TensorInfo,
+    file_len: usize,
+) -> Result<std::ops::Range<usize>, String> {
+    let elems = info.shape.elem_count();
+    let block = info.ggml_dtype.block_size();
+    if elems % block != 0 {
+        return Err(format!(
+            "{elems} elements are not a whole number of {:?} blocks",
+            info.ggml_dtype
+        ));
     }
+    let size = (elems / block) as u64 * info.ggml_dtype.type_size() as u64;
+    let start = content
+        .tensor_data_offset
+        .checked_add(info.offset)
+        .ok_or("offset overflows")?;
+    let end = start.checked_add(size).ok_or("size overflows")?;
+    if end > file_len as u64 {
+        return Err(format!(
+            "needs bytes {start}..{end} but the file has {file_len} (truncated?)"
+        ));
+    }
+    Ok(start as usize..end as usize)
 }
 
 /// Maps a Hugging Face llama tensor name to its GGUF name.
@@ -317,25 +413,20 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{idx}.{g}.{suffix}"))
 }
 
-/// Undoes llama.cpp's Q/K row permutation (GGUF stores each head's rotary pairs interleaved; Hugging Face
-/// stores them as two halves). Each row of a ggml tensor is quantized on its own, so rows move as whole blocks.
-pub fn unpermute_qk_rows(q: &QTensor, heads: usize) -> candle_core::Result<QTensor> {
-    let dims = q.shape().dims().to_vec();
-    let (rows, cols) = (dims[0], dims[1]);
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
-        candle_core::bail!("cannot un-permute {rows} rows into {heads} heads");
+/// Undoes llama.cpp's Q/K row permutation on raw rows: GGUF stores each head's rotary pairs interleaved,
+/// Hugging Face stores them as two halves. Rows are quantized independently, so they move as whole blocks.
+pub fn unpermute_rows(
+    data: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    heads: usize,
+) -> Result<Vec<u8>, String> {
+    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 || data.len() != rows * row_bytes
+    {
+        return Err(format!("cannot un-permute {rows} rows into {heads} heads"));
     }
     let head_dim = rows / heads;
     let half = head_dim / 2;
-    let dtype = q.dtype();
-    let row_bytes = cols / dtype.block_size() * dtype.type_size();
-    let data = q.data()?;
-    if data.len() != rows * row_bytes {
-        candle_core::bail!(
-            "unexpected data size {} for {rows}x{cols} {dtype:?}",
-            data.len()
-        );
-    }
     let mut out = vec![0u8; data.len()];
     for h in 0..heads {
         for part in 0..2 {
@@ -347,13 +438,24 @@ pub fn unpermute_qk_rows(q: &QTensor, heads: usize) -> candle_core::Result<QTens
             }
         }
     }
-    let storage = QStorage::from_data(Cow::Owned(out), &q.device(), dtype)?;
+    Ok(out)
+}
+
+/// [`unpermute_rows`] for a whole ggml tensor (used by the converter).
+pub fn unpermute_qk_rows(q: &QTensor, heads: usize) -> candle_core::Result<QTensor> {
+    let dims = q.shape().dims().to_vec();
+    let data = q.data()?;
+    let row_bytes = data.len() / dims[0].max(1);
+    let out = unpermute_rows(&data, dims[0], row_bytes, heads).map_err(candle_core::Error::msg)?;
+    let storage = QStorage::from_data(Cow::Owned(out), &q.device(), q.dtype())?;
     QTensor::new(storage, dims)
 }
 
 /// Reads a GGUF file's header, naming the file in any error.
 pub fn read_gguf(path: &Path) -> Result<gguf_file::Content, EngineError> {
-    let mut file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
-    gguf_file::Content::read(&mut file)
+    let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+    // Buffered: the header is tens of thousands of small reads (one per vocabulary string).
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    gguf_file::Content::read(&mut reader)
         .map_err(|e| EngineError::file(path, format!("not a readable GGUF file: {e}")))
 }

@@ -34,9 +34,15 @@ pub enum Format {
     Bf16(Vec<u16>),
     F16(Vec<u16>),
     /// `qs`: 16 bytes per block of 32 (low nibbles hold weights 0–15, high nibbles 16–31); `dm`: (d, m) pairs.
-    Q4 { qs: Vec<u8>, dm: Vec<f32> },
+    Q4 {
+        qs: Vec<u8>,
+        dm: Vec<f32>,
+    },
     /// `qs`: 32 signed bytes per block of 32; `dm`: (d, m) pairs.
-    Q8 { qs: Vec<i8>, dm: Vec<f32> },
+    Q8 {
+        qs: Vec<i8>,
+        dm: Vec<f32>,
+    },
 }
 
 /// A `rows × cols` weight matrix ready for [`PackedMatrix::matmul`].
@@ -76,7 +82,9 @@ impl PackedMatrix {
         assert_eq!(x.len(), m * self.cols, "input is not m × cols");
         assert_eq!(out.len(), m * self.rows, "output is not m × rows");
         let quantized: Vec<QuantizedInput> = match self.format {
-            Format::Q4 { .. } | Format::Q8 { .. } => x.chunks(self.cols).map(QuantizedInput::new).collect(),
+            Format::Q4 { .. } | Format::Q8 { .. } => {
+                x.chunks(self.cols).map(QuantizedInput::new).collect()
+            }
             _ => Vec::new(),
         };
         let kernel = Kernel::detect();
@@ -93,15 +101,17 @@ impl PackedMatrix {
         }
         // Several inputs: compute rows × m, then transpose into m × rows.
         let mut tmp = vec![0f32; self.rows * m];
-        tmp.par_chunks_mut(chunk * m).enumerate().for_each(|(ci, o)| {
-            let r0 = ci * chunk;
-            for (i, row_out) in o.chunks_mut(m).enumerate() {
-                for (t, v) in row_out.iter_mut().enumerate() {
-                    let xt = &x[t * self.cols..(t + 1) * self.cols];
-                    *v = self.row_dot(kernel, r0 + i, xt, quantized.get(t));
+        tmp.par_chunks_mut(chunk * m)
+            .enumerate()
+            .for_each(|(ci, o)| {
+                let r0 = ci * chunk;
+                for (i, row_out) in o.chunks_mut(m).enumerate() {
+                    for (t, v) in row_out.iter_mut().enumerate() {
+                        let xt = &x[t * self.cols..(t + 1) * self.cols];
+                        *v = self.row_dot(kernel, r0 + i, xt, quantized.get(t));
+                    }
                 }
-            }
-        });
+            });
         for r in 0..self.rows {
             for t in 0..m {
                 out[t * self.rows + r] = tmp[r * m + t];
@@ -119,35 +129,64 @@ impl PackedMatrix {
             Format::F16(w) => kernel.dot_f16(&w[r * c..(r + 1) * c], x),
             Format::Q4 { qs, dm } => {
                 let xq = xq.expect("quantized input");
-                kernel.dot_q4(&qs[r * c / 2..(r + 1) * c / 2], &dm[r * nb * 2..(r + 1) * nb * 2], xq)
+                kernel.dot_q4(
+                    &qs[r * c / 2..(r + 1) * c / 2],
+                    &dm[r * nb * 2..(r + 1) * nb * 2],
+                    xq,
+                )
             }
             Format::Q8 { qs, dm } => {
                 let xq = xq.expect("quantized input");
-                kernel.dot_q8(&qs[r * c..(r + 1) * c], &dm[r * nb * 2..(r + 1) * nb * 2], xq)
+                kernel.dot_q8(
+                    &qs[r * c..(r + 1) * c],
+                    &dm[r * nb * 2..(r + 1) * nb * 2],
+                    xq,
+                )
+            }
+        }
+    }
+
+    /// Row `r` as float32 (embedding lookups).
+    pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
+        let c = self.cols;
+        let nb = c / BLOCK;
+        match &self.format {
+            Format::F32(w) => out.copy_from_slice(&w[r * c..(r + 1) * c]),
+            Format::Bf16(w) => out
+                .iter_mut()
+                .zip(&w[r * c..(r + 1) * c])
+                .for_each(|(o, &v)| *o = f32::from_bits(u32::from(v) << 16)),
+            Format::F16(w) => out
+                .iter_mut()
+                .zip(&w[r * c..(r + 1) * c])
+                .for_each(|(o, &v)| *o = half::f16::from_bits(v).to_f32()),
+            Format::Q4 { qs, dm } => {
+                for b in 0..nb {
+                    let (d, m) = (dm[(r * nb + b) * 2], dm[(r * nb + b) * 2 + 1]);
+                    let q = &qs[(r * nb + b) * 16..(r * nb + b + 1) * 16];
+                    for j in 0..16 {
+                        out[b * BLOCK + j] = d * (q[j] & 0x0F) as f32 + m;
+                        out[b * BLOCK + j + 16] = d * (q[j] >> 4) as f32 + m;
+                    }
+                }
+            }
+            Format::Q8 { qs, dm } => {
+                for b in 0..nb {
+                    let (d, m) = (dm[(r * nb + b) * 2], dm[(r * nb + b) * 2 + 1]);
+                    let q = &qs[(r * nb + b) * BLOCK..(r * nb + b + 1) * BLOCK];
+                    for j in 0..BLOCK {
+                        out[b * BLOCK + j] = d * q[j] as f32 + m;
+                    }
+                }
             }
         }
     }
 
     /// The weights as float32 (row-major), for tests and conversions.
     pub fn to_f32(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        let nb = self.cols / BLOCK;
-        for r in 0..self.rows {
-            for c in 0..self.cols {
-                let i = r * self.cols + c;
-                let (b, j) = (r * nb + c / BLOCK, c % BLOCK);
-                out.push(match &self.format {
-                    Format::F32(w) => w[i],
-                    Format::Bf16(w) => half::bf16::from_bits(w[i]).to_f32(),
-                    Format::F16(w) => half::f16::from_bits(w[i]).to_f32(),
-                    Format::Q4 { qs, dm } => {
-                        let byte = qs[b * 16 + j % 16];
-                        let q = if j < 16 { byte & 0x0F } else { byte >> 4 };
-                        dm[2 * b] * q as f32 + dm[2 * b + 1]
-                    }
-                    Format::Q8 { qs, dm } => dm[2 * b] * qs[b * BLOCK + j] as f32 + dm[2 * b + 1],
-                });
-            }
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, row) in out.chunks_mut(self.cols.max(1)).enumerate() {
+            self.row_to_f32(r, row);
         }
         out
     }

@@ -11,8 +11,18 @@ pub enum PackError {
     NotMatrix(Vec<usize>),
     #[error("{0:?} has no kernel format here")]
     Unsupported(GgmlDType),
+    #[error("weights of dtype {0} cannot be used for a projection (expected F32, BF16 or F16)")]
+    Dtype(String),
+    #[error("data has {got} bytes, expected {expected}")]
+    Size { got: usize, expected: usize },
     #[error("{0}")]
     Candle(#[from] candle_core::Error),
+}
+
+fn u16s(data: &[u8]) -> Vec<u16> {
+    data.chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect()
 }
 
 fn f16(bytes: &[u8], at: usize) -> f32 {
@@ -24,7 +34,10 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
-        ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+        (
+            (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
     }
 }
 
@@ -38,10 +51,21 @@ fn push_q4(qs: &mut Vec<u8>, v: &[u8; 32]) {
 impl PackedMatrix {
     /// Repacks a ggml tensor exactly; formats without a kernel here give [`PackError::Unsupported`].
     pub fn from_qtensor(q: &QTensor) -> Result<Self, PackError> {
-        let dims = q.shape().dims().to_vec();
-        let [rows, cols] = dims[..] else { return Err(PackError::NotMatrix(dims)) };
-        let dtype = q.dtype();
-        let data = q.data()?;
+        Self::from_ggml(q.dtype(), &q.data()?, q.shape().dims())
+    }
+
+    /// Repacks raw ggml data (`dims` as candle orders them: rows first).
+    pub fn from_ggml(dtype: GgmlDType, data: &[u8], dims: &[usize]) -> Result<Self, PackError> {
+        let [rows, cols] = dims[..] else {
+            return Err(PackError::NotMatrix(dims.to_vec()));
+        };
+        let expected = rows * cols / dtype.block_size() * dtype.type_size();
+        if data.len() != expected || cols % dtype.block_size() != 0 {
+            return Err(PackError::Size {
+                got: data.len(),
+                expected,
+            });
+        }
         let blocks = rows * cols / BLOCK;
         let mut dm = Vec::with_capacity(blocks * 2);
         let format = match dtype {
@@ -50,7 +74,11 @@ impl PackedMatrix {
                 let mut qs = Vec::with_capacity(blocks * 16);
                 for b in data.chunks_exact(size) {
                     let d = f16(b, 0);
-                    let (m, q) = if dtype == GgmlDType::Q4_0 { (-8.0 * d, &b[2..18]) } else { (f16(b, 2), &b[4..20]) };
+                    let (m, q) = if dtype == GgmlDType::Q4_0 {
+                        (-8.0 * d, &b[2..18])
+                    } else {
+                        (f16(b, 2), &b[4..20])
+                    };
                     dm.extend([d, m]);
                     qs.extend_from_slice(q);
                 }
@@ -61,8 +89,11 @@ impl PackedMatrix {
                 let mut qs = Vec::with_capacity(blocks * BLOCK);
                 for b in data.chunks_exact(size) {
                     let d = f16(b, 0);
-                    let (m, rest, bias) =
-                        if dtype == GgmlDType::Q5_0 { (0.0, &b[2..], 16) } else { (f16(b, 2), &b[4..], 0) };
+                    let (m, rest, bias) = if dtype == GgmlDType::Q5_0 {
+                        (0.0, &b[2..], 16)
+                    } else {
+                        (f16(b, 2), &b[4..], 0)
+                    };
                     let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
                     let ql = &rest[4..20];
                     let mut vals = [0i8; 32];
@@ -107,7 +138,8 @@ impl PackedMatrix {
             GgmlDType::Q5K => {
                 let mut qs = Vec::with_capacity(blocks * BLOCK);
                 for b in data.chunks_exact(176) {
-                    let (d, dmin, scales, qh, ql) = (f16(b, 0), f16(b, 2), &b[4..16], &b[16..48], &b[48..176]);
+                    let (d, dmin, scales, qh, ql) =
+                        (f16(b, 0), f16(b, 2), &b[4..16], &b[16..48], &b[48..176]);
                     for chunk in 0..4 {
                         let ql = &ql[chunk * 32..chunk * 32 + 32];
                         for (half, shift) in [(0usize, 0u8), (1, 4)] {
@@ -123,19 +155,71 @@ impl PackedMatrix {
                 }
                 Format::Q8 { qs, dm }
             }
+            GgmlDType::F32 => Format::F32(
+                data.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            GgmlDType::F16 => Format::F16(u16s(data)),
+            GgmlDType::BF16 => Format::Bf16(u16s(data)),
             other => return Err(PackError::Unsupported(other)),
         };
+        Ok(Self { rows, cols, format })
+    }
+
+    /// Packs a safetensors tensor straight from its (memory-mapped) bytes.
+    pub fn from_safetensors(
+        dtype: safetensors::Dtype,
+        shape: &[usize],
+        data: &[u8],
+    ) -> Result<Self, PackError> {
+        let [rows, cols] = shape[..] else {
+            return Err(PackError::NotMatrix(shape.to_vec()));
+        };
+        let (format, width) = match dtype {
+            safetensors::Dtype::F32 => (
+                Format::F32(
+                    data.chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
+                ),
+                4,
+            ),
+            safetensors::Dtype::BF16 => (Format::Bf16(u16s(data)), 2),
+            safetensors::Dtype::F16 => (Format::F16(u16s(data)), 2),
+            other => return Err(PackError::Dtype(format!("{other:?}"))),
+        };
+        if data.len() != rows * cols * width {
+            return Err(PackError::Size {
+                got: data.len(),
+                expected: rows * cols * width,
+            });
+        }
         Ok(Self { rows, cols, format })
     }
 
     /// Packs a dense 2-D tensor, keeping bf16 and f16 weights in half precision.
     pub fn from_dense(t: &Tensor) -> Result<Self, PackError> {
         let dims = t.dims().to_vec();
-        let [rows, cols] = dims[..] else { return Err(PackError::NotMatrix(dims)) };
+        let [rows, cols] = dims[..] else {
+            return Err(PackError::NotMatrix(dims));
+        };
         let t = t.contiguous()?;
         let format = match t.dtype() {
-            DType::BF16 => Format::Bf16(t.flatten_all()?.to_vec1::<half::bf16>()?.into_iter().map(|v| v.to_bits()).collect()),
-            DType::F16 => Format::F16(t.flatten_all()?.to_vec1::<half::f16>()?.into_iter().map(|v| v.to_bits()).collect()),
+            DType::BF16 => Format::Bf16(
+                t.flatten_all()?
+                    .to_vec1::<half::bf16>()?
+                    .into_iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+            ),
+            DType::F16 => Format::F16(
+                t.flatten_all()?
+                    .to_vec1::<half::f16>()?
+                    .into_iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+            ),
             _ => Format::F32(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
         };
         Ok(Self { rows, cols, format })
@@ -151,7 +235,9 @@ mod tests {
 
     fn random(rows: usize, cols: usize, seed: u64) -> Tensor {
         let mut rng = crate::sampling::Rng::new(seed);
-        let v: Vec<f32> = (0..rows * cols).map(|_| (rng.next_f64() * 4.0 - 2.0) as f32).collect();
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|_| (rng.next_f64() * 4.0 - 2.0) as f32)
+            .collect();
         Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
     }
 
@@ -168,18 +254,37 @@ mod tests {
             (GgmlDType::Q5K, 768),
         ] {
             let q = QTensor::quantize(&random(24, cols, 1), dtype).unwrap();
-            let reference = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let reference = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             let packed = PackedMatrix::from_qtensor(&q).unwrap().to_f32();
-            let worst = reference.iter().zip(&packed).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let worst = reference
+                .iter()
+                .zip(&packed)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             let tol = if dtype == GgmlDType::Q4_0 { 1e-6 } else { 0.0 };
-            assert!(worst <= tol, "{dtype:?}: packed weights differ from candle's by {worst}");
+            assert!(
+                worst <= tol,
+                "{dtype:?}: packed weights differ from candle's by {worst}"
+            );
         }
     }
 
     /// Every kernel, for every format and shape class (576-wide rows included), against a float64 reference.
     #[test]
     fn kernels_match_a_plain_reference() {
-        let shapes = [(1usize, 64usize, 576usize), (3, 40, 576), (1, 16, 1536), (5, 8, 64), (2, 7, 96)];
+        let shapes = [
+            (1usize, 64usize, 576usize),
+            (3, 40, 576),
+            (1, 16, 1536),
+            (5, 8, 64),
+            (2, 7, 96),
+        ];
         for (m, rows, cols) in shapes {
             let w = random(rows, cols, 2);
             let x: Vec<f32> = random(m, cols, 3).flatten_all().unwrap().to_vec1().unwrap();
@@ -188,12 +293,22 @@ mod tests {
                 PackedMatrix::from_dense(&w.to_dtype(DType::BF16).unwrap()).unwrap(),
                 PackedMatrix::from_dense(&w.to_dtype(DType::F16).unwrap()).unwrap(),
             ];
-            for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
-                mats.push(PackedMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap());
+            for dtype in [
+                GgmlDType::Q4_0,
+                GgmlDType::Q4_1,
+                GgmlDType::Q5_0,
+                GgmlDType::Q5_1,
+                GgmlDType::Q8_0,
+            ] {
+                mats.push(
+                    PackedMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap(),
+                );
             }
             if cols % 256 == 0 {
                 for dtype in [GgmlDType::Q4K, GgmlDType::Q5K] {
-                    mats.push(PackedMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap());
+                    mats.push(
+                        PackedMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap(),
+                    );
                 }
             }
             for p in &mats {
@@ -202,7 +317,8 @@ mod tests {
                 p.matmul(&x, m, &mut out);
                 for t in 0..m {
                     for r in 0..rows {
-                        let terms = (0..cols).map(|c| wf[r * cols + c] as f64 * x[t * cols + c] as f64);
+                        let terms =
+                            (0..cols).map(|c| wf[r * cols + c] as f64 * x[t * cols + c] as f64);
                         let exact: f64 = terms.clone().sum();
                         // Rounding error of a dot product scales with Σ|w·x|; 16-bit activations allow a few 1e-5 of it.
                         let magnitude: f64 = terms.map(f64::abs).sum();
@@ -224,8 +340,11 @@ mod tests {
     fn portable_and_detected_kernels_agree() {
         let w = random(4, 576, 5);
         let x: Vec<f32> = random(1, 576, 6).flatten_all().unwrap().to_vec1().unwrap();
-        let p = PackedMatrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q4_1).unwrap()).unwrap();
-        let Format::Q4 { qs, dm } = &p.format else { unreachable!() };
+        let p =
+            PackedMatrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q4_1).unwrap()).unwrap();
+        let Format::Q4 { qs, dm } = &p.format else {
+            unreachable!()
+        };
         let xq = crate::kernels::QuantizedInput::new(&x);
         let a = scalar::dot_q4(&qs[..288], &dm[..36], &xq);
         let b = Kernel::detect().dot_q4(&qs[..288], &dm[..36], &xq);

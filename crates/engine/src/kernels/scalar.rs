@@ -17,11 +17,17 @@ pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
 }
 
 pub fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
-    w.iter().zip(x).map(|(&a, &b)| f32::from_bits(u32::from(a) << 16) * b).sum()
+    w.iter()
+        .zip(x)
+        .map(|(&a, &b)| f32::from_bits(u32::from(a) << 16) * b)
+        .sum()
 }
 
 pub fn dot_f16(w: &[u16], x: &[f32]) -> f32 {
-    w.iter().zip(x).map(|(&a, &b)| half::f16::from_bits(a).to_f32() * b).sum()
+    w.iter()
+        .zip(x)
+        .map(|(&a, &b)| half::f16::from_bits(a).to_f32() * b)
+        .sum()
 }
 
 pub fn dot_q4(qs: &[u8], dm: &[f32], x: &QuantizedInput) -> f32 {
@@ -31,7 +37,8 @@ pub fn dot_q4(qs: &[u8], dm: &[f32], x: &QuantizedInput) -> f32 {
         let xb = &x.q[b * BLOCK..(b + 1) * BLOCK];
         let mut s = 0i32;
         for j in 0..16 {
-            s += i32::from(q[j] & 0x0F) * i32::from(xb[j]) + i32::from(q[j] >> 4) * i32::from(xb[j + 16]);
+            s += i32::from(q[j] & 0x0F) * i32::from(xb[j])
+                + i32::from(q[j] >> 4) * i32::from(xb[j + 16]);
         }
         total += dm[2 * b] * x.sx[b] * s as f32 + dm[2 * b + 1] * x.sum[b];
     }
@@ -43,7 +50,11 @@ pub fn dot_q8(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
     for b in 0..x.sx.len() {
         let q = &qs[b * BLOCK..(b + 1) * BLOCK];
         let xb = &x.q[b * BLOCK..(b + 1) * BLOCK];
-        let s: i32 = q.iter().zip(xb).map(|(&a, &v)| i32::from(a) * i32::from(v)).sum();
+        let s: i32 = q
+            .iter()
+            .zip(xb)
+            .map(|(&a, &v)| i32::from(a) * i32::from(v))
+            .sum();
         total += dm[2 * b] * x.sx[b] * s as f32 + dm[2 * b + 1] * x.sum[b];
     }
     total

@@ -26,7 +26,11 @@ pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     let mut i = 0;
     while i + 16 <= n {
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i)), _mm256_loadu_ps(xp.add(i)), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i + 8)), _mm256_loadu_ps(xp.add(i + 8)), a1);
+        a1 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(wp.add(i + 8)),
+            _mm256_loadu_ps(xp.add(i + 8)),
+            a1,
+        );
         i += 16;
     }
     let mut s = hsum(_mm256_add_ps(a0, a1));
