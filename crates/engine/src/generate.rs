@@ -145,9 +145,9 @@ impl Model {
         };
 
         let prefill_start = Instant::now();
-        let mut logits = self
-            .decoder
-            .forward(&[prompt_ids.clone()], &mut cache, false)?;
+        let mut logits =
+            self.decoder
+                .forward(std::slice::from_ref(&prompt_ids), &mut cache, false)?;
         timings.prefill_ms = ms(prefill_start.elapsed());
         let mut first_token_at = None;
         let mut finish = FinishReason::Length;

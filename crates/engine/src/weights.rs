@@ -83,6 +83,9 @@ pub enum Stored {
     Quant(QTensor),
 }
 
+/// A GGUF tensor's format, dimensions (rows first) and bytes.
+type GgufTensorBytes<'a> = (GgmlDType, Vec<usize>, Cow<'a, [u8]>);
+
 /// The tensors of a checkpoint, by Hugging Face name.
 pub struct Weights {
     backend: Backend,
@@ -193,10 +196,7 @@ impl Weights {
     }
 
     /// A GGUF tensor's info and (un-permuted) bytes.
-    fn gguf_bytes(
-        &self,
-        hf_name: &str,
-    ) -> Result<(GgmlDType, Vec<usize>, Cow<'_, [u8]>), EngineError> {
+    fn gguf_bytes(&self, hf_name: &str) -> Result<GgufTensorBytes<'_>, EngineError> {
         let Backend::Gguf {
             content,
             mmap,
@@ -363,7 +363,7 @@ fn gguf_range(
 ) -> Result<std::ops::Range<usize>, String> {
     let elems = info.shape.elem_count();
     let block = info.ggml_dtype.block_size();
-    if elems % block != 0 {
+    if !elems.is_multiple_of(block) {
         return Err(format!(
             "{elems} elements are not a whole number of {:?} blocks",
             info.ggml_dtype
@@ -421,7 +421,10 @@ pub fn unpermute_rows(
     row_bytes: usize,
     heads: usize,
 ) -> Result<Vec<u8>, String> {
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 || data.len() != rows * row_bytes
+    if heads == 0
+        || !rows.is_multiple_of(heads)
+        || !(rows / heads).is_multiple_of(2)
+        || data.len() != rows * row_bytes
     {
         return Err(format!("cannot un-permute {rows} rows into {heads} heads"));
     }

@@ -34,7 +34,7 @@ fn check(name: &str, dtype: Option<DType>, tol: f32) {
     let mut cache = Cache::new(model.config(), 1);
     let logits = model
         .decoder
-        .forward(&[ids.clone()], &mut cache, false)
+        .forward(std::slice::from_ref(&ids), &mut cache, false)
         .unwrap();
     let got = logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(got.len(), expected.len(), "{name}: vocabulary size");
@@ -119,7 +119,7 @@ fn batched_ragged_prompts_match_single_runs() {
         let mut c = Cache::new(model.config(), 1);
         model
             .decoder
-            .forward(&[ids.clone()], &mut c, false)
+            .forward(std::slice::from_ref(ids), &mut c, false)
             .unwrap()
             .squeeze(0)
             .unwrap()

@@ -1,0 +1,200 @@
+//! The `vibecheck` binary as a user runs it, on the real SmolLM2 model.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vibecheck"))
+}
+
+fn gguf() -> PathBuf {
+    let dir = std::env::var("VIBECHECK_MODEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
+    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-model.sh",
+        p.display()
+    );
+    p
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().expect("run vibecheck");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn generate_prints_only_the_answer_on_stdout() {
+    let (ok, out, err) = run(bin().arg("generate").arg(gguf()).args([
+        "--prompt",
+        "What is the capital of France?",
+        "--max-tokens",
+        "24",
+    ]));
+    assert!(ok, "{err}");
+    assert_eq!(out, "The capital of France is Paris.\n");
+    assert!(
+        err.contains("prompt") && err.contains("tok/s") && err.contains("finish: stop"),
+        "{err}"
+    );
+}
+
+#[test]
+fn generate_raw_seeded_sampling_and_stop_strings() {
+    let args = [
+        "--prompt",
+        "Once upon a time",
+        "--raw",
+        "--max-tokens",
+        "16",
+        "--temperature",
+        "0.8",
+        "--seed",
+        "42",
+    ];
+    let (ok1, a, e1) = run(bin().arg("generate").arg(gguf()).args(args));
+    let (ok2, b, _) = run(bin().arg("generate").arg(gguf()).args(args));
+    assert!(ok1 && ok2, "{e1}");
+    assert_eq!(a, b, "same seed, same text");
+    assert!(e1.contains("seed 42"), "{e1}");
+    let (ok, out, err) = run(bin().arg("generate").arg(gguf()).args([
+        "--prompt",
+        "What is the capital of France?",
+        "--stop",
+        "France",
+    ]));
+    assert!(ok, "{err}");
+    assert_eq!(out, "The capital of \n");
+}
+
+#[test]
+fn chat_keeps_the_conversation() {
+    let mut child = bin()
+        .arg("chat")
+        .arg(gguf())
+        .args(["--max-tokens", "40"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"What is the capital of France?\nAnd what is its most famous tower called?\n/exit\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("Paris"), "{stdout}");
+    // The second prompt carries the whole first exchange: its token count covers the first prompt and answer.
+    let counts: Vec<(usize, usize)> = stderr
+        .lines()
+        .filter_map(|l| {
+            let l = l.split_once('[')?.1;
+            let (p, rest) = l.split_once(" prompt + ")?;
+            Some((
+                p.trim().parse().ok()?,
+                rest.split_whitespace().next()?.parse().ok()?,
+            ))
+        })
+        .collect();
+    assert_eq!(counts.len(), 2, "{stderr}");
+    assert!(
+        counts[1].0 > counts[0].0 + counts[0].1,
+        "history kept: {counts:?}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("Paris") || l.contains("tower")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn convert_writes_a_checkpoint_folder_that_answers_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("smollm2-bf16");
+    let (ok, _, err) = run(bin()
+        .arg("convert")
+        .arg(gguf())
+        .arg(&out_dir)
+        .args(["--dtype", "bf16"]));
+    assert!(ok, "{err}");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        assert!(out_dir.join(f).is_file(), "{f} missing");
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(cfg["torch_dtype"], "bfloat16");
+    let tok_cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(tok_cfg["chat_template"]
+        .as_str()
+        .unwrap()
+        .contains("im_start"));
+    let (ok, out, err) = run(bin()
+        .arg("generate")
+        .arg(&out_dir)
+        .args(["--prompt", "What is the capital of France?"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("Paris"), "{out}");
+}
+
+#[test]
+fn bench_reports_load_prefill_and_decode() {
+    let (ok, out, err) = run(bin().arg("bench").arg(gguf()).args([
+        "--threads",
+        "1",
+        "--prompt-tokens",
+        "16",
+        "--decode-tokens",
+        "8",
+        "--json",
+    ]));
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for k in ["load_s", "prefill_tok_s", "decode_tok_s", "first_token_s"] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k} in {out}");
+    }
+}
+
+#[test]
+fn bad_model_paths_fail_with_a_clear_message() {
+    let (ok, out, err) = run(bin().args(["generate", "/no/such/model", "--prompt", "hi"]));
+    assert!(!ok);
+    assert!(out.is_empty());
+    assert!(
+        err.contains("/no/such/model") && err.contains("error:"),
+        "{err}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("fake.gguf");
+    std::fs::write(&fake, b"GGUF\x03\x00\x00\x00garbage").unwrap();
+    let (ok, _, err) = run(bin().arg("generate").arg(&fake).args(["--prompt", "hi"]));
+    assert!(!ok);
+    assert!(err.contains("fake.gguf"), "{err}");
+}
