@@ -10,7 +10,10 @@ fn bin() -> Command {
 
 fn gguf() -> PathBuf {
     let dir = std::env::var("VIBECHECK_MODEL_CACHE")
+        .ok()
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
+        .ok_or(())
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
     let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(

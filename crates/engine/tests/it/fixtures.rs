@@ -5,7 +5,10 @@ use std::sync::OnceLock;
 
 /// `../shared/reference` beside the repository (or `VIBECHECK_REFERENCE_DIR`).
 pub fn reference_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("VIBECHECK_REFERENCE_DIR") {
+    if let Some(dir) = std::env::var("VIBECHECK_REFERENCE_DIR")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
         return PathBuf::from(dir);
     }
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -31,7 +34,10 @@ pub fn workspace_root() -> PathBuf {
 /// The SmolLM2 Q4_1 GGUF fetched by `scripts/fetch-model.sh`.
 pub fn smollm_gguf() -> PathBuf {
     let dir = std::env::var("VIBECHECK_MODEL_CACHE")
+        .ok()
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
+        .ok_or(())
         .unwrap_or_else(|_| workspace_root().join(".cache/models"));
     let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
