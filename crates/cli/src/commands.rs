@@ -164,12 +164,42 @@ fn load(args: &ModelArgs) -> Result<Model> {
         // Read lazily by candle's CPU kernels (rayon and gemm), so it must be set before the first tensor op.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    fetch_if_hub_id(&args.model)?;
     let opts = LoadOptions {
         device: parse_device(&args.device)?,
         dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
         ..LoadOptions::default()
     };
     Model::load(&args.model, &opts).with_context(|| format!("loading {}", args.model))
+}
+
+/// Downloads a hub id that is not in the local cache yet, with a progress bar (loading then finds it cached).
+fn fetch_if_hub_id(spec: &str) -> Result<()> {
+    use vibecheck_checkpoint::hub;
+    if Path::new(spec).exists() || !hub::looks_like_repo_id(spec) {
+        return Ok(());
+    }
+    let opts = hub::HubOptions::from_env();
+    if opts.offline || hub::resolve_in(spec, &opts.caches).is_ok() {
+        return Ok(());
+    }
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:30} {bytes:>10}/{total_bytes:10} {bar:30} {bytes_per_sec}",
+        )
+        .expect("valid template"),
+    );
+    hub::download(spec, &opts, &mut |event| match event {
+        hub::DownloadEvent::File { name, size } => {
+            bar.set_message(name);
+            bar.set_length(size.unwrap_or(0));
+            bar.set_position(0);
+        }
+        hub::DownloadEvent::Bytes(done) => bar.set_position(done),
+    })
+    .with_context(|| format!("downloading {spec}"))?;
+    bar.finish_and_clear();
+    Ok(())
 }
 
 fn sampling(model: &Model, a: &SamplingArgs) -> SamplingParams {

@@ -234,3 +234,30 @@ pub fn read_generation_config(path: &Path) -> Result<(GenerationDefaults, Vec<u3
     };
     Ok((defaults, token_ids(json.get("eos_token_id"))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_config_gives_eos_list_and_sampling_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("generation_config.json");
+        std::fs::write(&path, r#"{"do_sample": true, "temperature": 0.6, "top_p": 0.9, "eos_token_id": [128001, 128009]}"#).unwrap();
+        let (defaults, eos) = read_generation_config(&path).unwrap();
+        assert_eq!(eos, vec![128001, 128009]);
+        let p = defaults.params(64);
+        assert_eq!((p.temperature, p.top_p, p.max_tokens), (0.6, 0.9, 64));
+        std::fs::write(&path, r#"{"eos_token_id": 2}"#).unwrap();
+        let (defaults, eos) = read_generation_config(&path).unwrap();
+        assert_eq!(eos, vec![2]);
+        assert_eq!(
+            defaults.params(8).temperature,
+            0.0,
+            "greedy unless the checkpoint asks to sample"
+        );
+        std::fs::write(&path, "{oops").unwrap();
+        let err = read_generation_config(&path).unwrap_err().to_string();
+        assert!(err.contains("generation_config.json"), "{err}");
+    }
+}

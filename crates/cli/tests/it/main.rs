@@ -13,8 +13,7 @@ fn gguf() -> PathBuf {
         .ok()
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .ok_or(())
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
     let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         p.is_file(),

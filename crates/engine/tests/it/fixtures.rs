@@ -37,8 +37,7 @@ pub fn smollm_gguf() -> PathBuf {
         .ok()
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .ok_or(())
-        .unwrap_or_else(|_| workspace_root().join(".cache/models"));
+        .unwrap_or_else(|| workspace_root().join(".cache/models"));
     let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         path.is_file(),

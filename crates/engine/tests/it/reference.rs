@@ -6,11 +6,23 @@ use vibecheck_engine::{DType, LoadOptions, Model, Prompt, SamplingParams};
 
 use crate::fixtures::{read_json, reference_dir};
 
+/// `VIBECHECK_TEST_DEVICE=cuda:0` runs these checks on a GPU (a `--features cuda` build).
+fn test_device() -> vibecheck_engine::Device {
+    match std::env::var("VIBECHECK_TEST_DEVICE")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        Some(name) => vibecheck_engine::parse_device(&name).unwrap(),
+        None => vibecheck_engine::Device::Cpu,
+    }
+}
+
 fn check(name: &str, dtype: Option<DType>, tol: f32) {
     let dir = reference_dir().join("tiny").join(name);
     let reference = read_json(&dir.join("reference.json"));
     let opts = LoadOptions {
         dtype,
+        device: test_device(),
         ..LoadOptions::default()
     };
     let model = Model::load(dir.to_str().unwrap(), &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -112,7 +124,11 @@ fn llama_bf16_sharded_loads_in_f32_too() {
 #[test]
 fn batched_ragged_prompts_match_single_runs() {
     let dir = reference_dir().join("tiny").join("qwen3");
-    let model = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let opts = LoadOptions {
+        device: test_device(),
+        ..LoadOptions::default()
+    };
+    let model = Model::load(dir.to_str().unwrap(), &opts).unwrap();
     let a: Vec<u32> = vec![5, 17, 99, 3, 42, 7];
     let b: Vec<u32> = vec![8, 64, 23];
     let single = |ids: &Vec<u32>| {
@@ -165,4 +181,41 @@ fn batched_ragged_prompts_match_single_runs() {
     b2.push(11);
     assert!(diff(&step[0], &single(&a2)) < 1e-4);
     assert!(diff(&step[1], &single(&b2)) < 1e-4);
+}
+
+/// float16 weights (as some trainers save them) load and compute like their float32 originals.
+#[test]
+fn float16_checkpoint_matches_its_float32_original() {
+    let src = reference_dir().join("tiny/llama");
+    let tmp = tempfile::tempdir().unwrap();
+    crate::fixtures::copy_dir(&src, tmp.path());
+    let tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let half: std::collections::HashMap<String, candle_core::Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(DType::F16).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&half, tmp.path().join("model.safetensors")).unwrap();
+    let logits = |dir: &std::path::Path| {
+        let model = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        let mut cache = Cache::new(model.config(), 1);
+        let ids: Vec<u32> = (1..20).collect();
+        model
+            .decoder
+            .forward(&[ids], &mut cache, false)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (a, b) = (logits(&src), logits(tmp.path()));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 0.02, "f16 differs from f32 by {worst}");
+    assert!(worst > 0.0, "the f16 copy must really be f16");
 }
