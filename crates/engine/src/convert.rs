@@ -9,38 +9,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
-use crate::weights::{read_gguf, unpermute_qk_rows};
+use crate::weights::{hf_name, read_gguf, unpermute_qk_rows};
 use crate::{gguf, EngineError};
-
-/// The Hugging Face name of a GGUF llama tensor.
-pub fn hf_name(gguf_name: &str) -> Option<String> {
-    let fixed = match gguf_name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(n) = fixed {
-        return Some(n.to_string());
-    }
-    let rest = gguf_name.strip_prefix("blk.")?;
-    let (idx, tail) = rest.split_once('.')?;
-    let idx: usize = idx.parse().ok()?;
-    let (module, suffix) = tail.rsplit_once('.')?;
-    let hf = match module {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{idx}.{hf}.{suffix}"))
-}
 
 /// What the conversion wrote.
 #[derive(Debug, Clone)]

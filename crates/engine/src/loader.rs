@@ -110,21 +110,9 @@ impl Model {
             )
         });
         let (tokenizer, decoder) = (tokenizer?, decoder?);
-        let template = match template_source_from_dir(dir)? {
-            Some(src) => Some(ChatTemplate::new(
-                &src,
-                tokenizer.bos_token.as_deref(),
-                tokenizer.eos_token.as_deref(),
-            )?),
-            None => None,
-        };
+        let template = compile_template(template_source_from_dir(dir)?, &tokenizer)?;
         let (defaults, gen_eos) = read_generation_config(&dir.join("generation_config.json"))?;
-        let mut eos_ids = gen_eos;
-        for id in cfg.eos_token_ids.iter().chain(&tokenizer.eos_ids) {
-            if !eos_ids.contains(id) {
-                eos_ids.push(*id);
-            }
-        }
+        let eos_ids = union(&[&gen_eos, &cfg.eos_token_ids, &tokenizer.eos_ids]);
         Ok(Self {
             decoder,
             tokenizer,
@@ -165,20 +153,8 @@ impl Model {
             ms = t.elapsed().as_millis() as u64,
             "weights and tokenizer loaded"
         );
-        let template = match template_src {
-            Some(src) => Some(ChatTemplate::new(
-                &src,
-                tokenizer.bos_token.as_deref(),
-                tokenizer.eos_token.as_deref(),
-            )?),
-            None => None,
-        };
-        let mut eos_ids = tokenizer.eos_ids.clone();
-        for id in &cfg.eos_token_ids {
-            if !eos_ids.contains(id) {
-                eos_ids.push(*id);
-            }
-        }
+        let template = compile_template(template_src, &tokenizer)?;
+        let eos_ids = union(&[&tokenizer.eos_ids, &cfg.eos_token_ids]);
         Ok(Self {
             decoder,
             tokenizer,
@@ -193,6 +169,32 @@ impl Model {
     pub fn config(&self) -> &ModelConfig {
         &self.decoder.cfg
     }
+}
+
+/// Every id of `lists`, first occurrence first.
+fn union(lists: &[&[u32]]) -> Vec<u32> {
+    let mut out: Vec<u32> = Vec::new();
+    for id in lists.iter().flat_map(|l| l.iter()) {
+        if !out.contains(id) {
+            out.push(*id);
+        }
+    }
+    out
+}
+
+fn compile_template(
+    source: Option<String>,
+    tokenizer: &Tokenizer,
+) -> Result<Option<ChatTemplate>, EngineError> {
+    source
+        .map(|src| {
+            ChatTemplate::new(
+                &src,
+                tokenizer.bos_token.as_deref(),
+                tokenizer.eos_token.as_deref(),
+            )
+        })
+        .transpose()
 }
 
 /// The dtype named in `config.json` (`torch_dtype` or `dtype`), float32 when absent.

@@ -344,7 +344,11 @@ impl Decoder {
             })
             .collect();
         let (cos, sin) = self.rope.gather(&positions)?;
-        let masks = Masks::new(&cache.pads, start, t, &self.device)?;
+        let step = Step {
+            cos,
+            sin,
+            masks: Masks::new(&cache.pads, start, t, &self.device)?,
+        };
 
         let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
         let h = self.cfg.hidden_size;
@@ -367,7 +371,7 @@ impl Decoder {
             x = x.broadcast_mul(&s)?;
         }
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = self.layer_forward(layer, &x, kv, &cos, &sin, &masks)?;
+            x = self.layer_forward(layer, &x, kv, &step)?;
         }
         cache.len += t;
         let x = if all_steps { x } else { x.narrow(1, t - 1, 1)? };
@@ -388,15 +392,13 @@ impl Decoder {
         layer: &Layer,
         x: &Tensor,
         kv: &mut KvCache,
-        cos: &Tensor,
-        sin: &Tensor,
-        masks: &Masks,
+        step: &Step,
     ) -> candle_core::Result<Tensor> {
         let h = match &layer.input_norm {
             Some(n) => n.forward(x)?,
             None => x.clone(),
         };
-        let mut h = self.attention(&layer.attn, &h, kv, cos, sin, masks)?;
+        let mut h = self.attention(&layer.attn, &h, kv, step)?;
         if let Some(n) = &layer.post_attn_norm {
             h = n.forward(&h)?;
         }
@@ -434,9 +436,7 @@ impl Decoder {
         attn: &Attention,
         x: &Tensor,
         kv: &mut KvCache,
-        cos: &Tensor,
-        sin: &Tensor,
-        masks: &Masks,
+        step: &Step,
     ) -> candle_core::Result<Tensor> {
         let cfg = &self.cfg;
         let (b, t, _) = x.dims3()?;
@@ -462,8 +462,8 @@ impl Decoder {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
-        let q = self.apply_rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?;
-        let k = self.apply_rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let q = self.apply_rope(&q.transpose(1, 2)?.contiguous()?, &step.cos, &step.sin)?;
+        let k = self.apply_rope(&k.transpose(1, 2)?.contiguous()?, &step.cos, &step.sin)?;
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let (k, v) = kv.append(&k, &v)?;
         let s = k.dim(2)?;
@@ -478,7 +478,7 @@ impl Decoder {
         if let Some(cap) = cfg.attn_logit_softcapping {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
-        if let Some(mask) = masks.get(attn.window, s)? {
+        if let Some(mask) = step.masks.get(attn.window, s)? {
             scores = scores
                 .reshape((b, nkv, rep, t, s))?
                 .broadcast_add(&mask)?
@@ -500,6 +500,13 @@ impl Decoder {
             candle_nn::rotary_emb::rope(&x.narrow(D::Minus1, 0, rot)?.contiguous()?, cos, sin)?;
         Tensor::cat(&[&rotated, &x.narrow(D::Minus1, rot, hd - rot)?], D::Minus1)
     }
+}
+
+/// What every layer of one forward pass shares: rotary tables gathered for the positions, and the masks.
+struct Step {
+    cos: Tensor,
+    sin: Tensor,
+    masks: Masks,
 }
 
 /// Additive attention masks for one forward pass: causal, left padding and sliding windows.

@@ -383,34 +383,59 @@ fn gguf_range(
     Ok(start as usize..end as usize)
 }
 
-/// Maps a Hugging Face llama tensor name to its GGUF name.
-pub fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
+/// Hugging Face and GGUF names of the llama tensors: whole names, then per-layer module names.
+const LLAMA_FIXED: [(&str, &str); 3] = [
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+const LLAMA_LAYER: [(&str, &str); 9] = [
+    ("input_layernorm", "attn_norm"),
+    ("post_attention_layernorm", "ffn_norm"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// Translates a llama tensor name between the two conventions (`to_gguf` picks the direction).
+fn translate(name: &str, to_gguf: bool) -> Option<String> {
+    let pick = |(hf, gguf): &(&'static str, &'static str)| {
+        if to_gguf {
+            (*hf, *gguf)
+        } else {
+            (*gguf, *hf)
+        }
     };
-    if let Some(n) = fixed {
-        return Some(n.to_string());
+    if let Some((_, to)) = LLAMA_FIXED.iter().map(pick).find(|(from, _)| *from == name) {
+        return Some(to.to_string());
     }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (idx, tail) = rest.split_once('.')?;
+    let (from_prefix, to_prefix) = if to_gguf {
+        ("model.layers.", "blk.")
+    } else {
+        ("blk.", "model.layers.")
+    };
+    let (idx, tail) = name.strip_prefix(from_prefix)?.split_once('.')?;
     let idx: usize = idx.parse().ok()?;
     let (module, suffix) = tail.rsplit_once('.')?;
-    let g = match module {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{idx}.{g}.{suffix}"))
+    let (_, to) = LLAMA_LAYER
+        .iter()
+        .map(pick)
+        .find(|(from, _)| *from == module)?;
+    Some(format!("{to_prefix}{idx}.{to}.{suffix}"))
+}
+
+/// Maps a Hugging Face llama tensor name to its GGUF name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    translate(hf, true)
+}
+
+/// The Hugging Face name of a GGUF llama tensor.
+pub fn hf_name(gguf: &str) -> Option<String> {
+    translate(gguf, false)
 }
 
 /// Undoes llama.cpp's Q/K row permutation on raw rows: GGUF stores each head's rotary pairs interleaved,
@@ -461,4 +486,41 @@ pub fn read_gguf(path: &Path) -> Result<gguf_file::Content, EngineError> {
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     gguf_file::Content::read(&mut reader)
         .map_err(|e| EngineError::file(path, format!("not a readable GGUF file: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_names_translate_both_ways() {
+        for (hf, gguf) in [
+            ("model.embed_tokens.weight", "token_embd.weight"),
+            ("lm_head.weight", "output.weight"),
+            (
+                "model.layers.7.self_attn.k_proj.weight",
+                "blk.7.attn_k.weight",
+            ),
+            (
+                "model.layers.29.post_attention_layernorm.weight",
+                "blk.29.ffn_norm.weight",
+            ),
+        ] {
+            assert_eq!(gguf_name(hf).as_deref(), Some(gguf));
+            assert_eq!(hf_name(gguf).as_deref(), Some(hf));
+        }
+        assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
+        assert_eq!(hf_name("blk.0.unknown.weight"), None);
+    }
+
+    #[test]
+    fn unpermute_restores_the_half_split_layout() {
+        // Two heads of dim 4, one byte per row: GGUF rows [h0: a0 b0 a1 b1][h1: ...] become [a0 a1 b0 b1].
+        let gguf = [0u8, 10, 1, 11, 20, 30, 21, 31];
+        assert_eq!(
+            unpermute_rows(&gguf, 8, 1, 2).unwrap(),
+            vec![0, 1, 10, 11, 20, 21, 30, 31]
+        );
+        assert!(unpermute_rows(&gguf, 8, 1, 3).is_err());
+    }
 }
