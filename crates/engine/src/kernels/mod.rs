@@ -106,9 +106,23 @@ impl PackedMatrix {
             .for_each(|(ci, o)| {
                 let r0 = ci * chunk;
                 for (i, row_out) in o.chunks_mut(m).enumerate() {
-                    for (t, v) in row_out.iter_mut().enumerate() {
-                        let xt = &x[t * self.cols..(t + 1) * self.cols];
-                        *v = self.row_dot(kernel, r0 + i, xt, quantized.get(t));
+                    let r = r0 + i;
+                    let xt = |t: usize| &x[t * self.cols..(t + 1) * self.cols];
+                    // Four inputs per pass over the row: the weights are loaded and unpacked once for all four.
+                    let mut t = 0;
+                    while t + 4 <= m {
+                        let group = [t, t + 1, t + 2, t + 3];
+                        let v = self.row_dot4(
+                            kernel,
+                            r,
+                            group.map(xt),
+                            group.map(|t| quantized.get(t)),
+                        );
+                        row_out[t..t + 4].copy_from_slice(&v);
+                        t += 4;
+                    }
+                    for (t, v) in row_out.iter_mut().enumerate().skip(t) {
+                        *v = self.row_dot(kernel, r, xt(t), quantized.get(t));
                     }
                 }
             });
@@ -117,6 +131,46 @@ impl PackedMatrix {
                 out[t * self.rows + r] = tmp[r * m + t];
             }
         }
+    }
+
+    /// [`Self::row_dot`] for four inputs at once.
+    fn row_dot4(
+        &self,
+        kernel: Kernel,
+        r: usize,
+        x: [&[f32]; 4],
+        xq: [Option<&QuantizedInput>; 4],
+    ) -> [f32; 4] {
+        let c = self.cols;
+        let nb = c / BLOCK;
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Kernel::Avx2 {
+            // SAFETY: `Kernel::Avx2` is only chosen when the CPU has AVX2, FMA and F16C.
+            unsafe {
+                match &self.format {
+                    Format::F32(w) => return x86::dot4_f32(&w[r * c..(r + 1) * c], x),
+                    Format::Q4 { qs, dm } => {
+                        let xq = xq.map(|q| q.expect("quantized input"));
+                        return x86::dot4_q4(
+                            &qs[r * c / 2..(r + 1) * c / 2],
+                            &dm[r * nb * 2..(r + 1) * nb * 2],
+                            xq,
+                        );
+                    }
+                    Format::Q8 { qs, dm } => {
+                        let xq = xq.map(|q| q.expect("quantized input"));
+                        return x86::dot4_q8(
+                            &qs[r * c..(r + 1) * c],
+                            &dm[r * nb * 2..(r + 1) * nb * 2],
+                            xq,
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let _ = nb;
+        [0, 1, 2, 3].map(|i| self.row_dot(kernel, r, x[i], xq[i]))
     }
 
     #[inline]

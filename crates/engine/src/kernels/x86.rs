@@ -130,3 +130,78 @@ pub unsafe fn dot_q8(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
     }
     hsum(acc) + offset
 }
+
+/// [`dot_f32`] of one weight row with four inputs, each weight loaded once.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot4_f32(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    let n = w.len();
+    let wp = w.as_ptr();
+    let xp = x.map(|v| v.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 8 <= n {
+        let wv = _mm256_loadu_ps(wp.add(i));
+        for k in 0..4 {
+            acc[k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp[k].add(i)), acc[k]);
+        }
+        i += 8;
+    }
+    let mut out = acc.map(|a| hsum(a));
+    while i < n {
+        for k in 0..4 {
+            out[k] += w[i] * x[k][i];
+        }
+        i += 1;
+    }
+    out
+}
+
+/// [`dot_q4`] of one weight row with four inputs, the weights unpacked once per block.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot4_q4(qs: &[u8], dm: &[f32], x: [&QuantizedInput; 4]) -> [f32; 4] {
+    let nb = x[0].sx.len();
+    let mask = _mm_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut offset = [0f32; 4];
+    let qp = qs.as_ptr();
+    for b in 0..nb {
+        let q = _mm_loadu_si128(qp.add(b * 16) as *const __m128i);
+        let lo = _mm256_cvtepu8_epi16(_mm_and_si128(q, mask));
+        let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(q, 4), mask));
+        let (d, m) = (*dm.get_unchecked(2 * b), *dm.get_unchecked(2 * b + 1));
+        for k in 0..4 {
+            let xp = x[k].q.as_ptr().add(b * BLOCK);
+            let xa = _mm256_loadu_si256(xp as *const __m256i);
+            let xb = _mm256_loadu_si256(xp.add(16) as *const __m256i);
+            let s = _mm256_add_epi32(_mm256_madd_epi16(lo, xa), _mm256_madd_epi16(hi, xb));
+            let scale = _mm256_set1_ps(d * *x[k].sx.get_unchecked(b));
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[k]);
+            offset[k] += m * *x[k].sum.get_unchecked(b);
+        }
+    }
+    [0, 1, 2, 3].map(|k| hsum(acc[k]) + offset[k])
+}
+
+/// [`dot_q8`] of one weight row with four inputs, the weights widened once per block.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot4_q8(qs: &[i8], dm: &[f32], x: [&QuantizedInput; 4]) -> [f32; 4] {
+    let nb = x[0].sx.len();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut offset = [0f32; 4];
+    let qp = qs.as_ptr();
+    for b in 0..nb {
+        let wa = _mm256_cvtepi8_epi16(_mm_loadu_si128(qp.add(b * BLOCK) as *const __m128i));
+        let wb = _mm256_cvtepi8_epi16(_mm_loadu_si128(qp.add(b * BLOCK + 16) as *const __m128i));
+        let (d, m) = (*dm.get_unchecked(2 * b), *dm.get_unchecked(2 * b + 1));
+        for k in 0..4 {
+            let xp = x[k].q.as_ptr().add(b * BLOCK);
+            let xa = _mm256_loadu_si256(xp as *const __m256i);
+            let xb = _mm256_loadu_si256(xp.add(16) as *const __m256i);
+            let s = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
+            let scale = _mm256_set1_ps(d * *x[k].sx.get_unchecked(b));
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[k]);
+            offset[k] += m * *x[k].sum.get_unchecked(b);
+        }
+    }
+    [0, 1, 2, 3].map(|k| hsum(acc[k]) + offset[k])
+}

@@ -248,6 +248,9 @@ fn gguf_cut_off_inside_its_tensor_data() {
     let path = tmp.path().join("cut.gguf");
     let full = std::fs::read(crate::fixtures::smollm_gguf()).unwrap();
     std::fs::write(&path, &full[..full.len() / 2]).unwrap();
-    let err = Model::load(path.to_str().unwrap(), &LoadOptions::default()).err().expect("must fail").to_string();
+    let err = Model::load(path.to_str().unwrap(), &LoadOptions::default())
+        .err()
+        .expect("must fail")
+        .to_string();
     assert_mentions(&err, &["cut.gguf", "truncated"]);
 }
