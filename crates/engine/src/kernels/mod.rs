@@ -149,6 +149,7 @@ impl PackedMatrix {
             unsafe {
                 match &self.format {
                     Format::F32(w) => return x86::dot4_f32(&w[r * c..(r + 1) * c], x),
+                    Format::Bf16(w) => return x86::dot4_bf16(&w[r * c..(r + 1) * c], x),
                     Format::Q4 { qs, dm } => {
                         let xq = xq.map(|q| q.expect("quantized input"));
                         return x86::dot4_q4(

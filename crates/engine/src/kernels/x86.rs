@@ -205,3 +205,28 @@ pub unsafe fn dot4_q8(qs: &[i8], dm: &[f32], x: [&QuantizedInput; 4]) -> [f32; 4
     }
     [0, 1, 2, 3].map(|k| hsum(acc[k]) + offset[k])
 }
+
+/// [`dot_bf16`] of one weight row with four inputs, each weight loaded and widened once.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot4_bf16(w: &[u16], x: [&[f32]; 4]) -> [f32; 4] {
+    let n = w.len();
+    let wp = w.as_ptr();
+    let xp = x.map(|v| v.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 8 <= n {
+        let wv = load_bf16(wp.add(i));
+        for k in 0..4 {
+            acc[k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp[k].add(i)), acc[k]);
+        }
+        i += 8;
+    }
+    let mut out = acc.map(|a| hsum(a));
+    while i < n {
+        for k in 0..4 {
+            out[k] += f32::from_bits(u32::from(w[i]) << 16) * x[k][i];
+        }
+        i += 1;
+    }
+    out
+}
