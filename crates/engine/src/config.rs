@@ -94,6 +94,8 @@ pub enum RopeScaling {
         original_max_position_embeddings: f64,
         attention_factor: Option<f64>,
     },
+    /// Per-frequency divisors, as GGUF files carry Llama 3.1-style scaling (`rope_freqs.weight`).
+    Divisors(Vec<f64>),
 }
 
 #[derive(Debug, Clone, PartialEq)]

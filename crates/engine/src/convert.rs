@@ -27,6 +27,13 @@ pub fn gguf_to_hf(
 ) -> Result<ConvertReport, EngineError> {
     let content = read_gguf(gguf_path)?;
     let cfg = gguf::config_from_gguf(&content).map_err(|m| EngineError::file(gguf_path, m))?;
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        return Err(EngineError::file(
+            gguf_path,
+            "this GGUF scales RoPE with `rope_freqs.weight` (Llama 3.1 style), which a config.json cannot express \
+             without the original rope_scaling parameters; load the GGUF directly or convert the original folder",
+        ));
+    }
     let tok_json = crate::tokenizer::gguf_tokenizer_json(&content)
         .map_err(|m| EngineError::file(gguf_path, m))?;
     std::fs::create_dir_all(out_dir).map_err(|e| EngineError::io(out_dir, e))?;

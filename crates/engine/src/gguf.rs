@@ -61,9 +61,6 @@ pub fn config_from_gguf(c: &Content) -> Result<ModelConfig, String> {
         Some("none") | None => RopeScaling::None,
         Some(other) => return Err(format!("rope scaling {other:?} in GGUF is not supported")),
     };
-    if c.tensor_infos.contains_key("rope_freqs.weight") {
-        return Err("GGUF files with `rope_freqs.weight` (Llama 3.1 frequency factors) are not supported yet".into());
-    }
     let eos: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
         .iter()
         .filter_map(|k| get(c, k).and_then(|v| v.to_u32().ok()))
@@ -96,6 +93,25 @@ pub fn config_from_gguf(c: &Content) -> Result<ModelConfig, String> {
         bos_token_id: get(c, "tokenizer.ggml.bos_token_id").and_then(|v| v.to_u32().ok()),
         eos_token_ids: eos,
     })
+}
+
+/// Llama 3.1-style frequency divisors stored as the `rope_freqs.weight` tensor, when the file has them.
+pub fn rope_divisors(c: &Content, path: &std::path::Path) -> Result<Option<Vec<f64>>, String> {
+    if !c.tensor_infos.contains_key("rope_freqs.weight") {
+        return Ok(None);
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let t = c
+        .tensor(&mut file, "rope_freqs.weight", &candle_core::Device::Cpu)
+        .and_then(|q| q.dequantize(&candle_core::Device::Cpu))
+        .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+        .map_err(|e| format!("tensor \"rope_freqs.weight\": {e}"))?;
+    if t.iter().any(|v| !v.is_finite() || *v <= 0.0) {
+        return Err(
+            "tensor \"rope_freqs.weight\" holds a non-positive or non-finite factor".into(),
+        );
+    }
+    Ok(Some(t.into_iter().map(f64::from).collect()))
 }
 
 pub fn chat_template(c: &Content) -> Option<String> {

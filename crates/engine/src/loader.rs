@@ -128,7 +128,22 @@ impl Model {
         let path = &source.path;
         let t = Instant::now();
         let content = read_gguf(path)?;
-        let cfg = gguf::config_from_gguf(&content).map_err(|m| EngineError::file(path, m))?;
+        let mut cfg = gguf::config_from_gguf(&content).map_err(|m| EngineError::file(path, m))?;
+        if let Some(d) =
+            gguf::rope_divisors(&content, path).map_err(|m| EngineError::file(path, m))?
+        {
+            if d.len() != cfg.rotary_dim() / 2 {
+                return Err(EngineError::file(
+                    path,
+                    format!(
+                        "rope_freqs.weight has {} factors, expected {}",
+                        d.len(),
+                        cfg.rotary_dim() / 2
+                    ),
+                ));
+            }
+            cfg.rope.scaling = crate::config::RopeScaling::Divisors(d);
+        }
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "gguf header read");
         let tokenizer_json = crate::tokenizer::gguf_tokenizer_json(&content)
             .map_err(|m| EngineError::file(path, m))?;

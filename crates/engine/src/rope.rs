@@ -93,6 +93,14 @@ pub fn inv_freq(cfg: &ModelConfig) -> (Vec<f64>, f64) {
                 .collect();
             (out, attn)
         }
+        RopeScaling::Divisors(d) => {
+            let out = plain
+                .iter()
+                .enumerate()
+                .map(|(i, f)| f / d.get(i).copied().unwrap_or(1.0))
+                .collect();
+            (out, 1.0)
+        }
         RopeScaling::LongRope {
             short_factor,
             original_max_position_embeddings,
