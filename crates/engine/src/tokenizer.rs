@@ -157,17 +157,18 @@ fn split(pattern: &str) -> Value {
     json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false})
 }
 
-/// A `tokenizer.json` document equivalent to the GGUF's embedded vocabulary (byte-level BPE vocabularies).
+/// A `tokenizer.json` document equivalent to the GGUF's embedded vocabulary (byte-level or SentencePiece BPE).
 pub fn gguf_tokenizer_json(content: &gguf_file::Content) -> Result<Value, String> {
     let md = &content.metadata;
     let model = md
         .get("tokenizer.ggml.model")
         .and_then(|v| v.to_string().ok())
         .ok_or("missing `tokenizer.ggml.model`: this GGUF carries no tokenizer")?;
-    if model != "gpt2" {
+    if model != "gpt2" && model != "llama" {
         return Err(format!(
-            "tokenizer.ggml.model = {model:?} is not supported yet (supported: \"gpt2\", the byte-level BPE of \
-             SmolLM, Llama 3, Qwen); convert the original checkpoint folder instead"
+            "tokenizer.ggml.model = {model:?} is not supported (supported: \"gpt2\", the byte-level BPE of SmolLM, \
+             Llama 3 and Qwen, and \"llama\", the SentencePiece BPE of Llama 2, TinyLlama and Mistral); \
+             convert the original checkpoint folder instead"
         ));
     }
     let strings = |key: &str| -> Result<Vec<String>, String> {
@@ -184,6 +185,9 @@ pub fn gguf_tokenizer_json(content: &gguf_file::Content) -> Result<Value, String
         }
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
+    if model == "llama" {
+        return sentencepiece_json(content, tokens);
+    }
     let merges = strings("tokenizer.ggml.merges")?;
     let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
         Some(GValue::Array(a)) => a.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
@@ -225,17 +229,7 @@ pub fn gguf_tokenizer_json(content: &gguf_file::Content) -> Result<Value, String
     let bos_id = md
         .get("tokenizer.ggml.bos_token_id")
         .and_then(|v| v.to_u32().ok());
-    let post_processor = match (add_bos, bos_id) {
-        (true, Some(id)) => {
-            let bos = tokens.get(id as usize).cloned().unwrap_or_default();
-            json!({"type": "TemplateProcessing",
-                   "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-                   "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                            {"Sequence": {"id": "B", "type_id": 1}}],
-                   "special_tokens": {bos.clone(): {"id": bos, "ids": [id], "tokens": [bos]}}})
-        }
-        _ => Value::Null,
-    };
+    let post_processor = bos_post_processor(add_bos, bos_id, &tokens);
     Ok(json!({
         "version": "1.0",
         "truncation": null,
@@ -249,6 +243,115 @@ pub fn gguf_tokenizer_json(content: &gguf_file::Content) -> Result<Value, String
                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                   "vocab": vocab, "merges": merges}
     }))
+}
+
+/// The `tokenizer.json` of a SentencePiece-style (`tokenizer.ggml.model = "llama"`) vocabulary, built as
+/// transformers builds it from a GGUF: BPE with byte fallback over the vocabulary, merges from the file or recovered
+/// from the token scores, a `Metaspace` pre-tokenizer that prefixes the first word with `▁`, and the decoder that
+/// turns `▁` back into spaces.
+fn sentencepiece_json(content: &gguf_file::Content, tokens: Vec<String>) -> Result<Value, String> {
+    let md = &content.metadata;
+    let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
+        Some(GValue::Array(a)) => a.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
+        _ => vec![1; tokens.len()],
+    };
+    let merges: Vec<Value> = match md.get("tokenizer.ggml.merges") {
+        Some(GValue::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.to_string().ok())
+            .filter_map(|m| m.split_once(' '))
+            .map(|(l, r)| json!([l, r]))
+            .collect(),
+        _ => {
+            let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
+                Some(GValue::Array(a)) => a.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect(),
+                _ => return Err("a SentencePiece vocabulary needs `tokenizer.ggml.merges` or `tokenizer.ggml.scores`".into()),
+            };
+            merges_from_scores(&tokens, &scores)
+                .into_iter()
+                .map(|(l, r)| json!([l, r]))
+                .collect()
+        }
+    };
+    let mut vocab = serde_json::Map::with_capacity(tokens.len());
+    let mut added = Vec::new();
+    for (id, tok) in tokens.iter().enumerate() {
+        vocab.insert(tok.clone(), json!(id));
+        if types.get(id) == Some(&3) {
+            added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
+                              "normalized": false, "special": true}));
+        }
+    }
+    let add_bos = md
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(true);
+    let bos_id = md
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(|v| v.to_u32().ok());
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false},
+        "post_processor": bos_post_processor(add_bos, bos_id, &tokens),
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                  "vocab": vocab, "merges": merges}
+    }))
+}
+
+/// Merges implied by a scored vocabulary, in transformers' order (`generate_merges`): every split of every token
+/// into two known pieces, best score first, then shorter left and right pieces, ties in vocabulary order.
+pub fn merges_from_scores(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
+    let ids: std::collections::HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut merges: Vec<(&str, &str, f32)> = Vec::new();
+    for (tok, &score) in tokens.iter().zip(scores) {
+        let mut local: Vec<(&str, &str, f32)> = tok
+            .char_indices()
+            .skip(1)
+            .map(|(i, _)| (&tok[..i], &tok[i..]))
+            .filter(|(l, r)| ids.contains_key(l) && ids.contains_key(r))
+            .map(|(l, r)| (l, r, score))
+            .collect();
+        local.sort_by_key(|(l, r, _)| (ids[l], ids[r]));
+        merges.extend(local);
+    }
+    let key = |m: &(&str, &str, f32)| (m.2, m.0.chars().count(), m.1.chars().count());
+    merges.sort_by(|a, b| {
+        let (ka, kb) = (key(a), key(b));
+        kb.0.total_cmp(&ka.0)
+            .then(kb.1.cmp(&ka.1))
+            .then(kb.2.cmp(&ka.2))
+    });
+    merges
+        .into_iter()
+        .map(|(l, r, _)| (l.to_string(), r.to_string()))
+        .collect()
+}
+
+fn bos_post_processor(add_bos: bool, bos_id: Option<u32>, tokens: &[String]) -> Value {
+    match (add_bos, bos_id) {
+        (true, Some(id)) => {
+            let bos = tokens.get(id as usize).cloned().unwrap_or_default();
+            json!({"type": "TemplateProcessing",
+                   "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                   "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                            {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                   "special_tokens": {bos.clone(): {"id": bos, "ids": [id], "tokens": [bos]}}})
+        }
+        _ => Value::Null,
+    }
 }
 
 /// Turns a growing list of token ids into text pieces, never splitting a UTF-8 character: a piece is released

@@ -26,6 +26,15 @@ fn permute(w: &Tensor, heads: usize) -> Tensor {
 }
 
 fn write_gguf(path: &Path, dtype: GgmlDType, rope_freqs: Option<Vec<f32>>) {
+    write_gguf_with(path, dtype, rope_freqs, None)
+}
+
+fn write_gguf_with(
+    path: &Path,
+    dtype: GgmlDType,
+    rope_freqs: Option<Vec<f32>>,
+    vocab: Option<Vec<(&str, Value)>>,
+) {
     let dir = reference_dir().join("tiny/llama");
     let tensors =
         candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
@@ -95,7 +104,7 @@ fn write_gguf(path: &Path, dtype: GgmlDType, rope_freqs: Option<Vec<f32>>) {
         .as_str()
         .unwrap()
         .to_string();
-    let md: Vec<(&str, Value)> = vec![
+    let mut md: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
         ("llama.block_count", Value::U32(2)),
         ("llama.context_length", Value::U32(256)),
@@ -115,6 +124,10 @@ fn write_gguf(path: &Path, dtype: GgmlDType, rope_freqs: Option<Vec<f32>>) {
         ("tokenizer.ggml.eos_token_id", Value::U32(2)),
         ("tokenizer.chat_template", Value::String(template)),
     ];
+    if let Some(v) = vocab {
+        md.retain(|(k, _)| !k.starts_with("tokenizer.ggml."));
+        md.extend(v);
+    }
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(path).unwrap();
@@ -278,4 +291,186 @@ fn rope_freqs_factors_take_effect() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("rope_freqs"), "{err}");
+}
+
+/// A SentencePiece-style vocabulary (`tokenizer.ggml.model = "llama"`, as in Llama 2 GGUFs): special tokens,
+/// 256 byte tokens, single characters, and merged pieces scored by merge order.
+fn sentencepiece_vocab() -> Vec<(&'static str, Value)> {
+    let mut toks: Vec<(String, f32, i32)> = vec![
+        ("<unk>".into(), 0.0, 2),
+        ("<s>".into(), 0.0, 3),
+        ("</s>".into(), 0.0, 3),
+    ];
+    for b in 0..256 {
+        toks.push((format!("<0x{b:02X}>"), 0.0, 6));
+    }
+    let pieces = [
+        "\u{2581}t",
+        "he",
+        "\u{2581}the",
+        "in",
+        "\u{2581}a",
+        "an",
+        "nd",
+        "\u{2581}and",
+        "er",
+        "at",
+        "\u{2581}c",
+        "\u{2581}cat",
+        "\u{2581}s",
+        "\u{2581}sat",
+        "on",
+        "\u{2581}on",
+        "\u{2581}m",
+        "\u{2581}mat",
+        "is",
+        "\u{2581}is",
+        "\u{2581}i",
+        "it",
+        "\u{2581}it",
+        "ing",
+        "\u{2581}th",
+        "\u{2581}this",
+        "es",
+        "\u{2581}w",
+        "\u{2581}wh",
+        "\u{2581}what",
+        "\u{2581}\u{2581}",
+        "\u{2581}\u{2581}\u{2581}",
+        "ca",
+        "pi",
+        "tal",
+        "\u{2581}ca",
+        "\u{2581}capi",
+        "\u{2581}capital",
+        "\u{2581}of",
+        "\u{2581}F",
+        "ra",
+        "nce",
+        "\u{2581}Fra",
+        "\u{2581}France",
+        "12",
+        "3",
+    ];
+    for (i, p) in pieces.iter().enumerate() {
+        toks.push((p.to_string(), -(i as f32), 1));
+    }
+    let chars = "\u{2581}abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,?!'";
+    for (i, c) in chars.chars().enumerate() {
+        toks.push((c.to_string(), -1000.0 - i as f32, 1));
+    }
+    while toks.len() < 512 {
+        let n = toks.len();
+        toks.push((format!("<unused{n}>"), -1e4, 5));
+    }
+    vec![
+        ("tokenizer.ggml.model", Value::String("llama".into())),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(toks.iter().map(|t| Value::String(t.0.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.scores",
+            Value::Array(toks.iter().map(|t| Value::F32(t.1)).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(toks.iter().map(|t| Value::I32(t.2)).collect()),
+        ),
+        ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+        ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
+        ("tokenizer.ggml.add_bos_token", Value::Bool(true)),
+    ]
+}
+
+/// Texts and the ids transformers 5.24 gives them from the same GGUF
+/// (`AutoTokenizer.from_pretrained(dir, gguf_file=...)`, see `bench/spm_gguf_reference.py`).
+const SPM_CASES: &[(&str, &[u32], &str)] = &[
+    (
+        "the cat sat on the mat",
+        &[1, 261, 270, 272, 274, 261, 276],
+        "the cat sat on the mat",
+    ),
+    (
+        "What is the capital of France?",
+        &[
+            1, 305, 354, 313, 268, 278, 261, 294, 321, 280, 306, 317, 305, 320, 311, 298, 323, 264,
+            308, 310, 370,
+        ],
+        "What is the capital of France?",
+    ),
+    ("this is it", &[1, 284, 278, 281], "this is it"),
+    (
+        "  two leading spaces and  two inside",
+        &[
+            1, 305, 259, 328, 320, 305, 317, 310, 306, 309, 282, 271, 321, 306, 308, 285, 266, 305,
+            259, 328, 320, 305, 262, 324, 314, 309, 310,
+        ],
+        " two leading spaces and  two inside",
+    ),
+    (
+        "Ünïcödé ✓ costs 123 €",
+        &[
+            1, 305, 198, 159, 319, 198, 178, 308, 198, 185, 309, 198, 172, 305, 229, 159, 150, 269,
+            320, 324, 325, 324, 305, 303, 361, 305, 229, 133, 175,
+        ],
+        "Ünïcödé ✓ costs 123 €",
+    ),
+    (
+        "hello\nworld\ttab",
+        &[
+            1, 305, 260, 317, 317, 320, 13, 328, 320, 323, 317, 309, 12, 325, 306, 307,
+        ],
+        "hello\nworld\ttab",
+    ),
+    (
+        "<s>special</s> tokens",
+        &[
+            1, 1, 324, 321, 310, 308, 314, 306, 317, 2, 259, 320, 316, 310, 319, 324,
+        ],
+        "special tokens",
+    ),
+    ("", &[1], ""),
+];
+
+#[test]
+fn sentencepiece_gguf_vocabulary_tokenizes_as_transformers_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = match std::env::var("VIBECHECK_DUMP_SPM_GGUF")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        Some(p) => std::path::PathBuf::from(p),
+        None => tmp.path().join("spm.gguf"),
+    };
+    write_gguf_with(&path, GgmlDType::F32, None, Some(sentencepiece_vocab()));
+    let model = Model::load(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert!(!SPM_CASES.is_empty());
+    for (text, ids, decoded) in SPM_CASES {
+        let got = model.prompt_ids(&Prompt::Text(text.to_string())).unwrap();
+        assert_eq!(&got, ids, "{text:?}");
+        assert_eq!(
+            model.tokenizer.decode(&got, true).unwrap(),
+            *decoded,
+            "decoding {text:?}"
+        );
+        // Streaming pieces (after the prompt's BOS) add up to the whole decode, byte-fallback characters too.
+        let mut stream = vibecheck_engine::tokenizer::DecodeStream::new(true);
+        let mut pieces = String::new();
+        for &id in &got[1..] {
+            pieces.push_str(
+                &stream
+                    .step(&model.tokenizer, id)
+                    .unwrap()
+                    .unwrap_or_default(),
+            );
+        }
+        pieces.push_str(&stream.flush(&model.tokenizer).unwrap().unwrap_or_default());
+        assert_eq!(
+            pieces,
+            model.tokenizer.decode(&got[1..], true).unwrap(),
+            "streaming {text:?}"
+        );
+    }
 }
