@@ -157,20 +157,14 @@ fn split(pattern: &str) -> Value {
     json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false})
 }
 
-/// A `tokenizer.json` document equivalent to the GGUF's embedded vocabulary (byte-level or SentencePiece BPE).
+/// A `tokenizer.json` document equivalent to the GGUF's embedded vocabulary: byte-level BPE
+/// (`tokenizer.ggml.model = "gpt2"`) or SentencePiece BPE (`"llama"`), built as transformers builds them from a GGUF.
 pub fn gguf_tokenizer_json(content: &gguf_file::Content) -> Result<Value, String> {
     let md = &content.metadata;
     let model = md
         .get("tokenizer.ggml.model")
         .and_then(|v| v.to_string().ok())
         .ok_or("missing `tokenizer.ggml.model`: this GGUF carries no tokenizer")?;
-    if model != "gpt2" && model != "llama" {
-        return Err(format!(
-            "tokenizer.ggml.model = {model:?} is not supported (supported: \"gpt2\", the byte-level BPE of SmolLM, \
-             Llama 3 and Qwen, and \"llama\", the SentencePiece BPE of Llama 2, TinyLlama and Mistral); \
-             convert the original checkpoint folder instead"
-        ));
-    }
     let strings = |key: &str| -> Result<Vec<String>, String> {
         match md.get(key) {
             Some(GValue::Array(a)) => a
@@ -185,20 +179,94 @@ pub fn gguf_tokenizer_json(content: &gguf_file::Content) -> Result<Value, String
         }
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
-    if model == "llama" {
-        return sentencepiece_json(content, tokens);
-    }
-    let merges = strings("tokenizer.ggml.merges")?;
     let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
         Some(GValue::Array(a)) => a.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
         _ => vec![1; tokens.len()],
     };
+    let add_bos = md
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.to_bool().ok());
+    let bos_id = md
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(|v| v.to_u32().ok());
+    let pair = |l: &str, r: &str| json!([l, r]);
+    // What differs between the two kinds; the document around it is shared.
+    let (pre_tokenizer, decoder, merges, sentencepiece) = match model.as_str() {
+        "gpt2" => {
+            let merges: Vec<Value> =
+                strings("tokenizer.ggml.merges")?.iter().filter_map(|m| m.split_once(' ')).map(|(l, r)| pair(l, r)).collect();
+            let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
+            (byte_level_pre_tokenizer(md)?, decoder, merges, false)
+        }
+        "llama" => {
+            let merges: Vec<Value> = match md.get("tokenizer.ggml.merges") {
+                Some(GValue::Array(a)) => a
+                    .iter()
+                    .filter_map(|v| v.to_string().ok())
+                    .filter_map(|m| m.split_once(' '))
+                    .map(|(l, r)| pair(l, r))
+                    .collect(),
+                _ => {
+                    let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
+                        Some(GValue::Array(a)) => a.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect(),
+                        _ => return Err("a SentencePiece vocabulary needs `tokenizer.ggml.merges` or `tokenizer.ggml.scores`".into()),
+                    };
+                    merges_from_scores(&tokens, &scores).iter().map(|(l, r)| pair(l, r)).collect()
+                }
+            };
+            let pre = json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false});
+            let decoder = json!({"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0}]});
+            (pre, decoder, merges, true)
+        }
+        other => {
+            return Err(format!(
+                "tokenizer.ggml.model = {other:?} is not supported (supported: \"gpt2\", the byte-level BPE of SmolLM, \
+                 Llama 3 and Qwen, and \"llama\", the SentencePiece BPE of Llama 2, TinyLlama and Mistral); \
+                 convert the original checkpoint folder instead"
+            ))
+        }
+    };
+    let mut vocab = serde_json::Map::with_capacity(tokens.len());
+    let mut added = Vec::new();
+    for (id, tok) in tokens.iter().enumerate() {
+        vocab.insert(tok.clone(), json!(id));
+        // 3 = control (special), 4 = user-defined: matched as whole strings before BPE.
+        let kind = types.get(id).copied().unwrap_or(1);
+        if kind == 3 || kind == 4 {
+            added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
+                              "normalized": false, "special": kind == 3}));
+        }
+    }
+    // SentencePiece vocabularies (Llama 2) start every prompt with BOS unless the file says otherwise.
+    let post_processor = bos_post_processor(add_bos.unwrap_or(sentencepiece), bos_id, &tokens);
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": post_processor,
+        "decoder": decoder,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": sentencepiece, "byte_fallback": sentencepiece,
+                  "ignore_merges": false, "vocab": vocab, "merges": merges}
+    }))
+}
+
+/// The pre-tokenizer a byte-level vocabulary's `tokenizer.ggml.pre` names.
+fn byte_level_pre_tokenizer(
+    md: &std::collections::HashMap<String, GValue>,
+) -> Result<Value, String> {
     let pre = md
         .get("tokenizer.ggml.pre")
         .and_then(|v| v.to_string().ok())
         .map(String::as_str)
         .unwrap_or("default");
-    let pre_tokenizer = match pre {
+    Ok(match pre {
         "smollm" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
         "gpt2" | "default" | "gpt-2" => byte_level(true),
@@ -210,101 +278,7 @@ pub fn gguf_tokenizer_json(content: &gguf_file::Content) -> Result<Value, String
                 "tokenizer.ggml.pre = {other:?} is not supported yet (supported: smollm, gpt2, default, llama3, qwen2)"
             ))
         }
-    };
-    let mut vocab = serde_json::Map::with_capacity(tokens.len());
-    let mut added = Vec::new();
-    for (id, tok) in tokens.iter().enumerate() {
-        vocab.insert(tok.clone(), json!(id));
-        // 3 = control, 4 = user-defined: matched as whole strings before BPE.
-        let kind = types.get(id).copied().unwrap_or(1);
-        if kind == 3 || kind == 4 {
-            added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
-                              "normalized": false, "special": kind == 3}));
-        }
-    }
-    let add_bos = md
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(|v| v.to_bool().ok())
-        .unwrap_or(false);
-    let bos_id = md
-        .get("tokenizer.ggml.bos_token_id")
-        .and_then(|v| v.to_u32().ok());
-    let post_processor = bos_post_processor(add_bos, bos_id, &tokens);
-    Ok(json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": pre_tokenizer,
-        "post_processor": post_processor,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                  "vocab": vocab, "merges": merges}
-    }))
-}
-
-/// The `tokenizer.json` of a SentencePiece-style (`tokenizer.ggml.model = "llama"`) vocabulary, built as
-/// transformers builds it from a GGUF: BPE with byte fallback over the vocabulary, merges from the file or recovered
-/// from the token scores, a `Metaspace` pre-tokenizer that prefixes the first word with `▁`, and the decoder that
-/// turns `▁` back into spaces.
-fn sentencepiece_json(content: &gguf_file::Content, tokens: Vec<String>) -> Result<Value, String> {
-    let md = &content.metadata;
-    let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
-        Some(GValue::Array(a)) => a.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
-        _ => vec![1; tokens.len()],
-    };
-    let merges: Vec<Value> = match md.get("tokenizer.ggml.merges") {
-        Some(GValue::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.to_string().ok())
-            .filter_map(|m| m.split_once(' '))
-            .map(|(l, r)| json!([l, r]))
-            .collect(),
-        _ => {
-            let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
-                Some(GValue::Array(a)) => a.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect(),
-                _ => return Err("a SentencePiece vocabulary needs `tokenizer.ggml.merges` or `tokenizer.ggml.scores`".into()),
-            };
-            merges_from_scores(&tokens, &scores)
-                .into_iter()
-                .map(|(l, r)| json!([l, r]))
-                .collect()
-        }
-    };
-    let mut vocab = serde_json::Map::with_capacity(tokens.len());
-    let mut added = Vec::new();
-    for (id, tok) in tokens.iter().enumerate() {
-        vocab.insert(tok.clone(), json!(id));
-        if types.get(id) == Some(&3) {
-            added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
-                              "normalized": false, "special": true}));
-        }
-    }
-    let add_bos = md
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(|v| v.to_bool().ok())
-        .unwrap_or(true);
-    let bos_id = md
-        .get("tokenizer.ggml.bos_token_id")
-        .and_then(|v| v.to_u32().ok());
-    Ok(json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false},
-        "post_processor": bos_post_processor(add_bos, bos_id, &tokens),
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-            {"type": "ByteFallback"}, {"type": "Fuse"},
-            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-                  "vocab": vocab, "merges": merges}
-    }))
+    })
 }
 
 /// Merges implied by a scored vocabulary, in transformers' order (`generate_merges`): every split of every token

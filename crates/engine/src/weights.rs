@@ -226,6 +226,13 @@ impl Weights {
         })
     }
 
+    /// A GGUF tensor as a candle ggml tensor (copied out of the mapping, Q/K rows un-permuted).
+    fn gguf_qtensor(&self, hf_name: &str) -> Result<QTensor, EngineError> {
+        let (dtype, dims, bytes) = self.gguf_bytes(hf_name)?;
+        candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &bytes, dims, &self.device)
+            .map_err(|e| self.bad(hf_name, e))
+    }
+
     /// Loads a tensor as stored (copied out of the mapping).
     pub fn stored(&self, hf_name: &str) -> Result<Stored, EngineError> {
         match &self.backend {
@@ -239,14 +246,7 @@ impl Weights {
                 Ok(Stored::Dense(t))
             }
             Backend::Gguf { .. } => {
-                let (dtype, dims, bytes) = self.gguf_bytes(hf_name)?;
-                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
-                    dtype,
-                    &bytes,
-                    dims,
-                    &self.device,
-                )
-                .map_err(|e| self.bad(hf_name, e))?;
+                let q = self.gguf_qtensor(hf_name)?;
                 Ok(match q.dtype() {
                     GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                         Stored::Dense(q.dequantize(&self.device)?)
@@ -270,16 +270,10 @@ impl Weights {
             Backend::Gguf { .. } => {
                 let (dtype, dims, bytes) = self.gguf_bytes(hf_name)?;
                 match PackedMatrix::from_ggml(dtype, &bytes, &dims) {
-                    Err(PackError::Unsupported(_)) => {
-                        let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
-                            dtype,
-                            &bytes,
-                            dims,
-                            &self.device,
-                        )
-                        .map_err(|e| self.bad(hf_name, e))?;
-                        PackedMatrix::from_dense(&q.dequantize(&self.device)?)
-                    }
+                    // No compact kernel for this format (Q2_K, Q3_K, Q6_K): exact float32 instead.
+                    Err(PackError::Unsupported(_)) => PackedMatrix::from_dense(
+                        &self.gguf_qtensor(hf_name)?.dequantize(&self.device)?,
+                    ),
                     other => other,
                 }
             }
