@@ -7,6 +7,7 @@
 
 mod error;
 pub mod hub;
+pub mod run;
 pub mod safetensors_header;
 mod source;
 

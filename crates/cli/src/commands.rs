@@ -33,6 +33,28 @@ enum Command {
     Bench(BenchArgs),
     /// Run the built-in demo on the bundled SmolLM2 model.
     Demo(DemoArgs),
+    /// Serve checkpoints, GGUF files, hub ids and training-run folders behind an OpenAI-compatible API.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Checkpoint folders, GGUF files, hub ids, or run folders (sub-folders `checkpoint-N`, `step_N`, ...).
+    #[arg(required = true)]
+    sources: Vec<String>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0 picks a free port (the URL printed says which).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Generations running at once.
+    #[arg(long, default_value_t = 2)]
+    max_concurrent: usize,
+    /// Requests that may wait for a slot before new ones get 429.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Args, Clone)]
@@ -146,6 +168,7 @@ pub fn main() -> ExitCode {
         Command::Convert(a) => convert(a),
         Command::Bench(a) => bench(a),
         Command::Demo(a) => demo(a),
+        Command::Serve(a) => serve(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -376,6 +399,40 @@ fn bench(a: BenchArgs) -> Result<()> {
             r.decode_tok_s, a.decode_tokens
         );
     }
+    Ok(())
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    for s in &a.sources {
+        fetch_if_hub_id(s)?;
+    }
+    let opts = LoadOptions {
+        device: parse_device(&a.device)?,
+        ..LoadOptions::default()
+    };
+    let registry = vibecheck_server::Registry::from_sources(&a.sources, opts)
+        .context("reading the sources")?;
+    if registry.entries().is_empty() {
+        bail!("no complete checkpoint found in {}", a.sources.join(", "));
+    }
+    let settings = vibecheck_server::ServeSettings {
+        host: a.host,
+        port: a.port,
+        max_concurrent: a.max_concurrent.max(1),
+        queue: a.queue,
+        ..Default::default()
+    };
+    let models: Vec<String> = registry.entries().iter().map(|e| e.id.clone()).collect();
+    let state = vibecheck_server::AppState::new(registry, settings);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(vibecheck_server::serve(state, |addr| {
+        eprintln!("serving {} model(s): {}", models.len(), models.join(", "));
+        println!("http://{addr}/v1");
+        let _ = std::io::stdout().flush();
+    }))?;
     Ok(())
 }
 

@@ -200,3 +200,63 @@ fn bad_model_paths_fail_with_a_clear_message() {
     assert!(!ok);
     assert!(err.contains("fake.gguf"), "{err}");
 }
+
+/// `vibecheck serve` on 127.0.0.1 answers the OpenAI API over real HTTP with what `generate` prints.
+#[test]
+fn serve_answers_over_http_like_generate() {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = bin()
+        .arg("serve")
+        .arg(gguf())
+        .args(["--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    let addr = url
+        .trim()
+        .strip_prefix("http://")
+        .and_then(|u| u.strip_suffix("/v1"))
+        .expect("printed URL")
+        .to_string();
+    let request = |method: &str, path: &str, body: &str| -> String {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let models = request("GET", "/v1/models", "");
+    assert!(
+        models.starts_with("HTTP/1.1 200") && models.contains("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "{models}"
+    );
+    let body = r#"{"model": "SmolLM2-135M-Instruct.Q4_1.gguf", "messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0, "max_tokens": 24}"#;
+    let resp = request("POST", "/v1/chat/completions", body);
+    let _ = child.kill();
+    let _ = child.wait();
+    let json: serde_json::Value =
+        serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let (_, printed, _) = run(bin().arg("generate").arg(gguf()).args([
+        "--prompt",
+        "What is the capital of France?",
+        "--max-tokens",
+        "24",
+    ]));
+    assert_eq!(
+        format!(
+            "{}\n",
+            json["choices"][0]["message"]["content"].as_str().unwrap()
+        ),
+        printed
+    );
+}

@@ -1,0 +1,123 @@
+//! Training run folders: the checkpoints a trainer writes into one output folder (`checkpoint-500`,
+//! `step_1000`, `global_step1500`, …), their steps, and whether each is complete enough to load.
+
+use std::path::{Path, PathBuf};
+
+use crate::{safetensors_header, CheckpointError};
+
+/// One checkpoint found in a run folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCheckpoint {
+    /// The sub-folder's name (`checkpoint-500`).
+    pub name: String,
+    pub path: PathBuf,
+    /// From `trainer_state.json` (`global_step`) when present, else from the folder name.
+    pub step: Option<u64>,
+}
+
+/// The training step a checkpoint folder name encodes, if it follows a trainer's convention.
+pub fn step_from_name(name: &str) -> Option<u64> {
+    let digits = [
+        "checkpoint-",
+        "checkpoint_",
+        "step_",
+        "step-",
+        "global_step",
+        "step",
+    ]
+    .iter()
+    .find_map(|p| name.strip_prefix(p))?;
+    digits.parse().ok()
+}
+
+fn step_from_trainer_state(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join("trainer_state.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json.get("global_step")?.as_u64()
+}
+
+/// Whether `dir` looks like a run folder: it has no `config.json` itself, and at least one checkpoint sub-folder.
+pub fn is_run_dir(dir: &Path) -> bool {
+    dir.is_dir()
+        && !dir.join("config.json").is_file()
+        && list(dir).map(|c| !c.is_empty()).unwrap_or(false)
+}
+
+/// The checkpoint sub-folders of a run, sorted by step (folders being written, `tmp-*`, are left out).
+pub fn list(dir: &Path) -> Result<Vec<RunCheckpoint>, CheckpointError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| CheckpointError::io(dir, e))?;
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !path.is_dir() || name.starts_with("tmp") || name.starts_with('.') {
+            continue;
+        }
+        let Some(name_step) = step_from_name(&name) else {
+            continue;
+        };
+        let step = step_from_trainer_state(&path).or(Some(name_step));
+        out.push(RunCheckpoint { name, path, step });
+    }
+    out.sort_by(|a, b| a.step.cmp(&b.step).then_with(|| a.name.cmp(&b.name)));
+    Ok(out)
+}
+
+/// Whether a checkpoint folder is complete: `config.json` and a tokenizer present, every shard the index names
+/// present, and every safetensors header consistent with its file size (a shard still being written is not).
+pub fn is_complete(dir: &Path) -> Result<(), CheckpointError> {
+    if !dir.join("config.json").is_file() {
+        return Err(CheckpointError::invalid(dir, "no config.json yet"));
+    }
+    for file in crate::shard_files(dir)? {
+        safetensors_header::read(&file)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_from_trainer_folder_names() {
+        assert_eq!(step_from_name("checkpoint-500"), Some(500));
+        assert_eq!(step_from_name("step_1000"), Some(1000));
+        assert_eq!(step_from_name("global_step1500"), Some(1500));
+        assert_eq!(step_from_name("runs"), None);
+        assert_eq!(step_from_name("checkpoint-final"), None);
+    }
+
+    #[test]
+    fn lists_checkpoints_by_step_and_skips_temporary_folders() {
+        let tmp = tempfile::tempdir().unwrap();
+        for d in [
+            "checkpoint-20",
+            "checkpoint-3",
+            "tmp-checkpoint-40",
+            "logs",
+            "global_step7",
+        ] {
+            std::fs::create_dir_all(tmp.path().join(d)).unwrap();
+        }
+        std::fs::write(
+            tmp.path().join("global_step7/trainer_state.json"),
+            r#"{"global_step": 9}"#,
+        )
+        .unwrap();
+        let names: Vec<(String, Option<u64>)> = list(tmp.path())
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.name, c.step))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("checkpoint-3".into(), Some(3)),
+                ("global_step7".into(), Some(9)),
+                ("checkpoint-20".into(), Some(20))
+            ]
+        );
+        assert!(is_run_dir(tmp.path()));
+    }
+}

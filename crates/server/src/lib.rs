@@ -1,0 +1,94 @@
+//! The HTTP face of vibecheck: an OpenAI-compatible API over every checkpoint of the served runs.
+//!
+//! `router(state)` is the whole app (tested with `tower::ServiceExt::oneshot`, no port bound); `serve` binds it.
+//! Requests are validated once at the edge (`openai.rs`) into engine parameters; every error leaves as one
+//! OpenAI-style JSON body with the right status (`error.rs`); models load on first use (`registry.rs`), and
+//! generation runs on blocking threads so async handlers never touch tensors.
+
+mod error;
+mod openai;
+pub mod registry;
+mod routes;
+
+use std::sync::Arc;
+
+pub use error::ApiError;
+pub use registry::Registry;
+pub use routes::router;
+
+/// Settings of a server, resolved once by the CLI.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub host: String,
+    pub port: u16,
+    /// Generations running at once; more wait in line (bounded by `queue`).
+    pub max_concurrent: usize,
+    /// Requests allowed to wait for a generation slot before new ones get 429.
+    pub queue: usize,
+    /// Largest `max_tokens` a request may ask for.
+    pub max_tokens_cap: usize,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            max_concurrent: 2,
+            queue: 64,
+            max_tokens_cap: 4096,
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub settings: Arc<ServeSettings>,
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    pub(crate) waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AppState {
+    pub fn new(registry: Registry, settings: ServeSettings) -> Self {
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent.max(1))),
+            waiting: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            registry: Arc::new(registry),
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+/// Binds `settings.host:port` and serves until Ctrl-C or SIGTERM, letting open requests finish.
+pub async fn serve(
+    state: AppState,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) -> std::io::Result<()> {
+    let addr = format!("{}:{}", state.settings.host, state.settings.port);
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    on_ready(listener.local_addr()?);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,340 @@
+//! Handlers: `/v1/models`, `/v1/chat/completions`, `/v1/completions` (JSON and SSE streams), `/health`.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use serde_json::{json, Value};
+use vibecheck_engine::{Generation, Model, Prompt, SamplingParams};
+
+use crate::openai::{self, ChatRequest, CompletionRequest, Valid};
+use crate::{ApiError, AppState};
+
+/// The whole HTTP app.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .with_state(state)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        // serde's message names the field and position; it never repeats the body.
+        ApiError::bad_request(
+            format!("the request body is not a valid request: {e}"),
+            None,
+        )
+    })
+}
+
+async fn models(State(state): State<AppState>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .registry
+        .entries()
+        .iter()
+        .map(|e| {
+            json!({"id": e.id, "object": "model", "created": 0, "owned_by": "vibecheck",
+                   "run": e.run, "step": e.step, "loaded": e.is_loaded(),
+                   "format": match e.source.kind { vibecheck_checkpoint::SourceKind::Gguf => "gguf", _ => "safetensors" }})
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let Some(entry) = state.registry.entries().first().cloned() else {
+        return ApiError::internal("no model is served").into_response();
+    };
+    let started = std::time::Instant::now();
+    let result = async {
+        let model = state.registry.model(&entry).await?;
+        tokio::task::spawn_blocking(move || {
+            model.generate(&Prompt::Text("Hi".into()), &SamplingParams::greedy(1))
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))
+    }
+    .await;
+    match result {
+        Ok(g) if g.usage.completion_tokens + usize::from(g.finish_reason == vibecheck_engine::FinishReason::Stop) >= 1 => {
+            Json(json!({"status": "ok", "model": entry.id, "generation_ms": started.elapsed().as_millis() as u64})).into_response()
+        }
+        Ok(_) => ApiError::internal("the test generation produced nothing").into_response(),
+        Err(mut e) => {
+            e.status = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+            e.into_response()
+        }
+    }
+}
+
+/// A generation slot, or 429 when too many requests already wait.
+async fn slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    if let Ok(p) = state.slots.clone().try_acquire_owned() {
+        return Ok(p);
+    }
+    if state.waiting.fetch_add(1, Ordering::SeqCst) >= state.settings.queue {
+        state.waiting.fetch_sub(1, Ordering::SeqCst);
+        return Err(ApiError::busy());
+    }
+    let permit = state.slots.clone().acquire_owned().await;
+    state.waiting.fetch_sub(1, Ordering::SeqCst);
+    permit.map_err(|_| ApiError::internal("the server is shutting down"))
+}
+
+/// Tokenizes the prompt and checks it plus `max_tokens` fits the model's context.
+fn prepare(model: &Model, prompt: &Prompt, max_tokens: usize) -> Result<Vec<u32>, ApiError> {
+    let ids = model
+        .prompt_ids(prompt)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+    let limit = model.decoder.max_positions();
+    if ids.is_empty() {
+        return Err(ApiError::bad_request(
+            "the prompt is empty",
+            Some("messages"),
+        ));
+    }
+    if ids.len() + max_tokens > limit {
+        return Err(ApiError::bad_request(
+            format!(
+                "the prompt has {} tokens and max_tokens is {max_tokens}: {} in all, but this model's context holds {limit}",
+                ids.len(),
+                ids.len() + max_tokens
+            ),
+            Some("max_tokens"),
+        ));
+    }
+    Ok(ids)
+}
+
+async fn chat(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: ChatRequest = parse(&body)?;
+    let valid = req.common.validate(state.settings.max_tokens_cap)?;
+    let messages = req.messages()?;
+    run(state, valid, Prompt::Chat(messages), Kind::Chat).await
+}
+
+async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse(&body)?;
+    let valid = req.common.validate(state.settings.max_tokens_cap)?;
+    let prompt = match &req.prompt {
+        Value::String(s) => s.clone(),
+        Value::Array(a) if a.len() == 1 && a[0].is_string() => {
+            a[0].as_str().unwrap_or_default().to_string()
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "`prompt` must be a string (or a list of one string)",
+                Some("prompt"),
+            ))
+        }
+    };
+    run(state, valid, Prompt::Text(prompt), Kind::Text).await
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+enum Msg {
+    Piece(usize, String),
+    Done(usize, Generation),
+    Failed(String),
+}
+
+async fn run(
+    state: AppState,
+    valid: Valid,
+    prompt: Prompt,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    let entry = state.registry.get(&valid.model)?;
+    let model = state.registry.model(&entry).await?;
+    let ids = prepare(&model, &prompt, valid.params.max_tokens)?;
+    let permit = slot(&state).await?;
+    let id = openai::completion_id(if kind == Kind::Chat {
+        "chatcmpl"
+    } else {
+        "cmpl"
+    });
+    let model_id = entry.id.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(256);
+    let n = valid.n;
+    let base = valid.params.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        for i in 0..n {
+            let params = SamplingParams {
+                seed: base.seed.map(|s| s.wrapping_add(i as u64)),
+                ..base.clone()
+            };
+            let sender = tx.clone();
+            let result =
+                model.generate_stream(&Prompt::Tokens(ids.clone()), &params, &mut |piece| {
+                    // A closed channel means the client went away: stop at this step.
+                    sender
+                        .blocking_send(Msg::Piece(i, piece.to_string()))
+                        .is_ok()
+                });
+            let msg = match result {
+                Ok(g) => Msg::Done(i, g),
+                Err(e) => Msg::Failed(e.to_string()),
+            };
+            if tx.blocking_send(msg).is_err() {
+                return;
+            }
+        }
+    });
+
+    if !valid.stream {
+        let mut results: Vec<Option<Generation>> = (0..n).map(|_| None).collect();
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Msg::Piece(..) => {}
+                Msg::Done(i, g) => results[i] = Some(g),
+                Msg::Failed(e) => return Err(ApiError::internal(e)),
+            }
+        }
+        let gens: Vec<Generation> = results.into_iter().flatten().collect();
+        let prompt_tokens = gens.first().map_or(0, |g| g.usage.prompt_tokens);
+        let completion: usize = gens.iter().map(|g| g.usage.completion_tokens).sum();
+        let choices: Vec<Value> = gens
+            .iter()
+            .enumerate()
+            .map(|(i, g)| match kind {
+                Kind::Chat => json!({"index": i, "message": {"role": "assistant", "content": g.text},
+                                     "finish_reason": openai::finish(g), "logprobs": null}),
+                Kind::Text => json!({"index": i, "text": g.text, "finish_reason": openai::finish(g), "logprobs": null}),
+            })
+            .collect();
+        let object = if kind == Kind::Chat {
+            "chat.completion"
+        } else {
+            "text_completion"
+        };
+        return Ok(Json(json!({
+            "id": id, "object": object, "created": openai::now(), "model": model_id,
+            "choices": choices, "usage": openai::usage_json(prompt_tokens, completion),
+            "system_fingerprint": format!("vibecheck-{}", env!("CARGO_PKG_VERSION")),
+        }))
+        .into_response());
+    }
+
+    let include_usage = valid.include_usage;
+    let created = openai::now();
+    let chunk = move |choices: Value, usage: Value| -> Event {
+        let object = if kind == Kind::Chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
+        let mut v = json!({"id": id, "object": object, "created": created, "model": model_id, "choices": choices});
+        if !usage.is_null() {
+            v["usage"] = usage;
+        }
+        Event::default().data(v.to_string())
+    };
+    let delta = move |i: usize, text: Option<&str>, role: bool, finish: Option<&str>| -> Value {
+        match kind {
+            Kind::Chat => {
+                let mut d = json!({});
+                if role {
+                    d["role"] = json!("assistant");
+                }
+                if let Some(t) = text {
+                    d["content"] = json!(t);
+                }
+                json!([{"index": i, "delta": d, "finish_reason": finish, "logprobs": null}])
+            }
+            Kind::Text => {
+                json!([{"index": i, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null}])
+            }
+        }
+    };
+    // Pending events for one message, so one channel message can become several SSE events.
+    let events = stream::unfold(
+        (
+            rx,
+            Vec::<Event>::new(),
+            vec![false; n],
+            0usize,
+            0usize,
+            false,
+        ),
+        move |mut st| {
+            let chunk = chunk.clone();
+            async move {
+                loop {
+                    if let Some(ev) = st.1.pop() {
+                        return Some((Ok::<Event, Infallible>(ev), st));
+                    }
+                    if st.5 {
+                        return None;
+                    }
+                    let (rx, pending, started, prompt_tokens, completion_tokens, done) = &mut st;
+                    let mut out = Vec::new();
+                    match rx.recv().await {
+                        Some(Msg::Piece(i, text)) => {
+                            let first = !started[i];
+                            started[i] = true;
+                            out.push(chunk(
+                                delta(i, Some(&text), first && kind == Kind::Chat, None),
+                                Value::Null,
+                            ));
+                        }
+                        Some(Msg::Done(i, g)) => {
+                            if !started[i] && kind == Kind::Chat {
+                                out.push(chunk(delta(i, Some(""), true, None), Value::Null));
+                            }
+                            started[i] = true;
+                            *prompt_tokens = g.usage.prompt_tokens;
+                            *completion_tokens += g.usage.completion_tokens;
+                            out.push(chunk(
+                                delta(i, None, false, Some(openai::finish(&g))),
+                                Value::Null,
+                            ));
+                        }
+                        Some(Msg::Failed(e)) => {
+                            out.push(
+                                Event::default().data(
+                                    json!({"error": {"message": e, "type": "server_error"}})
+                                        .to_string(),
+                                ),
+                            );
+                            out.push(Event::default().data("[DONE]"));
+                            *done = true;
+                        }
+                        None => {
+                            if include_usage {
+                                out.push(chunk(
+                                    json!([]),
+                                    openai::usage_json(*prompt_tokens, *completion_tokens),
+                                ));
+                            }
+                            out.push(Event::default().data("[DONE]"));
+                            *done = true;
+                        }
+                    }
+                    out.reverse();
+                    *pending = out;
+                }
+            }
+        },
+    );
+    Ok(sse(events).into_response())
+}
+
+fn sse<S: Stream<Item = Result<Event, Infallible>> + Send + 'static>(s: S) -> Sse<S> {
+    Sse::new(s)
+}

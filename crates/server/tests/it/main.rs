@@ -1,0 +1,292 @@
+//! The API through `router(state)` (no port bound): a run folder of tiny llama checkpoints, one of them still
+//! being written.
+
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use vibecheck_engine::LoadOptions;
+use vibecheck_server::{router, AppState, Registry, ServeSettings};
+
+fn reference_dir() -> PathBuf {
+    if let Some(d) = std::env::var("VIBECHECK_REFERENCE_DIR")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join("shared/reference"))
+        .find(|p| p.is_dir())
+        .expect("shared/reference")
+}
+
+fn copy_dir(src: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
+    }
+}
+
+/// `runs/tiny-run` with checkpoint-10 and checkpoint-20 complete and checkpoint-30 half written.
+fn run_folder() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("tiny-run");
+    let tiny = reference_dir().join("tiny/llama");
+    for step in [20, 10, 30] {
+        copy_dir(&tiny, &run.join(format!("checkpoint-{step}")));
+    }
+    let partial = run.join("checkpoint-30/model.safetensors");
+    let len = std::fs::metadata(&partial).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&partial)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
+    (tmp, run)
+}
+
+fn app(run: &Path) -> axum::Router {
+    let registry =
+        Registry::from_sources(&[run.display().to_string()], LoadOptions::default()).unwrap();
+    router(AppState::new(registry, ServeSettings::default()))
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+    )
+}
+
+#[tokio::test]
+async fn models_lists_complete_checkpoints_by_step() {
+    let (_t, run) = run_folder();
+    let app = app(&run);
+    let (status, body, _) = call(&app, "GET", "/v1/models", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["tiny-run/checkpoint-10", "tiny-run/checkpoint-20"],
+        "the half-written checkpoint-30 is not offered"
+    );
+    assert_eq!(body["data"][1]["step"], 20);
+    assert_eq!(body["data"][1]["run"], "tiny-run");
+}
+
+#[tokio::test]
+async fn chat_completion_matches_the_engine_and_reports_usage() {
+    let (_t, run) = run_folder();
+    let app = app(&run);
+    let req = json!({"model": "tiny-run/checkpoint-20", "messages": [{"role": "user", "content": "hello"}],
+                     "max_tokens": 6, "temperature": 0});
+    let (status, body, text) = call(&app, "POST", "/v1/chat/completions", Some(req)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(body["object"], "chat.completion");
+    let content = body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let model = vibecheck_engine::Model::load(
+        run.join("checkpoint-20").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let g = model
+        .generate(
+            &vibecheck_engine::Prompt::Chat(vec![vibecheck_engine::ChatMessage::new(
+                "user", "hello",
+            )]),
+            &vibecheck_engine::SamplingParams::greedy(6),
+        )
+        .unwrap();
+    assert_eq!(content, g.text, "the API answers what the engine answers");
+    assert_eq!(
+        body["usage"]["completion_tokens"],
+        g.usage.completion_tokens
+    );
+    assert_eq!(body["usage"]["prompt_tokens"], g.usage.prompt_tokens);
+    assert_eq!(
+        body["choices"][0]["finish_reason"],
+        g.finish_reason.as_str()
+    );
+}
+
+#[tokio::test]
+async fn streaming_chat_sends_role_deltas_finish_usage_and_done() {
+    let (_t, run) = run_folder();
+    let app = app(&run);
+    let req = json!({"model": "tiny-run/checkpoint-10", "messages": [{"role": "user", "content": "hi"}],
+                     "max_tokens": 8, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}});
+    let (status, _, text) = call(&app, "POST", "/v1/chat/completions", Some(req.clone())).await;
+    assert_eq!(status, StatusCode::OK);
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| {
+            c["choices"]
+                .get(0)?
+                .get("delta")?
+                .get("content")?
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    let finish = chunks.iter().find_map(|c| {
+        c["choices"]
+            .get(0)?
+            .get("finish_reason")?
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(finish.is_some());
+    let usage = &chunks.last().unwrap()["usage"];
+    assert!(usage["completion_tokens"].as_u64().unwrap() >= 1);
+    // The same request without streaming gives the same text.
+    let mut plain = req;
+    plain["stream"] = json!(false);
+    let (_, body, _) = call(&app, "POST", "/v1/chat/completions", Some(plain)).await;
+    assert_eq!(
+        body["choices"][0]["message"]["content"].as_str().unwrap(),
+        streamed
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_errors_with_the_right_status() {
+    let (_t, run) = run_folder();
+    let app = app(&run);
+    let m = "tiny-run/checkpoint-10";
+    let cases = [
+        (
+            json!({"model": m, "messages": []}),
+            StatusCode::BAD_REQUEST,
+            "messages",
+        ),
+        (
+            json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+            StatusCode::NOT_FOUND,
+            "model",
+        ),
+        (
+            json!({"model": m, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}),
+            StatusCode::BAD_REQUEST,
+            "max_tokens",
+        ),
+        (
+            json!({"model": m, "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000000}),
+            StatusCode::BAD_REQUEST,
+            "max_tokens",
+        ),
+        (
+            json!({"model": m, "messages": [{"role": "user", "content": "x"}], "temperature": 7}),
+            StatusCode::BAD_REQUEST,
+            "temperature",
+        ),
+        (
+            json!({"model": m, "messages": [{"role": "user", "content": "x"}], "top_p": -1}),
+            StatusCode::BAD_REQUEST,
+            "top_p",
+        ),
+        (
+            json!({"model": m, "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}),
+            StatusCode::BAD_REQUEST,
+            "stop",
+        ),
+        (
+            json!({"model": m, "messages": [{"role": "user", "content": "x"}], "max_tokens": 250}),
+            StatusCode::BAD_REQUEST,
+            "max_tokens",
+        ),
+    ];
+    for (req, status, param) in cases {
+        let (got, body, text) = call(&app, "POST", "/v1/chat/completions", Some(req.clone())).await;
+        assert_eq!(got, status, "{req} -> {text}");
+        assert_eq!(body["error"]["param"], param, "{text}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    // The context error carries the token counts.
+    let (_, body, _) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(json!({"model": m,
+        "messages": [{"role": "user", "content": "x"}], "max_tokens": 250})),
+    )
+    .await;
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("256"),
+        "{body}"
+    );
+    // Malformed JSON: an OpenAI-style 400 that does not echo the body back.
+    let secret = "SECRET-PROMPT-TEXT";
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(format!(
+            "{{\"model\": \"{m}\", \"messages\": [{{\"content\": \"{secret}\""
+        )))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let text =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    assert!(
+        text.contains("invalid_request_error") && !text.contains(secret),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn text_completions_and_health() {
+    let (_t, run) = run_folder();
+    let app = app(&run);
+    let (status, body, text) = call(&app, "POST", "/v1/completions",
+        Some(json!({"model": "tiny-run/checkpoint-10", "prompt": "hello", "max_tokens": 4, "temperature": 0}))).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(body["object"], "text_completion");
+    assert!(body["choices"][0]["text"].is_string());
+    let (status, body, _) = call(&app, "GET", "/health", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+}
