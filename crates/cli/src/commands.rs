@@ -55,6 +55,9 @@ struct ServeArgs {
     queue: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(long, env = "VIBECHECK_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -420,6 +423,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         port: a.port,
         max_concurrent: a.max_concurrent.max(1),
         queue: a.queue,
+        api_key: a.api_key.filter(|k| !k.is_empty()),
         ..Default::default()
     };
     let models: Vec<String> = registry.entries().iter().map(|e| e.id.clone()).collect();

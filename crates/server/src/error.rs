@@ -32,6 +32,26 @@ impl ApiError {
         }
     }
 
+    pub fn unauthorized() -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message: "missing or wrong API key: send `Authorization: Bearer <key>` with the key the server was started with".into(),
+            param: None,
+            code: Some("invalid_api_key"),
+        }
+    }
+
+    pub fn forbidden_host() -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            message:
+                "this server listens on loopback and answers only requests addressed to localhost"
+                    .into(),
+            param: None,
+            code: Some("forbidden_host"),
+        }
+    }
+
     pub fn busy() -> Self {
         Self {
             status: StatusCode::TOO_MANY_REQUESTS,
@@ -54,6 +74,8 @@ impl ApiError {
     fn kind(&self) -> &'static str {
         match self.status.as_u16() {
             400 | 404 | 413 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
             429 => "rate_limit_error",
             _ => "server_error",
         }

@@ -6,6 +6,8 @@
 //! generation runs on blocking threads so async handlers never touch tensors.
 
 mod error;
+mod guard;
+mod metrics;
 mod openai;
 pub mod registry;
 mod routes;
@@ -27,6 +29,18 @@ pub struct ServeSettings {
     pub queue: usize,
     /// Largest `max_tokens` a request may ask for.
     pub max_tokens_cap: usize,
+    /// With a key, every route but `/health` needs `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+}
+
+impl ServeSettings {
+    /// Bound to a loopback address: then requests must name a loopback host (a DNS-rebinding defence).
+    pub fn loopback(&self) -> bool {
+        matches!(
+            self.host.as_str(),
+            "127.0.0.1" | "localhost" | "::1" | "[::1]"
+        ) || self.host.starts_with("127.")
+    }
 }
 
 impl Default for ServeSettings {
@@ -37,6 +51,7 @@ impl Default for ServeSettings {
             max_concurrent: 2,
             queue: 64,
             max_tokens_cap: 4096,
+            api_key: None,
         }
     }
 }
@@ -48,6 +63,7 @@ pub struct AppState {
     pub settings: Arc<ServeSettings>,
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
     pub(crate) waiting: Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) metrics: Arc<metrics::Metrics>,
 }
 
 impl AppState {
@@ -55,6 +71,7 @@ impl AppState {
         Self {
             slots: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent.max(1))),
             waiting: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            metrics: Arc::default(),
             registry: Arc::new(registry),
             settings: Arc::new(settings),
         }

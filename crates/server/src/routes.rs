@@ -21,8 +21,13 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(models))
+        .route("/metrics", get(metrics))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::guard::guard,
+        ))
         .with_state(state)
 }
 
@@ -48,6 +53,19 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
         })
         .collect();
     Json(json!({"object": "list", "data": data}))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let running = state.settings.max_concurrent.max(1) - state.slots.available_permits();
+    let entries = state.registry.entries();
+    let loaded = entries.iter().filter(|e| e.is_loaded()).count();
+    let text = state.metrics.render(
+        state.waiting.load(Ordering::SeqCst),
+        running,
+        loaded,
+        entries.len(),
+    );
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -84,6 +102,7 @@ async fn slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, Api
     }
     if state.waiting.fetch_add(1, Ordering::SeqCst) >= state.settings.queue {
         state.waiting.fetch_sub(1, Ordering::SeqCst);
+        crate::metrics::Metrics::add(&state.metrics.rejected_busy, 1);
         return Err(ApiError::busy());
     }
     let permit = state.slots.clone().acquire_owned().await;
@@ -117,6 +136,14 @@ fn prepare(model: &Model, prompt: &Prompt, max_tokens: usize) -> Result<Vec<u32>
 }
 
 async fn chat(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    crate::metrics::Metrics::add(&state.metrics.chat_requests, 1);
+    let metrics = state.metrics.clone();
+    chat_inner(state, body)
+        .await
+        .inspect_err(|_| crate::metrics::Metrics::add(&metrics.errors, 1))
+}
+
+async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let req: ChatRequest = parse(&body)?;
     let valid = req.common.validate(state.settings.max_tokens_cap)?;
     let messages = req.messages()?;
@@ -124,6 +151,14 @@ async fn chat(State(state): State<AppState>, body: Bytes) -> Result<Response, Ap
 }
 
 async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    crate::metrics::Metrics::add(&state.metrics.completion_requests, 1);
+    let metrics = state.metrics.clone();
+    completions_inner(state, body)
+        .await
+        .inspect_err(|_| crate::metrics::Metrics::add(&metrics.errors, 1))
+}
+
+async fn completions_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse(&body)?;
     let valid = req.common.validate(state.settings.max_tokens_cap)?;
     let prompt = match &req.prompt {
@@ -172,6 +207,7 @@ async fn run(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(256);
     let n = valid.n;
     let base = valid.params.clone();
+    let metrics = state.metrics.clone();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         for i in 0..n {
@@ -188,7 +224,10 @@ async fn run(
                         .is_ok()
                 });
             let msg = match result {
-                Ok(g) => Msg::Done(i, g),
+                Ok(g) => {
+                    metrics.record(&g);
+                    Msg::Done(i, g)
+                }
                 Err(e) => Msg::Failed(e.to_string()),
             };
             if tx.blocking_send(msg).is_err() {

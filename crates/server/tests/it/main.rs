@@ -67,6 +67,7 @@ async fn call(
     let req = Request::builder()
         .method(method)
         .uri(uri)
+        .header("host", "localhost:8080")
         .header("content-type", "application/json")
         .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
         .unwrap();
@@ -262,6 +263,7 @@ async fn bad_requests_get_openai_errors_with_the_right_status() {
     let req = Request::builder()
         .method("POST")
         .uri("/v1/chat/completions")
+        .header("host", "127.0.0.1")
         .header("content-type", "application/json")
         .body(Body::from(format!(
             "{{\"model\": \"{m}\", \"messages\": [{{\"content\": \"{secret}\""
@@ -289,4 +291,88 @@ async fn text_completions_and_health() {
     let (status, body, _) = call(&app, "GET", "/health", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ok");
+}
+
+#[tokio::test]
+async fn api_key_and_loopback_host_are_enforced() {
+    let (_t, run) = run_folder();
+    let registry =
+        Registry::from_sources(&[run.display().to_string()], LoadOptions::default()).unwrap();
+    let settings = ServeSettings {
+        api_key: Some("s3cret".into()),
+        ..ServeSettings::default()
+    };
+    let app = router(AppState::new(registry, settings));
+    let send = |host: &str, auth: Option<&str>, uri: &str| {
+        let mut b = Request::builder().uri(uri).header("host", host);
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        app.clone().oneshot(b.body(Body::empty()).unwrap())
+    };
+    assert_eq!(
+        send("localhost", None, "/v1/models")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send("localhost", Some("Bearer wrong"), "/v1/models")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send("localhost", Some("Bearer s3cret"), "/v1/models")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send("localhost", None, "/health").await.unwrap().status(),
+        StatusCode::OK,
+        "health needs no key"
+    );
+    // A page on another origin that rebinds its name to 127.0.0.1 still sends its own Host.
+    let resp = send("attacker.example", Some("Bearer s3cret"), "/v1/models")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_tokens_and_models() {
+    let (_t, run) = run_folder();
+    let app = app(&run);
+    let req = json!({"model": "tiny-run/checkpoint-10", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3});
+    call(&app, "POST", "/v1/chat/completions", Some(req)).await;
+    call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]})),
+    )
+    .await;
+    let (status, _, text) = call(&app, "GET", "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        text.contains("vibecheck_requests_total{endpoint=\"chat\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("vibecheck_request_errors_total 1"), "{text}");
+    assert!(text.contains("vibecheck_generations_total 1"), "{text}");
+    assert!(
+        text.contains("vibecheck_loaded_models 1") && text.contains("vibecheck_served_models 2"),
+        "{text}"
+    );
+    let tokens: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("vibecheck_completion_tokens_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(tokens >= 1.0);
 }
