@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The project's test command: fetch the fixture model (once), then run every test of the workspace and print
-# one closing line with the totals.
+# The project's test command: fetch the fixture model (once), run every Rust test of the workspace, then the
+# Python tests that drive the binary with real peers (the official `openai` client), and print one closing line
+# with the totals.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -9,7 +10,19 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
-passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
-failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
-echo "cargo: $passed passed, $failed failed"
+passed=$({ grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" || true; } | awk '{s+=$4} END {print s+0}')
+failed=$({ grep -oE '[0-9]+ failed;' "$log" || true; } | awk '{s+=$1} END {print s+0}')
+
+# Python peers, in a virtual environment of their own.
+venv=.cache/test-venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+export VIBECHECK_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/vibecheck"
+cargo build --locked -p vibecheck-cli --quiet
+pylog="$(mktemp)"
+"$venv/bin/python" -m pytest -q tests/python 2>&1 | tee "$pylog" || status=$?
+pypassed=$({ grep -oE '[0-9]+ passed' "$pylog" || true; } | tail -1 | awk '{print $1+0}')
+pyfailed=$({ grep -oE '[0-9]+ (failed|error)' "$pylog" || true; } | awk '{s+=$1} END {print s+0}')
+rm -f "$pylog"
+echo "total: $((passed + ${pypassed:-0})) passed, $((failed + pyfailed)) failed"
 exit "$status"
