@@ -86,6 +86,15 @@ pub async fn serve(
     let addr = format!("{}:{}", state.settings.host, state.settings.port);
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     on_ready(listener.local_addr()?);
+    // New checkpoints of served run folders appear while the server runs.
+    let registry = state.registry.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            let r = registry.clone();
+            let _ = tokio::task::spawn_blocking(move || r.refresh()).await;
+        }
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -1,6 +1,8 @@
 //! The models a server offers: every checkpoint of the served run folders, plus single checkpoints, GGUF files
 //! and hub ids, each under a stable readable id. Models load on first use; a request for a model that is still
-//! loading waits for that load instead of starting another.
+//! loading waits for that load instead of starting another. Checkpoints a trainer adds to a served run folder
+//! appear once complete: every shard the index names present with a consistent header, no `tmp` prefix, and
+//! sizes unchanged between two looks ([`Registry::refresh`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,14 +30,40 @@ impl Entry {
 
 /// Every served model, by id.
 pub struct Registry {
-    entries: Vec<Arc<Entry>>,
+    entries: std::sync::RwLock<Vec<Arc<Entry>>>,
+    /// Served run folders and their names, watched for new checkpoints.
+    runs: Vec<(std::path::PathBuf, String)>,
+    /// Total file sizes of checkpoints seen complete once, waiting for a second look.
+    pending: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, u64>>,
     opts: LoadOptions,
+}
+
+fn folder_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn run_entry(run_name: &str, ckpt: &run::RunCheckpoint) -> Result<Entry, EngineError> {
+    Ok(Entry {
+        id: format!("{run_name}/{}", ckpt.name),
+        run: Some(run_name.to_string()),
+        step: ckpt.step,
+        source: vibecheck_checkpoint::resolve(&ckpt.path.to_string_lossy())?,
+        model: Default::default(),
+    })
 }
 
 impl Registry {
     /// Builds the registry from the command line's sources. A run folder contributes each complete checkpoint.
     pub fn from_sources(specs: &[String], opts: LoadOptions) -> Result<Self, EngineError> {
         let mut entries: Vec<Arc<Entry>> = Vec::new();
+        let mut runs = Vec::new();
         for spec in specs {
             let path = Path::new(spec);
             if run::is_run_dir(path) {
@@ -49,15 +77,9 @@ impl Registry {
                         tracing::info!(checkpoint = %ckpt.path.display(), "skipped, not complete: {e}");
                         continue;
                     }
-                    let source = vibecheck_checkpoint::resolve(&ckpt.path.to_string_lossy())?;
-                    entries.push(Arc::new(Entry {
-                        id: format!("{run_name}/{}", ckpt.name),
-                        run: Some(run_name.clone()),
-                        step: ckpt.step,
-                        source,
-                        model: Default::default(),
-                    }));
+                    entries.push(Arc::new(run_entry(&run_name, &ckpt)?));
                 }
+                runs.push((path.to_path_buf(), run_name));
             } else {
                 let source = vibecheck_checkpoint::resolve(spec)?;
                 entries.push(Arc::new(Entry {
@@ -75,25 +97,65 @@ impl Registry {
                 return Err(EngineError::Config(format!("two sources are both called {:?}; serve them from folders with different names", e.id)));
             }
         }
-        Ok(Self { entries, opts })
+        Ok(Self {
+            entries: std::sync::RwLock::new(entries),
+            runs,
+            pending: Default::default(),
+            opts,
+        })
     }
 
-    pub fn entries(&self) -> &[Arc<Entry>] {
-        &self.entries
+    /// A snapshot of the served models, sorted by run and step.
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        self.entries.read().unwrap().clone()
+    }
+
+    /// Looks at the served run folders again and adds checkpoints that are complete and no longer growing.
+    /// Returns the ids added. Blocking file-system work: call it off the async threads.
+    pub fn refresh(&self) -> Vec<String> {
+        let mut added = Vec::new();
+        for (dir, run_name) in &self.runs {
+            let Ok(list) = run::list(dir) else { continue };
+            for ckpt in list {
+                let id = format!("{run_name}/{}", ckpt.name);
+                if self.entries.read().unwrap().iter().any(|e| e.id == id)
+                    || run::is_complete(&ckpt.path).is_err()
+                {
+                    continue;
+                }
+                let size = folder_size(&ckpt.path);
+                let mut pending = self.pending.lock().unwrap();
+                if pending.get(&ckpt.path) != Some(&size) {
+                    pending.insert(ckpt.path.clone(), size);
+                    continue;
+                }
+                pending.remove(&ckpt.path);
+                drop(pending);
+                match run_entry(run_name, &ckpt) {
+                    Ok(entry) => {
+                        let mut entries = self.entries.write().unwrap();
+                        entries.push(Arc::new(entry));
+                        entries
+                            .sort_by(|a, b| (&a.run, a.step, &a.id).cmp(&(&b.run, b.step, &b.id)));
+                        tracing::info!(model = %id, "new checkpoint");
+                        added.push(id);
+                    }
+                    Err(e) => tracing::warn!(checkpoint = %ckpt.path.display(), "not served: {e}"),
+                }
+            }
+        }
+        added
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Entry>, ApiError> {
-        self.entries
-            .iter()
-            .find(|e| e.id == id)
-            .cloned()
-            .ok_or_else(|| {
-                let known: Vec<&str> = self.entries.iter().take(8).map(|e| e.id.as_str()).collect();
-                ApiError::not_found(format!(
-                    "model {id:?} is not served here; GET /v1/models lists them (e.g. {})",
-                    known.join(", ")
-                ))
-            })
+        let entries = self.entries.read().unwrap();
+        entries.iter().find(|e| e.id == id).cloned().ok_or_else(|| {
+            let known: Vec<&str> = entries.iter().take(8).map(|e| e.id.as_str()).collect();
+            ApiError::not_found(format!(
+                "model {id:?} is not served here; GET /v1/models lists them (e.g. {})",
+                known.join(", ")
+            ))
+        })
     }
 
     /// The loaded model, loading it on a blocking thread the first time.

@@ -376,3 +376,49 @@ async fn metrics_count_requests_tokens_and_models() {
         .unwrap();
     assert!(tokens >= 1.0);
 }
+
+/// A checkpoint the trainer writes while the server runs appears once complete and no longer growing; a
+/// half-written one never does.
+#[tokio::test]
+async fn new_checkpoints_appear_once_complete_and_stable() {
+    let (_t, run) = run_folder();
+    let registry =
+        Registry::from_sources(&[run.display().to_string()], LoadOptions::default()).unwrap();
+    assert_eq!(registry.entries().len(), 2);
+    copy_dir(
+        &reference_dir().join("tiny/llama"),
+        &run.join("checkpoint-40"),
+    );
+    assert!(
+        registry.refresh().is_empty(),
+        "first look: sizes recorded, not yet trusted"
+    );
+    assert_eq!(
+        registry.refresh(),
+        vec!["tiny-run/checkpoint-40".to_string()],
+        "second look, unchanged: served"
+    );
+    assert!(registry.refresh().is_empty());
+    // checkpoint-30 stays half written: never served, however often we look.
+    for _ in 0..3 {
+        registry.refresh();
+    }
+    let ids: Vec<String> = registry.entries().iter().map(|e| e.id.clone()).collect();
+    assert_eq!(
+        ids,
+        vec![
+            "tiny-run/checkpoint-10",
+            "tiny-run/checkpoint-20",
+            "tiny-run/checkpoint-40"
+        ]
+    );
+    // Finishing checkpoint-30's shard makes it complete; two stable looks later it is served, sorted by step.
+    copy_dir(
+        &reference_dir().join("tiny/llama"),
+        &run.join("checkpoint-30"),
+    );
+    registry.refresh();
+    registry.refresh();
+    let steps: Vec<Option<u64>> = registry.entries().iter().map(|e| e.step).collect();
+    assert_eq!(steps, vec![Some(10), Some(20), Some(30), Some(40)]);
+}
