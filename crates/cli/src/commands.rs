@@ -55,6 +55,9 @@ struct ServeArgs {
     queue: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Keep loaded models under this size (e.g. 8G, 512M), unloading the least recently used.
+    #[arg(long, value_parser = parse_size)]
+    memory_budget: Option<u64>,
     /// Require `Authorization: Bearer KEY` on every route but /health.
     #[arg(long, env = "VIBECHECK_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -403,6 +406,32 @@ fn bench(a: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `8G`, `512M`, `64K` or a plain number of bytes.
+fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{text:?}: use a number with K, M, G or T")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 8G or 512M"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("{text:?} must be positive"));
+    }
+    Ok((n * mult as f64) as u64)
 }
 
 fn serve(a: ServeArgs) -> Result<()> {

@@ -19,12 +19,26 @@ pub struct Entry {
     pub run: Option<String>,
     pub step: Option<u64>,
     pub source: Source,
-    model: tokio::sync::OnceCell<Arc<Model>>,
+    /// The loaded model; the lock is held while loading, so concurrent requests wait for one load.
+    model: tokio::sync::Mutex<Option<Arc<Model>>>,
+    /// When it last served a request (a registry-wide counter), for least-recently-used eviction.
+    last_used: std::sync::atomic::AtomicU64,
 }
 
 impl Entry {
     pub fn is_loaded(&self) -> bool {
-        self.model.initialized()
+        self.model.try_lock().map(|m| m.is_some()).unwrap_or(false)
+    }
+
+    /// Bytes of weights on disk: the memory-budget estimate of what loading it costs.
+    pub fn size_bytes(&self) -> u64 {
+        if self.source.path.is_dir() {
+            folder_size(&self.source.path)
+        } else {
+            std::fs::metadata(&self.source.path)
+                .map(|m| m.len())
+                .unwrap_or(0)
+        }
     }
 }
 
@@ -36,6 +50,9 @@ pub struct Registry {
     /// Total file sizes of checkpoints seen complete once, waiting for a second look.
     pending: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, u64>>,
     opts: LoadOptions,
+    /// Models loaded at once stay under this many bytes (by their files' size); `None`: no limit.
+    memory_budget: Option<u64>,
+    clock: std::sync::atomic::AtomicU64,
 }
 
 fn folder_size(dir: &Path) -> u64 {
@@ -56,6 +73,7 @@ fn run_entry(run_name: &str, ckpt: &run::RunCheckpoint) -> Result<Entry, EngineE
         step: ckpt.step,
         source: vibecheck_checkpoint::resolve(&ckpt.path.to_string_lossy())?,
         model: Default::default(),
+        last_used: Default::default(),
     })
 }
 
@@ -88,6 +106,7 @@ impl Registry {
                     step: None,
                     source,
                     model: Default::default(),
+                    last_used: Default::default(),
                 }));
             }
         }
@@ -102,7 +121,16 @@ impl Registry {
             runs,
             pending: Default::default(),
             opts,
+            memory_budget: None,
+            clock: Default::default(),
         })
+    }
+
+    /// Keeps the models loaded at once under `bytes` (estimated by their files' size), evicting the least
+    /// recently used first. A model larger than the budget alone still loads, by itself.
+    pub fn with_memory_budget(mut self, bytes: Option<u64>) -> Self {
+        self.memory_budget = bytes;
+        self
     }
 
     /// A snapshot of the served models, sorted by run and step.
@@ -158,20 +186,53 @@ impl Registry {
         })
     }
 
-    /// The loaded model, loading it on a blocking thread the first time.
+    /// The loaded model, loading it on a blocking thread the first time (and evicting others when the memory
+    /// budget needs room). Requests in flight keep an evicted model alive until they finish.
     pub async fn model(&self, entry: &Arc<Entry>) -> Result<Arc<Model>, ApiError> {
+        use std::sync::atomic::Ordering;
+        entry.last_used.store(
+            self.clock.fetch_add(1, Ordering::SeqCst) + 1,
+            Ordering::SeqCst,
+        );
+        let mut slot = entry.model.lock().await;
+        if let Some(m) = slot.as_ref() {
+            return Ok(m.clone());
+        }
+        if let Some(budget) = self.memory_budget {
+            self.make_room(entry, budget);
+        }
         let opts = self.opts.clone();
         let source = entry.source.clone();
-        entry
-            .model
-            .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || Model::load_source(source, &opts))
-                    .await
-                    .map_err(|e| ApiError::internal(format!("loading failed: {e}")))?
-                    .map(Arc::new)
-                    .map_err(|e| ApiError::internal(format!("loading failed: {e}")))
-            })
+        let model = tokio::task::spawn_blocking(move || Model::load_source(source, &opts))
             .await
-            .cloned()
+            .map_err(|e| ApiError::internal(format!("loading failed: {e}")))?
+            .map(Arc::new)
+            .map_err(|e| ApiError::internal(format!("loading {} failed: {e}", entry.id)))?;
+        *slot = Some(model.clone());
+        Ok(model)
+    }
+
+    /// Unloads least-recently-used models until `entry` fits in `budget` beside the others.
+    fn make_room(&self, entry: &Arc<Entry>, budget: u64) {
+        use std::sync::atomic::Ordering;
+        let mut loaded: Vec<Arc<Entry>> = self
+            .entries()
+            .into_iter()
+            .filter(|e| !Arc::ptr_eq(e, entry) && e.is_loaded())
+            .collect();
+        loaded.sort_by_key(|e| e.last_used.load(Ordering::SeqCst));
+        let mut used: u64 = loaded.iter().map(|e| e.size_bytes()).sum();
+        let need = entry.size_bytes();
+        for victim in loaded {
+            if used + need <= budget {
+                break;
+            }
+            if let Ok(mut m) = victim.model.try_lock() {
+                if m.take().is_some() {
+                    used -= victim.size_bytes();
+                    tracing::info!(model = %victim.id, "unloaded to stay under the memory budget");
+                }
+            }
+        }
     }
 }

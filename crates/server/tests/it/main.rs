@@ -422,3 +422,35 @@ async fn new_checkpoints_appear_once_complete_and_stable() {
     let steps: Vec<Option<u64>> = registry.entries().iter().map(|e| e.step).collect();
     assert_eq!(steps, vec![Some(10), Some(20), Some(30), Some(40)]);
 }
+
+/// Under a memory budget that holds one checkpoint, asking for a second unloads the least recently used.
+#[tokio::test]
+async fn memory_budget_evicts_the_least_recently_used() {
+    let (_t, run) = run_folder();
+    let registry =
+        Registry::from_sources(&[run.display().to_string()], LoadOptions::default()).unwrap();
+    let one = registry.entries()[0].size_bytes();
+    let registry = registry.with_memory_budget(Some(one + one / 2));
+    let (a, b) = (
+        registry.get("tiny-run/checkpoint-10").unwrap(),
+        registry.get("tiny-run/checkpoint-20").unwrap(),
+    );
+    let first = registry.model(&a).await.unwrap();
+    assert!(a.is_loaded() && !b.is_loaded());
+    registry.model(&b).await.unwrap();
+    assert!(
+        !a.is_loaded() && b.is_loaded(),
+        "checkpoint-10 was evicted for checkpoint-20"
+    );
+    // A request still holding the evicted model can finish with it.
+    first
+        .generate(
+            &vibecheck_engine::Prompt::Text("hi".into()),
+            &vibecheck_engine::SamplingParams::greedy(2),
+        )
+        .unwrap();
+    // Concurrent first requests for one model share a single load.
+    let (x, y) = tokio::join!(registry.model(&a), registry.model(&a));
+    assert!(std::sync::Arc::ptr_eq(&x.unwrap(), &y.unwrap()));
+    assert!(a.is_loaded() && !b.is_loaded());
+}
