@@ -454,3 +454,44 @@ async fn memory_budget_evicts_the_least_recently_used() {
     assert!(std::sync::Arc::ptr_eq(&x.unwrap(), &y.unwrap()));
     assert!(a.is_loaded() && !b.is_loaded());
 }
+
+/// Past `max_concurrent` plus the queue, requests get 429 with `Retry-After` instead of piling up.
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let (_t, run) = run_folder();
+    let registry =
+        Registry::from_sources(&[run.display().to_string()], LoadOptions::default()).unwrap();
+    let app = router(AppState::new(
+        registry,
+        ServeSettings {
+            max_concurrent: 1,
+            queue: 0,
+            ..ServeSettings::default()
+        },
+    ));
+    let req = || {
+        let body = json!({"model": "tiny-run/checkpoint-10", "messages": [{"role": "user", "content": "hi"}],
+                          "max_tokens": 200, "temperature": 1.0, "seed": 1});
+        Request::builder()
+            .method("POST")
+            .uri("/v1/chat/completions")
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let (a, b) = tokio::join!(app.clone().oneshot(req()), app.clone().oneshot(req()));
+    let statuses = [a.unwrap(), b.unwrap()];
+    let busy: Vec<_> = statuses
+        .iter()
+        .filter(|r| r.status() == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert_eq!(
+        busy.len(),
+        1,
+        "{:?}",
+        statuses.iter().map(|r| r.status()).collect::<Vec<_>>()
+    );
+    assert_eq!(busy[0].headers()["retry-after"], "1");
+    assert!(statuses.iter().any(|r| r.status() == StatusCode::OK));
+}
