@@ -24,5 +24,22 @@ pylog="$(mktemp)"
 pypassed=$({ grep -oE '[0-9]+ passed' "$pylog" || true; } | tail -1 | awk '{print $1+0}')
 pyfailed=$({ grep -oE '[0-9]+ (failed|error)' "$pylog" || true; } | awk '{s+=$1} END {print s+0}')
 rm -f "$pylog"
-echo "total: $((passed + ${pypassed:-0})) passed, $((failed + pyfailed)) failed"
+# The web UI in headless Chromium (Debian's chromium; .ci/run installs it).
+brpassed=0
+brfailed=0
+if command -v chromium >/dev/null; then
+  (cd tests/browser && npm install --silent --no-audit --no-fund >/dev/null)
+  brlog="$(mktemp)"
+  node tests/browser/ui.test.js 2>&1 | tee "$brlog" || status=$?
+  brpassed=$({ grep -oE '^browser: [0-9]+ passed' "$brlog" || true; } | awk '{print $2+0}')
+  brfailed=$({ grep -oE '[0-9]+ failed' "$brlog" || true; } | awk '{s+=$1} END {print s+0}')
+  rm -f "$brlog"
+elif [ -n "${CI:-}" ]; then
+  echo "chromium is missing: the browser test cannot run"
+  status=1
+  brfailed=1
+else
+  echo "browser test skipped: install Debian's chromium to run it"
+fi
+echo "total: $((passed + ${pypassed:-0} + ${brpassed:-0})) passed, $((failed + pyfailed + ${brfailed:-0})) failed"
 exit "$status"

@@ -19,6 +19,13 @@ use crate::{ApiError, AppState};
 /// The whole HTTP app.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(ui_page))
+        .route("/ui/app.js", get(ui_js))
+        .route("/ui/app.css", get(ui_css))
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
         .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
@@ -29,6 +36,35 @@ pub fn router(state: AppState) -> Router {
             crate::guard::guard,
         ))
         .with_state(state)
+}
+
+/// Pages come from the binary itself and may only load from this origin.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; \
+                   base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            ("content-type", content_type),
+            ("content-security-policy", CSP),
+            ("x-content-type-options", "nosniff"),
+            ("referrer-policy", "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn ui_page() -> Response {
+    asset("text/html; charset=utf-8", include_str!("ui/index.html"))
+}
+
+async fn ui_js() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("ui/app.js"))
+}
+
+async fn ui_css() -> Response {
+    asset("text/css; charset=utf-8", include_str!("ui/app.css"))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
