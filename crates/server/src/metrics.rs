@@ -10,6 +10,7 @@ pub struct Metrics {
     pub errors: AtomicU64,
     pub rejected_busy: AtomicU64,
     pub generations: AtomicU64,
+    pub cancelled: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
     pub generation_micros: AtomicU64,
@@ -23,6 +24,9 @@ impl Metrics {
 
     pub fn record(&self, g: &vibecheck_engine::Generation) {
         Self::add(&self.generations, 1);
+        if g.finish_reason == vibecheck_engine::FinishReason::Cancelled {
+            Self::add(&self.cancelled, 1);
+        }
         Self::add(&self.prompt_tokens, g.usage.prompt_tokens as u64);
         Self::add(&self.completion_tokens, g.usage.completion_tokens as u64);
         let t = &g.timings;
@@ -81,6 +85,12 @@ impl Metrics {
             "counter",
             "Finished generations.",
             &[(String::new(), get(&self.generations) as f64)],
+        );
+        metric(
+            "vibecheck_cancelled_generations_total",
+            "counter",
+            "Generations stopped because the client went away.",
+            &[(String::new(), get(&self.cancelled) as f64)],
         );
         metric(
             "vibecheck_prompt_tokens_total",
