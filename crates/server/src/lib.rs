@@ -78,7 +78,11 @@ impl AppState {
     }
 }
 
-/// Binds `settings.host:port` and serves until Ctrl-C or SIGTERM, letting open requests finish.
+/// How long open streams may run on after Ctrl-C or SIGTERM before the server exits anyway.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Binds `settings.host:port` and serves until Ctrl-C or SIGTERM: then it stops accepting, lets open requests
+/// finish for up to [`SHUTDOWN_GRACE`], and returns.
 pub async fn serve(
     state: AppState,
     on_ready: impl FnOnce(std::net::SocketAddr),

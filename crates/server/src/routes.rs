@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -171,9 +172,24 @@ fn prepare(model: &Model, prompt: &Prompt, max_tokens: usize) -> Result<Vec<u32>
     Ok(ids)
 }
 
-async fn chat(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+/// The body, or an OpenAI-style error (413 past the 2 MiB limit) instead of axum's plain-text rejection.
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| ApiError {
+        status: r.status(),
+        message: format!("the request body could not be read: {}", r.body_text()),
+        param: None,
+        code: None,
+    })
+}
+
+async fn chat(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     crate::metrics::Metrics::add(&state.metrics.chat_requests, 1);
     let metrics = state.metrics.clone();
+    let body =
+        body_or_error(body).inspect_err(|_| crate::metrics::Metrics::add(&metrics.errors, 1))?;
     chat_inner(state, body)
         .await
         .inspect_err(|_| crate::metrics::Metrics::add(&metrics.errors, 1))
@@ -186,9 +202,14 @@ async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> 
     run(state, valid, Prompt::Chat(messages), Kind::Chat).await
 }
 
-async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     crate::metrics::Metrics::add(&state.metrics.completion_requests, 1);
     let metrics = state.metrics.clone();
+    let body =
+        body_or_error(body).inspect_err(|_| crate::metrics::Metrics::add(&metrics.errors, 1))?;
     completions_inner(state, body)
         .await
         .inspect_err(|_| crate::metrics::Metrics::add(&metrics.errors, 1))

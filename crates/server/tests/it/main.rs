@@ -495,3 +495,21 @@ async fn a_full_queue_answers_429_with_retry_after() {
     assert_eq!(busy[0].headers()["retry-after"], "1");
     assert!(statuses.iter().any(|r| r.status() == StatusCode::OK));
 }
+
+#[tokio::test]
+async fn oversize_bodies_get_an_openai_413() {
+    let (_t, run) = run_folder();
+    let app = app(&run);
+    let big = "x".repeat(3 << 20);
+    let body =
+        json!({"model": "tiny-run/checkpoint-10", "messages": [{"role": "user", "content": big}]});
+    let (status, body, text) = call(&app, "POST", "/v1/chat/completions", Some(body)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        body["error"]["type"],
+        "invalid_request_error",
+        "{}",
+        &text[..text.len().min(300)]
+    );
+    assert!(text.len() < 1000, "the error does not echo the body");
+}
