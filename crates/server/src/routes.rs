@@ -182,21 +182,29 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError>
     })
 }
 
+/// Counts an endpoint's request, and its error if it fails.
+async fn counted(
+    state: AppState,
+    counter: fn(&crate::metrics::Metrics) -> &std::sync::atomic::AtomicU64,
+    work: impl std::future::Future<Output = Result<Response, ApiError>>,
+) -> Result<Response, ApiError> {
+    crate::metrics::Metrics::add(counter(&state.metrics), 1);
+    work.await
+        .inspect_err(|_| crate::metrics::Metrics::add(&state.metrics.errors, 1))
+}
+
 async fn chat(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    crate::metrics::Metrics::add(&state.metrics.chat_requests, 1);
-    let metrics = state.metrics.clone();
-    let body =
-        body_or_error(body).inspect_err(|_| crate::metrics::Metrics::add(&metrics.errors, 1))?;
-    chat_inner(state, body)
-        .await
-        .inspect_err(|_| crate::metrics::Metrics::add(&metrics.errors, 1))
+    counted(state.clone(), |m| &m.chat_requests, chat_inner(state, body)).await
 }
 
-async fn chat_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> {
-    let req: ChatRequest = parse(&body)?;
+async fn chat_inner(
+    state: AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: ChatRequest = parse(&body_or_error(body)?)?;
     let valid = req.common.validate(state.settings.max_tokens_cap)?;
     let messages = req.messages()?;
     run(state, valid, Prompt::Chat(messages), Kind::Chat).await
@@ -206,17 +214,19 @@ async fn completions(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    crate::metrics::Metrics::add(&state.metrics.completion_requests, 1);
-    let metrics = state.metrics.clone();
-    let body =
-        body_or_error(body).inspect_err(|_| crate::metrics::Metrics::add(&metrics.errors, 1))?;
-    completions_inner(state, body)
-        .await
-        .inspect_err(|_| crate::metrics::Metrics::add(&metrics.errors, 1))
+    counted(
+        state.clone(),
+        |m| &m.completion_requests,
+        completions_inner(state, body),
+    )
+    .await
 }
 
-async fn completions_inner(state: AppState, body: Bytes) -> Result<Response, ApiError> {
-    let req: CompletionRequest = parse(&body)?;
+async fn completions_inner(
+    state: AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse(&body_or_error(body)?)?;
     let valid = req.common.validate(state.settings.max_tokens_cap)?;
     let prompt = match &req.prompt {
         Value::String(s) => s.clone(),
