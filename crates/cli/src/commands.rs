@@ -40,8 +40,12 @@ enum Command {
 #[derive(Args)]
 struct ServeArgs {
     /// Checkpoint folders, GGUF files, hub ids, or run folders (sub-folders `checkpoint-N`, `step_N`, ...).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "remote")]
     sources: Vec<String>,
+    /// Also serve a remote OpenAI-compatible endpoint (vLLM, TGI, llama.cpp server, a hosted API) as one of
+    /// the models: `id=NAME,url=BASE_URL[,model=UPSTREAM_NAME][,key-env=ENV_VAR_WITH_THE_KEY]`. Repeatable.
+    #[arg(long, value_name = "SPEC", value_parser = parse_remote)]
+    remote: Vec<vibecheck_server::RemoteEndpoint>,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// 0 picks a free port (the URL printed says which).
@@ -434,6 +438,10 @@ fn parse_size(text: &str) -> std::result::Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+fn parse_remote(spec: &str) -> Result<vibecheck_server::RemoteEndpoint, String> {
+    vibecheck_server::RemoteEndpoint::parse(spec)
+}
+
 fn serve(a: ServeArgs) -> Result<()> {
     for s in &a.sources {
         fetch_if_hub_id(s)?;
@@ -444,6 +452,9 @@ fn serve(a: ServeArgs) -> Result<()> {
     };
     let registry = vibecheck_server::Registry::from_sources(&a.sources, opts)
         .context("reading the sources")?;
+    for r in a.remote {
+        registry.add_remote(r)?;
+    }
     if registry.entries().is_empty() {
         bail!("no complete checkpoint found in {}", a.sources.join(", "));
     }

@@ -10,12 +10,14 @@ mod guard;
 mod metrics;
 mod openai;
 pub mod registry;
+pub mod remote;
 mod routes;
 
 use std::sync::Arc;
 
 pub use error::ApiError;
 pub use registry::Registry;
+pub use remote::RemoteEndpoint;
 pub use routes::router;
 
 /// Settings of a server, resolved once by the CLI.

@@ -2,7 +2,8 @@
 //! and hub ids, each under a stable readable id. Models load on first use; a request for a model that is still
 //! loading waits for that load instead of starting another. Checkpoints a trainer adds to a served run folder
 //! appear once complete: every shard the index names present with a consistent header, no `tmp` prefix, and
-//! sizes unchanged between two looks ([`Registry::refresh`]).
+//! sizes unchanged between two looks ([`Registry::refresh`]). Remote OpenAI-compatible endpoints sit beside them
+//! as [`Backend::Remote`] entries ([`Registry::add_remote`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +11,16 @@ use std::sync::Arc;
 use vibecheck_checkpoint::{run, Source};
 use vibecheck_engine::{EngineError, LoadOptions, Model};
 
+use crate::remote::RemoteEndpoint;
 use crate::ApiError;
+
+/// Where an entry's answers come from.
+pub enum Backend {
+    /// A checkpoint on this machine, run by our engine.
+    Local(Source),
+    /// An OpenAI-compatible endpoint elsewhere; requests are validated here and forwarded.
+    Remote(RemoteEndpoint),
+}
 
 /// One model the server can answer with.
 pub struct Entry {
@@ -18,7 +28,7 @@ pub struct Entry {
     pub id: String,
     pub run: Option<String>,
     pub step: Option<u64>,
-    pub source: Source,
+    pub backend: Backend,
     /// The loaded model; the lock is held while loading, so concurrent requests wait for one load.
     model: tokio::sync::Mutex<Option<Arc<Model>>>,
     /// When it last served a request (a registry-wide counter), for least-recently-used eviction.
@@ -27,17 +37,34 @@ pub struct Entry {
 
 impl Entry {
     pub fn is_loaded(&self) -> bool {
-        self.model.try_lock().map(|m| m.is_some()).unwrap_or(false)
+        matches!(self.backend, Backend::Local(_))
+            && self.model.try_lock().map(|m| m.is_some()).unwrap_or(false)
     }
 
-    /// Bytes of weights on disk: the memory-budget estimate of what loading it costs.
+    /// Bytes of weights on disk: the memory-budget estimate of what loading it costs (0 for remote models).
     pub fn size_bytes(&self) -> u64 {
-        if self.source.path.is_dir() {
-            folder_size(&self.source.path)
-        } else {
-            std::fs::metadata(&self.source.path)
+        match &self.backend {
+            Backend::Local(source) if source.path.is_dir() => folder_size(&source.path),
+            Backend::Local(source) => std::fs::metadata(&source.path)
                 .map(|m| m.len())
-                .unwrap_or(0)
+                .unwrap_or(0),
+            Backend::Remote(_) => 0,
+        }
+    }
+
+    /// `gguf`, `safetensors` or `remote`.
+    pub fn format(&self) -> &'static str {
+        match &self.backend {
+            Backend::Local(s) if s.kind == vibecheck_checkpoint::SourceKind::Gguf => "gguf",
+            Backend::Local(_) => "safetensors",
+            Backend::Remote(_) => "remote",
+        }
+    }
+
+    pub fn remote(&self) -> Option<&RemoteEndpoint> {
+        match &self.backend {
+            Backend::Remote(r) => Some(r),
+            Backend::Local(_) => None,
         }
     }
 }
@@ -71,7 +98,7 @@ fn run_entry(run_name: &str, ckpt: &run::RunCheckpoint) -> Result<Entry, EngineE
         id: format!("{run_name}/{}", ckpt.name),
         run: Some(run_name.to_string()),
         step: ckpt.step,
-        source: vibecheck_checkpoint::resolve(&ckpt.path.to_string_lossy())?,
+        backend: Backend::Local(vibecheck_checkpoint::resolve(&ckpt.path.to_string_lossy())?),
         model: Default::default(),
         last_used: Default::default(),
     })
@@ -104,7 +131,7 @@ impl Registry {
                     id: source.name.clone(),
                     run: None,
                     step: None,
-                    source,
+                    backend: Backend::Local(source),
                     model: Default::default(),
                     last_used: Default::default(),
                 }));
@@ -124,6 +151,26 @@ impl Registry {
             memory_budget: None,
             clock: Default::default(),
         })
+    }
+
+    /// Adds a remote OpenAI-compatible endpoint under its own id.
+    pub fn add_remote(&self, remote: RemoteEndpoint) -> Result<(), EngineError> {
+        let mut entries = self.entries.write().unwrap();
+        if entries.iter().any(|e| e.id == remote.id) {
+            return Err(EngineError::Config(format!(
+                "the remote id {:?} is already a served model; pick another id=",
+                remote.id
+            )));
+        }
+        entries.push(Arc::new(Entry {
+            id: remote.id.clone(),
+            run: None,
+            step: None,
+            backend: Backend::Remote(remote),
+            model: Default::default(),
+            last_used: Default::default(),
+        }));
+        Ok(())
     }
 
     /// Keeps the models loaded at once under `bytes` (estimated by their files' size), evicting the least
@@ -190,6 +237,12 @@ impl Registry {
     /// budget needs room). Requests in flight keep an evicted model alive until they finish.
     pub async fn model(&self, entry: &Arc<Entry>) -> Result<Arc<Model>, ApiError> {
         use std::sync::atomic::Ordering;
+        let Backend::Local(source) = &entry.backend else {
+            return Err(ApiError::internal(format!(
+                "{} is a remote model and has no local weights",
+                entry.id
+            )));
+        };
         entry.last_used.store(
             self.clock.fetch_add(1, Ordering::SeqCst) + 1,
             Ordering::SeqCst,
@@ -202,7 +255,7 @@ impl Registry {
             self.make_room(entry, budget);
         }
         let opts = self.opts.clone();
-        let source = entry.source.clone();
+        let source = source.clone();
         let model = tokio::task::spawn_blocking(move || Model::load_source(source, &opts))
             .await
             .map_err(|e| ApiError::internal(format!("loading failed: {e}")))?

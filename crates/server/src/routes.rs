@@ -86,7 +86,7 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
         .map(|e| {
             json!({"id": e.id, "object": "model", "created": 0, "owned_by": "vibecheck",
                    "run": e.run, "step": e.step, "loaded": e.is_loaded(),
-                   "format": match e.source.kind { vibecheck_checkpoint::SourceKind::Gguf => "gguf", _ => "safetensors" }})
+                   "format": e.format()})
         })
         .collect();
     Json(json!({"object": "list", "data": data}))
@@ -106,10 +106,23 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    let Some(entry) = state.registry.entries().first().cloned() else {
-        return ApiError::internal("no model is served").into_response();
-    };
+    let entries = state.registry.entries();
     let started = std::time::Instant::now();
+    let Some(entry) = entries.iter().find(|e| e.remote().is_none()).cloned() else {
+        // Only remote models: healthy when the first endpoint answers.
+        let Some(remote) = entries.first().and_then(|e| e.remote()).cloned() else {
+            return ApiError::internal("no model is served").into_response();
+        };
+        let id = remote.id.clone();
+        return match tokio::task::spawn_blocking(move || remote.check()).await {
+            Ok(Ok(())) => Json(json!({"status": "ok", "model": id, "generation_ms": started.elapsed().as_millis() as u64})).into_response(),
+            Ok(Err(mut e)) => {
+                e.status = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                e.into_response()
+            }
+            Err(e) => ApiError::internal(e.to_string()).into_response(),
+        };
+    };
     let result = async {
         let model = state.registry.model(&entry).await?;
         tokio::task::spawn_blocking(move || {
@@ -204,9 +217,19 @@ async fn chat_inner(
     state: AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ChatRequest = parse(&body_or_error(body)?)?;
+    let body = body_or_error(body)?;
+    let req: ChatRequest = parse(&body)?;
     let valid = req.common.validate(state.settings.max_tokens_cap)?;
     let messages = req.messages()?;
+    if let Some(remote) = state.registry.get(&valid.model)?.remote() {
+        return forward(
+            remote.clone(),
+            "/chat/completions",
+            parse(&body)?,
+            valid.stream,
+        )
+        .await;
+    }
     run(state, valid, Prompt::Chat(messages), Kind::Chat).await
 }
 
@@ -226,7 +249,8 @@ async fn completions_inner(
     state: AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: CompletionRequest = parse(&body_or_error(body)?)?;
+    let body = body_or_error(body)?;
+    let req: CompletionRequest = parse(&body)?;
     let valid = req.common.validate(state.settings.max_tokens_cap)?;
     let prompt = match &req.prompt {
         Value::String(s) => s.clone(),
@@ -240,7 +264,71 @@ async fn completions_inner(
             ))
         }
     };
+    if let Some(remote) = state.registry.get(&valid.model)?.remote() {
+        return forward(remote.clone(), "/completions", parse(&body)?, valid.stream).await;
+    }
     run(state, valid, Prompt::Text(prompt), Kind::Text).await
+}
+
+/// A request for a remote model, already validated, sent on to its endpoint; a stream is relayed event by event.
+async fn forward(
+    remote: crate::RemoteEndpoint,
+    path: &'static str,
+    body: Value,
+    stream: bool,
+) -> Result<Response, ApiError> {
+    if !stream {
+        let reply = tokio::task::spawn_blocking(move || remote.call(path, &body))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+        return Ok(Json(reply).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, ApiError>>(256);
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<Result<(), ApiError>>();
+    tokio::task::spawn_blocking(move || {
+        let mut first = Some(first_tx);
+        let result = remote.stream(path, &body, &mut |event| {
+            if let Some(f) = first.take() {
+                let _ = f.send(Ok(()));
+            }
+            tx.blocking_send(Ok(event)).is_ok()
+        });
+        match (result, first.take()) {
+            // Failed before the first event: the client gets a proper status instead of a stream.
+            (Err(e), Some(f)) => {
+                let _ = f.send(Err(e));
+            }
+            (Err(e), None) => {
+                let _ = tx.blocking_send(Err(e));
+            }
+            (Ok(()), Some(f)) => {
+                let _ = f.send(Ok(()));
+            }
+            (Ok(()), None) => {}
+        }
+    });
+    first_rx
+        .await
+        .map_err(|_| ApiError::internal("the upstream relay stopped"))??;
+    let events = stream::unfold((rx, false), |(mut rx, done)| async move {
+        if done {
+            return None;
+        }
+        match rx.recv().await {
+            Some(Ok(data)) => Some((
+                Ok::<Event, Infallible>(Event::default().data(data)),
+                (rx, false),
+            )),
+            Some(Err(e)) => Some((
+                Ok(Event::default().data(
+                    json!({"error": {"message": e.message, "type": "server_error"}}).to_string(),
+                )),
+                (rx, false),
+            )),
+            None => Some((Ok(Event::default().data("[DONE]")), (rx, true))),
+        }
+    });
+    Ok(sse(events).into_response())
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -513,3 +513,176 @@ async fn oversize_bodies_get_an_openai_413() {
     );
     assert!(text.len() < 1000, "the error does not echo the body");
 }
+
+/// Text of an SSE chat stream's content deltas, and whether it ended with `[DONE]`.
+fn streamed_content(text: &str) -> (String, bool) {
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    let content = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    (content, events.last() == Some(&"[DONE]"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_endpoint_is_served_beside_local_checkpoints() {
+    // The upstream: a real vibecheck server on 127.0.0.1 (standing in for vLLM or TGI: the same API).
+    let (_t, run) = run_folder();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = app(&run);
+    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+    let base = format!("http://127.0.0.1:{port}/v1");
+
+    // Here: one local checkpoint and two remote ids, one of them naming a model the upstream lacks.
+    let registry = Registry::from_sources(
+        &[run.join("checkpoint-20").display().to_string()],
+        LoadOptions::default(),
+    )
+    .unwrap();
+    for spec in [
+        format!("id=gpu-box,url={base}/,model=tiny-run/checkpoint-10"),
+        format!("id=missing,url={base},model=no-such-model"),
+        "id=down,url=http://127.0.0.1:9/v1".to_string(),
+    ] {
+        registry
+            .add_remote(vibecheck_server::RemoteEndpoint::parse(&spec).unwrap())
+            .unwrap();
+    }
+    assert!(
+        registry
+            .add_remote(
+                vibecheck_server::RemoteEndpoint::parse("id=checkpoint-20,url=http://x/v1")
+                    .unwrap()
+            )
+            .is_err(),
+        "a remote id may not shadow a local model"
+    );
+    let here = router(AppState::new(registry, ServeSettings::default()));
+
+    let (_, models, _) = call(&here, "GET", "/v1/models", None).await;
+    let formats: Vec<(&str, &str)> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_str().unwrap(), m["format"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        formats,
+        vec![
+            ("checkpoint-20", "safetensors"),
+            ("gpu-box", "remote"),
+            ("missing", "remote"),
+            ("down", "remote")
+        ]
+    );
+
+    let req = |model: &str, stream: bool| {
+        json!({"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6,
+               "temperature": 0, "stream": stream})
+    };
+    let (status, direct, _) = call(
+        &app(&run),
+        "POST",
+        "/v1/chat/completions",
+        Some(req("tiny-run/checkpoint-10", false)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, via, text) = call(
+        &here,
+        "POST",
+        "/v1/chat/completions",
+        Some(req("gpu-box", false)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        via["model"], "gpu-box",
+        "the reply names the model as the client asked for it"
+    );
+    assert_eq!(
+        via["choices"][0]["message"]["content"],
+        direct["choices"][0]["message"]["content"]
+    );
+    assert_eq!(via["usage"], direct["usage"]);
+
+    let (status, _, text) = call(
+        &here,
+        "POST",
+        "/v1/chat/completions",
+        Some(req("gpu-box", true)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (content, done) = streamed_content(&text);
+    assert!(done, "{text}");
+    assert_eq!(
+        content,
+        direct["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    assert!(text.contains("\"model\":\"gpu-box\""));
+
+    let (status, _, text) = call(
+        &here,
+        "POST",
+        "/v1/completions",
+        Some(json!({"model": "gpu-box", "prompt": "Once", "max_tokens": 3, "temperature": 0})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+
+    // Edge validation happens here, before anything is sent.
+    let mut bad = req("gpu-box", false);
+    bad["temperature"] = json!(-1);
+    let (status, body, _) = call(&here, "POST", "/v1/chat/completions", Some(bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["param"], "temperature");
+
+    // The upstream's own error keeps its status and message, streaming or not.
+    for stream in [false, true] {
+        let (status, body, text) = call(
+            &here,
+            "POST",
+            "/v1/chat/completions",
+            Some(req("missing", stream)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no-such-model"),
+            "{text}"
+        );
+    }
+    // Nobody listening: 502 naming the endpoint.
+    let (status, body, _) = call(
+        &here,
+        "POST",
+        "/v1/chat/completions",
+        Some(req("down", true)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("127.0.0.1:9"));
+
+    // /health runs a real generation on the local model even though remote ones are listed.
+    let (status, body, _) = call(&here, "GET", "/health", None).await;
+    assert_eq!(
+        (status, body["model"].as_str()),
+        (StatusCode::OK, Some("checkpoint-20"))
+    );
+}

@@ -1,0 +1,276 @@
+//! Remote models: an OpenAI-compatible endpoint (a vLLM, TGI or llama.cpp server, a hosted API) served under an
+//! id of ours beside local checkpoints. Requests are validated here exactly as for local models, then forwarded
+//! with the upstream model name; streamed replies are relayed event by event, and a client that goes away closes
+//! the upstream connection, which stops the upstream generation.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::ApiError;
+
+/// One remote endpoint, as given on the command line: `id=NAME,url=BASE_URL[,model=UPSTREAM][,key-env=VAR]`.
+#[derive(Clone)]
+pub struct RemoteEndpoint {
+    /// The id clients use here.
+    pub id: String,
+    /// The OpenAI base URL, e.g. `http://gpu-box:8000/v1` (no trailing slash).
+    pub base_url: String,
+    /// The model name the upstream server expects (defaults to `id`).
+    pub model: String,
+    /// The environment variable the API key was read from, if any (the key itself is never printed).
+    pub key_env: Option<String>,
+    api_key: Option<String>,
+}
+
+impl std::fmt::Debug for RemoteEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteEndpoint")
+            .field("id", &self.id)
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("key_env", &self.key_env)
+            .finish()
+    }
+}
+
+impl RemoteEndpoint {
+    /// Parses `id=NAME,url=BASE_URL[,model=UPSTREAM][,key-env=VAR]`; the key is read from `VAR` now, so a missing
+    /// variable is an error at start rather than a 401 later.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut id = None;
+        let mut url = None;
+        let mut model = None;
+        let mut key_env = None;
+        for part in spec.split(',').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                format!("{part:?} in --remote {spec:?} is not key=value; expected id=NAME,url=BASE_URL[,model=UPSTREAM][,key-env=VAR]")
+            })?;
+            let v = v.trim().to_string();
+            match k.trim() {
+                "id" => id = Some(v),
+                "url" => url = Some(v),
+                "model" => model = Some(v),
+                "key-env" => key_env = Some(v),
+                other => {
+                    return Err(format!(
+                        "unknown key {other:?} in --remote {spec:?}; the keys are id, url, model and key-env"
+                    ))
+                }
+            }
+        }
+        let id = id
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("--remote {spec:?} needs id=NAME"))?;
+        let url = url.ok_or_else(|| {
+            format!("--remote {spec:?} needs url=BASE_URL (such as http://host:8000/v1)")
+        })?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "url {url:?} in --remote {spec:?} must start with http:// or https://"
+            ));
+        }
+        let api_key = match &key_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                format!("--remote {spec:?} reads its API key from ${var}, which is not set")
+            })?),
+            None => None,
+        };
+        Ok(Self {
+            model: model
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| id.clone()),
+            id,
+            base_url: url.trim_end_matches('/').to_string(),
+            key_env,
+            api_key,
+        })
+    }
+
+    fn agent(read_timeout: Duration) -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_body(Some(read_timeout))
+            .timeout_recv_response(Some(read_timeout))
+            .http_status_as_error(false)
+            .build()
+            .into()
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
+        let url = format!("{}{path}", self.base_url);
+        let mut req = Self::agent(Duration::from_secs(600))
+            .post(&url)
+            .header("content-type", "application/json");
+        if let Some(key) = &self.api_key {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        req.send(body.to_string()).map_err(|e| self.unreachable(e))
+    }
+
+    fn unreachable(&self, e: ureq::Error) -> ApiError {
+        ApiError {
+            status: axum::http::StatusCode::BAD_GATEWAY,
+            message: format!(
+                "the endpoint behind model {:?} ({}) did not answer: {e}",
+                self.id, self.base_url
+            ),
+            param: None,
+            code: Some("upstream_unreachable".into()),
+        }
+    }
+
+    /// An upstream error status becomes ours, with its message when it sent an OpenAI-style body.
+    fn upstream_error(&self, status: u16, body: &str) -> ApiError {
+        let detail = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| {
+                v["error"]["message"]
+                    .as_str()
+                    .or(v["message"].as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| body.chars().take(200).collect());
+        ApiError {
+            status: axum::http::StatusCode::from_u16(status)
+                .ok()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY),
+            message: format!("{} answered {status}: {detail}", self.base_url),
+            param: None,
+            code: Some("upstream_error".into()),
+        }
+    }
+
+    /// The request as the upstream server should see it: its model name in place of ours.
+    fn upstream_body(&self, body: &Value) -> Value {
+        let mut body = body.clone();
+        body["model"] = Value::String(self.model.clone());
+        body
+    }
+
+    /// A non-streaming call: the upstream JSON with our model id in it.
+    pub fn call(&self, path: &str, body: &Value) -> Result<Value, ApiError> {
+        let resp = self.post(path, &self.upstream_body(body))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .into_body()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .map_err(|e| self.unreachable(e))?;
+        if status != 200 {
+            return Err(self.upstream_error(status, &text));
+        }
+        let mut v: Value = serde_json::from_str(&text).map_err(|e| ApiError {
+            status: axum::http::StatusCode::BAD_GATEWAY,
+            message: format!("{} sent a reply that is not JSON: {e}", self.base_url),
+            param: None,
+            code: Some("upstream_error".into()),
+        })?;
+        v["model"] = Value::String(self.id.clone());
+        Ok(v)
+    }
+
+    /// A streaming call: each upstream `data:` event (with our model id) goes to `on_event`, which returns false
+    /// when the client is gone; `[DONE]` ends it. Blocking: run it on a blocking thread.
+    pub fn stream(
+        &self,
+        path: &str,
+        body: &Value,
+        on_event: &mut dyn FnMut(String) -> bool,
+    ) -> Result<(), ApiError> {
+        let resp = self.post(path, &self.upstream_body(body))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let text = resp
+                .into_body()
+                .with_config()
+                .limit(1 << 20)
+                .read_to_string()
+                .unwrap_or_default();
+            return Err(self.upstream_error(status, &text));
+        }
+        let reader = std::io::BufReader::new(resp.into_body().into_reader());
+        for line in reader.lines() {
+            let line = line.map_err(|e| self.unreachable(ureq::Error::Io(e)))?;
+            let Some(data) = line.strip_prefix("data:") else {
+                continue;
+            };
+            let data = data.trim();
+            if data == "[DONE]" {
+                return Ok(());
+            }
+            let event = match serde_json::from_str::<Value>(data) {
+                Ok(mut v) => {
+                    if v.get("model").is_some() {
+                        v["model"] = Value::String(self.id.clone());
+                    }
+                    v.to_string()
+                }
+                Err(_) => continue,
+            };
+            if !on_event(event) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the endpoint answers `GET /models` (used by `/health` when only remote models are served).
+    pub fn check(&self) -> Result<(), ApiError> {
+        let mut req = Self::agent(Duration::from_secs(10)).get(format!("{}/models", self.base_url));
+        if let Some(key) = &self.api_key {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        let resp = req.call().map_err(|e| self.unreachable(e))?;
+        match resp.status().as_u16() {
+            200 => Ok(()),
+            s => Err(self.upstream_error(s, "")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs_and_names_the_problem() {
+        let r = RemoteEndpoint::parse("id=big,url=http://gpu:8000/v1/,model=meta/llama").unwrap();
+        assert_eq!(
+            (r.id.as_str(), r.base_url.as_str(), r.model.as_str()),
+            ("big", "http://gpu:8000/v1", "meta/llama")
+        );
+        assert_eq!(
+            RemoteEndpoint::parse("id=a,url=https://x/v1")
+                .unwrap()
+                .model,
+            "a"
+        );
+        for (spec, needle) in [
+            ("url=http://x/v1", "needs id"),
+            ("id=a", "needs url"),
+            ("id=a,url=ftp://x", "must start with http"),
+            ("id=a,url=http://x,colour=red", "unknown key \"colour\""),
+            (
+                "id=a,url=http://x,key-env=VIBECHECK_TEST_SURELY_UNSET_VAR",
+                "is not set",
+            ),
+            ("id=a,http://x/v1", "not key=value"),
+        ] {
+            let e = RemoteEndpoint::parse(spec).unwrap_err();
+            assert!(e.contains(needle), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        std::env::set_var("VIBECHECK_TEST_REMOTE_KEY", "sk-secret-123");
+        let r = RemoteEndpoint::parse("id=a,url=http://x/v1,key-env=VIBECHECK_TEST_REMOTE_KEY")
+            .unwrap();
+        assert!(!format!("{r:?}").contains("sk-secret"));
+        assert_eq!(r.api_key.as_deref(), Some("sk-secret-123"));
+    }
+}
