@@ -4,9 +4,11 @@
 1. Start to first token: from launching the server process to the first streamed token of the first chat request.
 2. Aggregate throughput: 8 concurrent streaming chats of up to 128 tokens, completion tokens per second of wall time.
 
-The peer is llama-cpp-python's server (`python -m llama_cpp.server --interrupt_requests False`), which serves one
-request at a time; the issue's llama-server `--parallel 8` (a local llama.cpp build) is the stronger peer and still
-to be measured. Needs `pip install "llama-cpp-python[server]" httpx`.
+Peers: llama-cpp-python's server (`python -m llama_cpp.server --interrupt_requests False`, one request at a time;
+needs `pip install "llama-cpp-python[server]"`), and with `--llama-server PATH` llama.cpp's own `llama-server` with
+`--parallel 8` (continuous batching across the 8 streams), the stronger peer. Build it from the llama.cpp sources
+(for example the copy vendored in the llama-cpp-python sdist): `cmake -B build -DLLAMA_CURL=OFF && cmake --build
+build --target llama-server`. Needs `pip install httpx`.
 """
 import argparse
 import concurrent.futures
@@ -40,7 +42,9 @@ def first_token(base, model, started):
                             and '"content":""' not in line:
                         return time.perf_counter() - started
         except httpx.TransportError:
-            time.sleep(0.01)
+            pass
+        # Not listening yet, or still loading (llama-server answers 503 until the model is in).
+        time.sleep(0.01)
 
 
 def one_stream(base, model):
@@ -89,22 +93,33 @@ def main():
     ap.add_argument("--binary", default=str(ROOT / "target/release/vibecheck"))
     ap.add_argument("--gguf", default=str(ROOT / ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--llama-server", help="path to llama.cpp's llama-server binary (adds it as a peer)")
+    ap.add_argument("--skip-llama-cpp-python", action="store_true")
     args = ap.parse_args()
     name = pathlib.Path(args.gguf).name
     p1 = free_port()
     ours = run("vibecheck", [args.binary, "serve", args.gguf, "--port", str(p1), "--max-concurrent", "8"], name, p1)
     p2 = free_port()
-    peer = run("llama-cpp-python server", [sys.executable, "-m", "llama_cpp.server", "--model", args.gguf,
-                                            "--port", str(p2), "--n_threads", str(args.threads),
-                                            "--n_threads_batch", str(args.threads), "--n_ctx", "2048",
-                                            "--interrupt_requests", "False"],
-               args.gguf, p2)
-    for r in (ours, peer):
+    peers = []
+    if not args.skip_llama_cpp_python:
+        peers.append(run("llama-cpp-python server",
+                         [sys.executable, "-m", "llama_cpp.server", "--model", args.gguf, "--port", str(p2),
+                          "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", "2048",
+                          "--interrupt_requests", "False"], args.gguf, p2))
+    if args.llama_server:
+        p3 = free_port()
+        # 8 slots of 512 tokens each: room for the prompt and 128 new tokens per stream.
+        peers.append(run("llama-server --parallel 8",
+                         [args.llama_server, "-m", args.gguf, "--port", str(p3), "--host", "127.0.0.1",
+                          "--threads", str(args.threads), "--threads-batch", str(args.threads),
+                          "--parallel", "8", "-c", "4096"], name, p3))
+    for r in [ours] + peers:
         print(json.dumps(r))
-    print(f"start to first token: vibecheck {ours['start_to_first_token_s']:.2f} s, peer "
-          f"{peer['start_to_first_token_s']:.2f} s, ratio {peer['start_to_first_token_s'] / ours['start_to_first_token_s']:.2f}x")
-    print(f"8-stream throughput: vibecheck {ours['aggregate_tok_s']:.1f} tok/s, peer {peer['aggregate_tok_s']:.1f} tok/s, "
-          f"ratio {ours['aggregate_tok_s'] / peer['aggregate_tok_s']:.2f}x")
+    for peer in peers:
+        print(f"start to first token: vibecheck {ours['start_to_first_token_s']:.2f} s, {peer['engine']} "
+              f"{peer['start_to_first_token_s']:.2f} s, ratio {peer['start_to_first_token_s'] / ours['start_to_first_token_s']:.2f}x")
+        print(f"8-stream throughput: vibecheck {ours['aggregate_tok_s']:.1f} tok/s, {peer['engine']} "
+              f"{peer['aggregate_tok_s']:.1f} tok/s, ratio {ours['aggregate_tok_s'] / peer['aggregate_tok_s']:.2f}x")
 
 
 if __name__ == "__main__":

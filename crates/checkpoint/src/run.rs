@@ -75,9 +75,79 @@ pub fn is_complete(dir: &Path) -> Result<(), CheckpointError> {
     Ok(())
 }
 
+/// The files whose bytes decide a checkpoint's answers: weights, config, tokenizer, chat template, generation
+/// settings. Optimizer and scheduler states, RNG states and `trainer_state.json` are left out.
+fn answer_files(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    if dir.is_file() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| CheckpointError::io(dir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.ends_with(".safetensors")
+                || name.ends_with(".gguf")
+                || name.ends_with(".jinja")
+                || (name.ends_with(".json") && name != "trainer_state.json")
+                || name == "tokenizer.model"
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// SHA-256 (hex) over the names and bytes of a checkpoint's answer-deciding files (or of one GGUF file): the same
+/// weights give the same hash wherever they are copied; a folder rewritten with new weights gets a new one.
+pub fn content_hash(path: &Path) -> Result<String, CheckpointError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for file in answer_files(path)? {
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        let mut f = std::fs::File::open(&file).map_err(|e| CheckpointError::io(&file, e))?;
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| CheckpointError::io(&file, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_hash_follows_the_weights_not_the_trainer_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::write(d.join("config.json"), "{}").unwrap();
+        std::fs::write(d.join("model.safetensors"), b"weights-1").unwrap();
+        std::fs::write(d.join("trainer_state.json"), "{\"global_step\": 1}").unwrap();
+        std::fs::write(d.join("optimizer.pt"), b"adam").unwrap();
+        let h1 = content_hash(d).unwrap();
+        std::fs::write(d.join("trainer_state.json"), "{\"global_step\": 2}").unwrap();
+        std::fs::write(d.join("optimizer.pt"), b"adam2").unwrap();
+        assert_eq!(content_hash(d).unwrap(), h1);
+        std::fs::write(d.join("model.safetensors"), b"weights-2").unwrap();
+        assert_ne!(content_hash(d).unwrap(), h1);
+        assert_eq!(h1.len(), 64);
+    }
 
     #[test]
     fn steps_from_trainer_folder_names() {

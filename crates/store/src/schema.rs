@@ -1,0 +1,87 @@
+//! Schema migrations, applied in order and recorded in SQLite's `user_version`. A new version appends a step;
+//! old steps never change, so any older database upgrades in place.
+
+use rusqlite::Connection;
+
+/// The newest schema this build knows.
+pub const VERSION: i64 = 1;
+
+const STEPS: [&str; 1] = [r#"
+CREATE TABLE runs (
+    id        INTEGER PRIMARY KEY,
+    name      TEXT NOT NULL UNIQUE,
+    path      TEXT NOT NULL,
+    synthetic INTEGER NOT NULL DEFAULT 0,
+    created   TEXT NOT NULL
+);
+CREATE TABLE checkpoints (
+    id           INTEGER PRIMARY KEY,
+    run_id       INTEGER NOT NULL REFERENCES runs(id),
+    name         TEXT NOT NULL,
+    path         TEXT NOT NULL,
+    step         INTEGER,
+    content_hash TEXT NOT NULL,
+    seen         TEXT NOT NULL,
+    UNIQUE (run_id, name, content_hash)
+);
+CREATE TABLE suites (
+    hash    TEXT PRIMARY KEY,
+    name    TEXT NOT NULL,
+    body    TEXT NOT NULL,
+    created TEXT NOT NULL
+);
+CREATE TABLE answers (
+    id                INTEGER PRIMARY KEY,
+    checkpoint_id     INTEGER NOT NULL REFERENCES checkpoints(id),
+    suite_hash        TEXT NOT NULL REFERENCES suites(hash),
+    prompt_id         TEXT NOT NULL,
+    sample            INTEGER NOT NULL,
+    turn              INTEGER NOT NULL,
+    text              TEXT NOT NULL,
+    params            TEXT NOT NULL,
+    seed              INTEGER,
+    template_hash     TEXT NOT NULL,
+    vibecheck_version TEXT NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    finish_reason     TEXT NOT NULL,
+    prefill_ms        REAL NOT NULL,
+    decode_ms         REAL NOT NULL,
+    created           TEXT NOT NULL,
+    UNIQUE (checkpoint_id, suite_hash, prompt_id, sample, turn)
+);
+CREATE INDEX answers_by_prompt ON answers(suite_hash, prompt_id);
+CREATE TABLE notes (
+    id        INTEGER PRIMARY KEY,
+    answer_id INTEGER NOT NULL REFERENCES answers(id),
+    text      TEXT NOT NULL,
+    tag       TEXT,
+    created   TEXT NOT NULL
+);
+"#];
+
+pub enum MigrateError {
+    TooNew(i64),
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for MigrateError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(e)
+    }
+}
+
+/// Brings the database to [`VERSION`], each step in its own transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > VERSION {
+        return Err(MigrateError::TooNew(current));
+    }
+    for (i, step) in STEPS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! Prompt suites and what is done with them: reading suites (our TOML format, MT-Bench jsonl, the built-in
+//! default), running them on a checkpoint into the store (`runner`), watching a run folder for new checkpoints
+//! (`watch`), and comparing answers across steps (`diff`, `timeline`).
+
+pub mod diff;
+pub mod runner;
+pub mod suite;
+pub mod timeline;
+pub mod watch;
+
+pub use runner::{RunOutcome, RunnerSettings};
+pub use suite::{Suite, SuiteError, SuitePrompt};
+pub use timeline::{timeline, Timeline};
+pub use watch::{watch, CheckpointSummary, WatchEvent, WatchOptions};

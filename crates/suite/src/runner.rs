@@ -1,0 +1,247 @@
+//! Running a suite on one loaded checkpoint: every prompt greedy, plus K seeded samples when asked; multi-turn
+//! prompts feed the model's own earlier answers back. Each conversation is stored in one transaction as soon as it
+//! is done, and conversations already stored are skipped, so a run can stop at any moment and resume.
+//!
+//! The unit of work is a [`Job`] (one prompt, one sample); [`answer_jobs`] answers a list of them. It answers them
+//! one after another today; batching them through the decoder's batch dimension replaces that one function.
+
+use std::time::Instant;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use vibecheck_engine::{ChatMessage, EngineError, Model, Prompt, SamplingParams};
+use vibecheck_store::{NewAnswer, Store, StoreError};
+
+use crate::suite::{hex, Overrides, Suite, SuitePrompt};
+
+/// How a suite is run.
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    /// Seeded samples per prompt besides the greedy answer.
+    pub samples: u32,
+    /// Used when neither the prompt nor the suite sets `max_tokens`.
+    pub max_tokens: usize,
+    /// Caps every prompt's `max_tokens` (the demo keeps answers short).
+    pub max_tokens_cap: Option<usize>,
+}
+
+impl Default for RunnerSettings {
+    fn default() -> Self {
+        Self {
+            samples: 0,
+            max_tokens: 256,
+            max_tokens_cap: None,
+        }
+    }
+}
+
+/// One conversation to produce: a prompt (index into the suite) and a sample (0 = greedy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Job {
+    pub prompt: usize,
+    pub sample: u32,
+}
+
+/// Sampling for one job: greedy for sample 0; the prompt's (or suite's) temperature and top-p with seed = sample
+/// otherwise (0.7 and 0.95 when neither says).
+pub fn params_for(
+    suite: &Suite,
+    prompt: &SuitePrompt,
+    sample: u32,
+    s: &RunnerSettings,
+) -> SamplingParams {
+    let o: Overrides = prompt.params.or(&suite.defaults);
+    let mut max_tokens = o.max_tokens.unwrap_or(s.max_tokens);
+    if let Some(cap) = s.max_tokens_cap {
+        max_tokens = max_tokens.min(cap);
+    }
+    let mut p = SamplingParams::greedy(max_tokens);
+    p.repetition_penalty = o.repetition_penalty.unwrap_or(1.0);
+    if sample > 0 {
+        p.temperature = o.temperature.filter(|t| *t > 0.0).unwrap_or(0.7);
+        p.top_p = o.top_p.unwrap_or(0.95);
+        p.top_k = o.top_k.unwrap_or(0);
+        p.min_p = o.min_p.unwrap_or(0.0);
+        p.seed = Some(u64::from(sample));
+    }
+    p
+}
+
+fn params_json(p: &SamplingParams) -> String {
+    json!({"temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k, "min_p": p.min_p,
+           "repetition_penalty": p.repetition_penalty, "max_tokens": p.max_tokens, "seed": p.seed})
+    .to_string()
+}
+
+/// SHA-256 of the chat template the answers were made with (`none` without one).
+pub fn template_hash(model: &Model) -> String {
+    match &model.template {
+        Some(t) => hex(&Sha256::digest(t.source.as_bytes())),
+        None => "none".into(),
+    }
+}
+
+/// Answers one conversation: each user turn in order, the model's own answers fed back.
+pub fn answer(
+    model: &Model,
+    suite: &Suite,
+    job: Job,
+    s: &RunnerSettings,
+) -> Result<Vec<NewAnswer>, EngineError> {
+    let prompt = &suite.prompts[job.prompt];
+    let params = params_for(suite, prompt, job.sample, s);
+    let template = template_hash(model);
+    let mut messages = Vec::new();
+    if let Some(system) = &prompt.system {
+        messages.push(ChatMessage::new("system", system));
+    }
+    let mut out = Vec::new();
+    for (turn, user) in prompt.turns.iter().enumerate() {
+        messages.push(ChatMessage::new("user", user));
+        let g = model.generate(&Prompt::Chat(messages.clone()), &params)?;
+        messages.push(ChatMessage::new("assistant", &g.text));
+        out.push(NewAnswer {
+            turn: turn as u32,
+            text: g.text,
+            params: params_json(&params),
+            seed: params.seed,
+            template_hash: template.clone(),
+            vibecheck_version: env!("CARGO_PKG_VERSION").to_string(),
+            prompt_tokens: g.usage.prompt_tokens as u32,
+            completion_tokens: g.usage.completion_tokens as u32,
+            finish_reason: g.finish_reason.as_str().to_string(),
+            prefill_ms: g.timings.prefill_ms,
+            decode_ms: g.timings.decode_ms,
+        });
+    }
+    Ok(out)
+}
+
+/// Answers a list of jobs. One at a time today; this is where batching goes.
+pub fn answer_jobs(
+    model: &Model,
+    suite: &Suite,
+    jobs: &[Job],
+    s: &RunnerSettings,
+) -> Vec<Result<Vec<NewAnswer>, EngineError>> {
+    jobs.iter().map(|j| answer(model, suite, *j, s)).collect()
+}
+
+/// What running a suite on a checkpoint did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunOutcome {
+    /// Conversations answered and stored now.
+    pub answered: usize,
+    /// Conversations already in the store.
+    pub skipped: usize,
+    /// Conversations whose generation failed (each logged with its error).
+    pub failed: Vec<(String, String)>,
+    pub completion_tokens: u64,
+    pub seconds: f64,
+    /// Stopped early on request; what was answered is stored.
+    pub interrupted: bool,
+}
+
+/// Progress of one checkpoint's suite.
+#[derive(Debug, Clone)]
+pub struct Progress<'a> {
+    pub done: usize,
+    pub total: usize,
+    pub prompt_id: &'a str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The jobs of a suite not yet stored for this checkpoint.
+pub fn pending_jobs(
+    store: &Store,
+    checkpoint_id: i64,
+    suite: &Suite,
+    suite_hash: &str,
+    samples: u32,
+) -> Result<(Vec<Job>, usize), StoreError> {
+    let done = store.done(checkpoint_id, suite_hash)?;
+    let mut jobs = Vec::new();
+    let mut skipped = 0;
+    for (i, p) in suite.prompts.iter().enumerate() {
+        for sample in 0..=samples {
+            if done.contains(&(p.id.clone(), sample)) {
+                skipped += 1;
+            } else {
+                jobs.push(Job { prompt: i, sample });
+            }
+        }
+    }
+    Ok((jobs, skipped))
+}
+
+/// Runs the suite's pending jobs on a loaded checkpoint, storing each conversation when it is done. `keep_going`
+/// is asked between conversations; returning false stops early (what is stored stays).
+pub fn run_suite(
+    model: &Model,
+    suite: &Suite,
+    store: &mut Store,
+    checkpoint_id: i64,
+    s: &RunnerSettings,
+    on_progress: &mut dyn FnMut(Progress<'_>),
+    keep_going: &dyn Fn() -> bool,
+) -> Result<RunOutcome, RunError> {
+    let started = Instant::now();
+    let hash = suite.hash();
+    store.put_suite(&hash, &suite.name, &suite.canonical_json())?;
+    let (jobs, skipped) = pending_jobs(store, checkpoint_id, suite, &hash, s.samples)?;
+    let mut out = RunOutcome {
+        skipped,
+        ..Default::default()
+    };
+    let total = jobs.len();
+    for (done, job) in jobs.iter().enumerate() {
+        if !keep_going() {
+            out.interrupted = true;
+            break;
+        }
+        let prompt = &suite.prompts[job.prompt];
+        on_progress(Progress {
+            done,
+            total,
+            prompt_id: &prompt.id,
+        });
+        let result = answer_jobs(model, suite, std::slice::from_ref(job), s)
+            .pop()
+            .expect("one result per job");
+        match result {
+            Ok(turns) => {
+                out.completion_tokens += turns
+                    .iter()
+                    .map(|t| u64::from(t.completion_tokens))
+                    .sum::<u64>();
+                if store.insert_conversation(
+                    checkpoint_id,
+                    &hash,
+                    &prompt.id,
+                    job.sample,
+                    &turns,
+                )? {
+                    out.answered += 1;
+                } else {
+                    out.skipped += 1;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(prompt = %prompt.id, sample = job.sample, "not answered: {e}");
+                out.failed.push((prompt.id.clone(), e.to_string()));
+            }
+        }
+    }
+    on_progress(Progress {
+        done: total,
+        total,
+        prompt_id: "",
+    });
+    out.seconds = started.elapsed().as_secs_f64();
+    Ok(out)
+}

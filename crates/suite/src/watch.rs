@@ -1,0 +1,322 @@
+//! Watching a run folder: every checkpoint that is complete (config and tokenizer present, every indexed shard
+//! present with a consistent header, no `tmp` prefix) and has stopped growing (the same total size at two looks) is
+//! hashed, recorded, loaded, and given the whole suite. Checkpoints whose answers are all stored are not loaded
+//! again, so a restart after a crash resumes where it stopped; a checkpoint the trainer deletes keeps its answers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use vibecheck_checkpoint::run;
+use vibecheck_engine::{LoadOptions, Model};
+use vibecheck_store::{Store, StoreError};
+
+use crate::runner::{pending_jobs, run_suite, Progress, RunError, RunOutcome, RunnerSettings};
+use crate::timeline::timeline;
+use crate::Suite;
+
+/// What `watch` is asked to do.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    pub run_dir: PathBuf,
+    /// The run's name in the store (the folder's name by default).
+    pub run_name: Option<String>,
+    pub suite: Suite,
+    pub runner: RunnerSettings,
+    pub load: LoadOptions,
+    /// Handle what is there now and return.
+    pub once: bool,
+    /// Time between looks at the folder (also the size-stability wait).
+    pub poll: Duration,
+    /// Marks the run as made up (the demo).
+    pub synthetic: bool,
+}
+
+/// What happened, for progress bars and logs.
+#[derive(Debug)]
+pub enum WatchEvent<'a> {
+    /// A checkpoint folder is there but not ready (with the reason).
+    Waiting {
+        name: &'a str,
+        why: String,
+    },
+    Loading {
+        name: &'a str,
+        step: Option<u64>,
+        pending: usize,
+    },
+    Progress {
+        name: &'a str,
+        progress: Progress<'a>,
+    },
+    Finished(&'a CheckpointSummary),
+    Failed {
+        name: &'a str,
+        error: String,
+    },
+}
+
+/// The one-line summary of a checkpoint's suite.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointSummary {
+    pub name: String,
+    pub step: Option<u64>,
+    pub outcome: RunOutcome,
+    /// Greedy answers compared with the previous checkpoint, how many changed, and the mean change score.
+    pub compared: usize,
+    pub changed: usize,
+    pub mean_change: f64,
+}
+
+impl std::fmt::Display for CheckpointSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name)?;
+        if let Some(s) = self.step {
+            write!(f, " (step {s})")?;
+        }
+        write!(
+            f,
+            ": {} answered, {} already stored",
+            self.outcome.answered, self.outcome.skipped
+        )?;
+        if !self.outcome.failed.is_empty() {
+            write!(f, ", {} failed", self.outcome.failed.len())?;
+        }
+        if self.compared > 0 {
+            write!(
+                f,
+                "; {}/{} answers changed since the previous checkpoint (mean change {:.2})",
+                self.changed, self.compared, self.mean_change
+            )?;
+        }
+        if self.outcome.seconds > 0.0 {
+            write!(
+                f,
+                "; {:.1} s, {:.0} tok/s",
+                self.outcome.seconds,
+                self.outcome.completion_tokens as f64 / self.outcome.seconds
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path} is not a folder of checkpoints (expected sub-folders such as checkpoint-500, step_1000 or global_step1500): {detail}")]
+    NotARun { path: String, detail: String },
+}
+
+impl From<RunError> for WatchError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Store(s) => Self::Store(s),
+        }
+    }
+}
+
+fn total_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The run's name: `run_name`, else the folder's own name.
+pub fn run_name(opts: &WatchOptions) -> String {
+    opts.run_name.clone().unwrap_or_else(|| {
+        opts.run_dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| opts.run_dir.display().to_string())
+    })
+}
+
+/// Watches until `stop` is set (or, with `once`, until what is there now is handled). Returns the summaries of
+/// the checkpoints handled.
+pub fn watch(
+    store: &mut Store,
+    opts: &WatchOptions,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(WatchEvent<'_>),
+) -> Result<Vec<CheckpointSummary>, WatchError> {
+    let name = run_name(opts);
+    let run = store.upsert_run(&name, &opts.run_dir.display().to_string(), opts.synthetic)?;
+    let suite_hash = opts.suite.hash();
+    store.put_suite(&suite_hash, &opts.suite.name, &opts.suite.canonical_json())?;
+    // Sizes at the previous look, for the stability check; checkpoints whose suite is complete.
+    let mut sizes: HashMap<PathBuf, u64> = HashMap::new();
+    let mut finished: HashMap<PathBuf, u64> = HashMap::new();
+    let mut summaries = Vec::new();
+    let mut first_look = true;
+    loop {
+        let list = run::list(&opts.run_dir).map_err(|e| WatchError::NotARun {
+            path: opts.run_dir.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        let mut waiting = 0;
+        for ckpt in list {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(summaries);
+            }
+            if let Err(e) = run::is_complete(&ckpt.path) {
+                waiting += 1;
+                on_event(WatchEvent::Waiting {
+                    name: &ckpt.name,
+                    why: e.to_string(),
+                });
+                continue;
+            }
+            let size = total_size(&ckpt.path);
+            if finished.get(&ckpt.path) == Some(&size) {
+                continue;
+            }
+            if sizes.insert(ckpt.path.clone(), size) != Some(size) {
+                // First look at this size: wait one poll to see that it stopped growing.
+                waiting += 1;
+                continue;
+            }
+            match handle(store, opts, run.id, &suite_hash, &ckpt, stop, on_event) {
+                Ok(Some(summary)) => {
+                    on_event(WatchEvent::Finished(&summary));
+                    if !summary.outcome.interrupted {
+                        finished.insert(ckpt.path.clone(), size);
+                    }
+                    summaries.push(summary);
+                }
+                Ok(None) => {
+                    finished.insert(ckpt.path.clone(), size);
+                }
+                Err(HandleError::Store(e)) => return Err(e.into()),
+                Err(HandleError::Checkpoint(error)) => {
+                    // A checkpoint that cannot be loaded is reported and retried when its files change.
+                    on_event(WatchEvent::Failed {
+                        name: &ckpt.name,
+                        error,
+                    });
+                    finished.insert(ckpt.path.clone(), size);
+                }
+            }
+        }
+        // With --once, the second look handles what was stable; anything still being written waits for a
+        // later run.
+        if stop.load(Ordering::SeqCst) || (opts.once && (!first_look || waiting == 0)) {
+            return Ok(summaries);
+        }
+        first_look = false;
+        sleep_unless_stopped(opts.poll, stop);
+    }
+}
+
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + d;
+    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50).min(d));
+    }
+}
+
+enum HandleError {
+    Store(StoreError),
+    Checkpoint(String),
+}
+
+impl From<StoreError> for HandleError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+/// Runs the suite's pending jobs on one complete checkpoint. `None`: nothing was pending.
+fn handle(
+    store: &mut Store,
+    opts: &WatchOptions,
+    run_id: i64,
+    suite_hash: &str,
+    ckpt: &run::RunCheckpoint,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(WatchEvent<'_>),
+) -> Result<Option<CheckpointSummary>, HandleError> {
+    let hash = run::content_hash(&ckpt.path).map_err(|e| HandleError::Checkpoint(e.to_string()))?;
+    let row = store.upsert_checkpoint(
+        run_id,
+        &ckpt.name,
+        &ckpt.path.display().to_string(),
+        ckpt.step.map(|s| s as i64),
+        &hash,
+    )?;
+    let (jobs, _) = pending_jobs(store, row.id, &opts.suite, suite_hash, opts.runner.samples)?;
+    if jobs.is_empty() {
+        return Ok(None);
+    }
+    on_event(WatchEvent::Loading {
+        name: &ckpt.name,
+        step: ckpt.step,
+        pending: jobs.len(),
+    });
+    let model = Model::load(&ckpt.path.to_string_lossy(), &opts.load).map_err(|e| {
+        HandleError::Checkpoint(format!("cannot load {}: {e}", ckpt.path.display()))
+    })?;
+    let name = ckpt.name.clone();
+    let outcome = run_suite(
+        &model,
+        &opts.suite,
+        store,
+        row.id,
+        &opts.runner,
+        &mut |progress| {
+            on_event(WatchEvent::Progress {
+                name: &name,
+                progress,
+            })
+        },
+        &|| !stop.load(Ordering::SeqCst),
+    )
+    .map_err(|e| match e {
+        RunError::Store(s) => HandleError::Store(s),
+    })?;
+    let (compared, changed, mean_change) = changes_at(store, &run_name(opts), suite_hash, row.id);
+    Ok(Some(CheckpointSummary {
+        name: ckpt.name.clone(),
+        step: ckpt.step,
+        outcome,
+        compared,
+        changed,
+        mean_change,
+    }))
+}
+
+/// Greedy answers of checkpoint `checkpoint_id` compared with the previous checkpoint's: (compared, changed, mean
+/// change score).
+pub fn changes_at(
+    store: &Store,
+    run: &str,
+    suite_hash: &str,
+    checkpoint_id: i64,
+) -> (usize, usize, f64) {
+    let Ok(t) = timeline(store, run, Some(suite_hash), 0) else {
+        return (0, 0, 0.0);
+    };
+    let Some(col) = t.checkpoints.iter().position(|c| c.id == checkpoint_id) else {
+        return (0, 0, 0.0);
+    };
+    let scores: Vec<f64> = t
+        .prompts
+        .iter()
+        .filter_map(|p| p.cells[col].as_ref()?.change)
+        .collect();
+    let changed = scores.iter().filter(|s| **s > 0.0).count();
+    let mean = if scores.is_empty() {
+        0.0
+    } else {
+        scores.iter().sum::<f64>() / scores.len() as f64
+    };
+    (scores.len(), changed, mean)
+}
