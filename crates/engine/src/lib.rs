@@ -15,6 +15,7 @@ pub mod loader;
 pub mod model;
 pub mod rope;
 pub mod sampling;
+pub mod synthetic;
 pub mod template;
 pub mod tokenizer;
 pub mod weights;

@@ -66,6 +66,8 @@ pub struct AppState {
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
     pub(crate) waiting: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) metrics: Arc<metrics::Metrics>,
+    /// The watch store behind the timeline pages (`/runs`), when there is one.
+    pub store: Option<Arc<std::path::PathBuf>>,
 }
 
 impl AppState {
@@ -76,7 +78,14 @@ impl AppState {
             metrics: Arc::default(),
             registry: Arc::new(registry),
             settings: Arc::new(settings),
+            store: None,
         }
+    }
+
+    /// Serves the timeline pages from the store at `path` (opened per request; WAL lets a watcher write meanwhile).
+    pub fn with_store(mut self, path: std::path::PathBuf) -> Self {
+        self.store = Some(Arc::new(path));
+        self
     }
 }
 

@@ -153,6 +153,24 @@ impl Registry {
         })
     }
 
+    /// A registry for one run folder that may have no complete checkpoint yet (a watcher serving a run that has
+    /// just started): its checkpoints appear through [`Registry::refresh`].
+    pub fn empty_run(dir: &Path, opts: LoadOptions) -> Self {
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| dir.display().to_string());
+        Self {
+            entries: Default::default(),
+            runs: vec![(dir.to_path_buf(), name)],
+            pending: Default::default(),
+            opts,
+            memory_budget: None,
+            clock: Default::default(),
+        }
+    }
+
     /// Adds a remote OpenAI-compatible endpoint under its own id.
     pub fn add_remote(&self, remote: RemoteEndpoint) -> Result<(), EngineError> {
         let mut entries = self.entries.write().unwrap();

