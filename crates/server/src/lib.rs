@@ -12,6 +12,7 @@ mod openai;
 pub mod registry;
 pub mod remote;
 mod routes;
+pub mod timeline;
 
 use std::sync::Arc;
 

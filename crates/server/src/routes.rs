@@ -24,6 +24,33 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/app.js", get(ui_js))
         .route("/ui/app.css", get(ui_css))
         .route(
+            "/ui/timeline.css",
+            get(|| async { asset("text/css; charset=utf-8", include_str!("ui/timeline.css")) }),
+        )
+        .route(
+            "/ui/timeline.js",
+            get(|| async {
+                asset(
+                    "text/javascript; charset=utf-8",
+                    include_str!("ui/timeline.js"),
+                )
+            }),
+        )
+        .route("/runs", get(crate::timeline::runs_page))
+        .route("/runs/{run}", get(crate::timeline::run_page))
+        .route(
+            "/runs/{run}/prompts/{prompt}",
+            get(crate::timeline::prompt_page),
+        )
+        .route(
+            "/api/runs/{run}/timeline",
+            get(crate::timeline::timeline_json),
+        )
+        .route(
+            "/api/answers/{answer}/notes",
+            post(crate::timeline::add_note),
+        )
+        .route(
             "/favicon.ico",
             get(|| async { axum::http::StatusCode::NO_CONTENT }),
         )
@@ -47,6 +74,20 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
             ("content-type", content_type),
+            ("content-security-policy", CSP),
+            ("x-content-type-options", "nosniff"),
+            ("referrer-policy", "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A page rendered here, with the same headers as the built-in assets.
+pub(crate) fn html(body: String) -> Response {
+    (
+        [
+            ("content-type", "text/html; charset=utf-8"),
             ("content-security-policy", CSP),
             ("x-content-type-options", "nosniff"),
             ("referrer-policy", "no-referrer"),

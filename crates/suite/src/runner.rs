@@ -67,9 +67,14 @@ pub fn params_for(
     p
 }
 
+/// An f32 as the shortest decimal that reads back as it (0.7, not 0.699999988079071).
+fn short(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
 fn params_json(p: &SamplingParams) -> String {
-    json!({"temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k, "min_p": p.min_p,
-           "repetition_penalty": p.repetition_penalty, "max_tokens": p.max_tokens, "seed": p.seed})
+    json!({"temperature": short(p.temperature), "top_p": short(p.top_p), "top_k": p.top_k, "min_p": short(p.min_p),
+           "repetition_penalty": short(p.repetition_penalty), "max_tokens": p.max_tokens, "seed": p.seed})
     .to_string()
 }
 

@@ -267,4 +267,20 @@ $("clear").addEventListener("click", () => { state = { history: [], answers: {},
 $("sbs").addEventListener("change", () => { $("sbs-models").hidden = !$("sbs").checked; if (!state.history.length) render(); });
 $("model").addEventListener("change", () => { if (!state.history.length) render(); });
 
-loadModels().then(render);
+// Links from the timeline: ?model=ID opens a checkpoint; ?compare=A,B starts side by side with those.
+function applyLink() {
+  const params = new URLSearchParams(location.search);
+  const one = params.get("model");
+  const many = (params.get("compare") || "").split(",").filter(Boolean);
+  if (!one && !many.length) return;
+  state = { history: [], answers: {} };
+  if (one && models.some((m) => m.id === one)) { $("model").value = one; state.model = one; }
+  if (many.length) {
+    $("sbs").checked = true;
+    $("sbs-models").hidden = false;
+    for (const box of document.querySelectorAll("#sbs-models input")) box.checked = many.includes(box.value);
+  }
+  save();
+}
+
+loadModels().then(applyLink).then(render);

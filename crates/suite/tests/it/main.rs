@@ -1,0 +1,306 @@
+//! Watching real run folders of tiny checkpoints: shards arriving one by one, restarts, deleted checkpoints,
+//! multi-turn prompts and seeded samples, all into a real SQLite file.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vibecheck_engine::LoadOptions;
+use vibecheck_store::Store;
+use vibecheck_suite::{RunnerSettings, Suite, WatchEvent, WatchOptions};
+
+fn reference_dir() -> PathBuf {
+    if let Some(d) = std::env::var("VIBECHECK_REFERENCE_DIR")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join("shared/reference"))
+        .find(|p| p.is_dir())
+        .expect("shared/reference")
+}
+
+fn copy_dir(src: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "reference.json" {
+            std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn suite() -> Suite {
+    Suite::from_toml(
+        r#"
+name = "tiny"
+[defaults]
+max_tokens = 6
+[[prompts]]
+id = "hello"
+prompt = "hello"
+[[prompts]]
+id = "two-turns"
+system = "be brief"
+turns = ["first question", "and a follow-up"]
+[[prompts]]
+id = "long"
+prompt = "tell me more"
+max_tokens = 9
+"#,
+        "tiny",
+        "test",
+    )
+    .unwrap()
+}
+
+fn options(run: &Path, once: bool) -> WatchOptions {
+    WatchOptions {
+        run_dir: run.to_path_buf(),
+        run_name: Some("tiny-run".into()),
+        suite: suite(),
+        runner: RunnerSettings {
+            samples: 1,
+            ..Default::default()
+        },
+        load: LoadOptions::default(),
+        once,
+        poll: Duration::from_millis(150),
+        synthetic: false,
+    }
+}
+
+/// (checkpoint, prompt, sample, turn) of every stored answer.
+fn stored(db: &Path) -> Vec<(String, String, u32, u32)> {
+    let s = Store::open(db).unwrap();
+    let mut v: Vec<_> = s
+        .all_answers()
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.checkpoint, a.prompt_id, a.sample, a.turn))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn shards_written_one_by_one_are_evaluated_only_once_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("tiny-run");
+    let db = tmp.path().join("v.db");
+    let sharded = reference_dir().join("tiny/llama-bf16-sharded");
+    copy_dir(
+        &reference_dir().join("tiny/llama"),
+        &run.join("checkpoint-1"),
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, run, db) = (stop.clone(), run.clone(), db.clone());
+        std::thread::spawn(move || {
+            let mut store = Store::open(&db).unwrap();
+            let mut events = Vec::new();
+            let summaries =
+                vibecheck_suite::watch(&mut store, &options(&run, false), &stop, &mut |e| {
+                    events.push(match e {
+                        WatchEvent::Loading { name, .. } => format!("loading {name}"),
+                        WatchEvent::Failed { name, error } => format!("FAILED {name}: {error}"),
+                        WatchEvent::Finished(s) => format!("finished {}", s.name),
+                        WatchEvent::Waiting { name, .. } => format!("waiting {name}"),
+                        WatchEvent::Progress { .. } => String::new(),
+                    })
+                })
+                .unwrap();
+            (summaries, events)
+        })
+    };
+
+    // The trainer writes checkpoint-2 file by file, the last shard in two halves, with pauses longer than a poll.
+    let dest = run.join("checkpoint-2");
+    std::fs::create_dir_all(&dest).unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&sharded)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort_by_key(|p| (p.extension().is_some_and(|e| e == "safetensors"), p.clone()));
+    for f in &files {
+        let name = f.file_name().unwrap();
+        if name == "reference.json" {
+            continue;
+        }
+        let bytes = std::fs::read(f).unwrap();
+        if name.to_string_lossy().ends_with("00003.safetensors") {
+            std::fs::write(dest.join(name), &bytes[..bytes.len() / 2]).unwrap();
+            std::thread::sleep(Duration::from_millis(400));
+            std::fs::write(dest.join(name), &bytes).unwrap();
+        } else {
+            std::fs::write(dest.join(name), &bytes).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // Wait for both checkpoints' answers: 3 prompts × (greedy + 1 sample), 4 turns per sample set.
+    let expected = 2 * 2 * 4;
+    for _ in 0..200 {
+        if stored(&db).len() == expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (summaries, events) = watcher.join().unwrap();
+    assert!(
+        !events.iter().any(|e| e.starts_with("FAILED")),
+        "{events:?}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.starts_with("loading"))
+            .cloned()
+            .collect::<Vec<_>>(),
+        vec!["loading checkpoint-1", "loading checkpoint-2"],
+        "each checkpoint is loaded once, the sharded one only when complete: {events:?}"
+    );
+    assert_eq!(stored(&db).len(), expected);
+    assert_eq!(summaries.len(), 2);
+    // The stored hash is that of the finished folder: no partial state was evaluated.
+    let store = Store::open(&db).unwrap();
+    let run_row = store.run("tiny-run").unwrap().unwrap();
+    let ck = store.checkpoints(run_row.id).unwrap();
+    assert_eq!(ck.len(), 2);
+    assert_eq!(
+        ck[1].content_hash,
+        vibecheck_checkpoint::run::content_hash(&dest).unwrap()
+    );
+}
+
+#[test]
+fn restarts_resume_and_deleted_checkpoints_keep_their_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("tiny-run");
+    let db = tmp.path().join("v.db");
+    for step in [5, 10] {
+        copy_dir(
+            &reference_dir().join("tiny/llama"),
+            &run.join(format!("checkpoint-{step}")),
+        );
+    }
+    // An interrupted runner stores whole conversations only.
+    let model = vibecheck_engine::Model::load(
+        run.join("checkpoint-5").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let mut store = Store::open(&db).unwrap();
+    let r = store
+        .upsert_run("tiny-run", &run.display().to_string(), false)
+        .unwrap();
+    let hash = vibecheck_checkpoint::run::content_hash(&run.join("checkpoint-5")).unwrap();
+    let ck = store
+        .upsert_checkpoint(r.id, "checkpoint-5", "x", Some(5), &hash)
+        .unwrap();
+    let calls = std::cell::Cell::new(0);
+    let settings = RunnerSettings {
+        samples: 1,
+        ..Default::default()
+    };
+    let outcome = vibecheck_suite::runner::run_suite(
+        &model,
+        &suite(),
+        &mut store,
+        ck.id,
+        &settings,
+        &mut |_| {},
+        &|| {
+            calls.set(calls.get() + 1);
+            calls.get() <= 3
+        },
+    )
+    .unwrap();
+    assert!(outcome.interrupted);
+    assert_eq!(outcome.answered, 3);
+    // Conversation 3 is prompt "two-turns", greedy: both turns are there, or neither.
+    let partial = stored(&db);
+    assert_eq!(
+        partial.len(),
+        4,
+        "hello ×2 samples, two-turns greedy ×2 turns: {partial:?}"
+    );
+
+    // The watcher picks up from there.
+    let stop = AtomicBool::new(false);
+    let summaries =
+        vibecheck_suite::watch(&mut store, &options(&run, true), &stop, &mut |_| {}).unwrap();
+    assert_eq!(summaries[0].outcome.skipped, 3);
+    assert_eq!(summaries[0].outcome.answered, 3);
+    let all = stored(&db);
+    assert_eq!(all.len(), 2 * 8);
+    let mut dedup = all.clone();
+    dedup.dedup();
+    assert_eq!(dedup, all, "no answer stored twice");
+
+    // Multi-turn: the second turn's prompt holds the first turn and the model's own answer.
+    let answers = store.answers(r.id, None, Some("two-turns")).unwrap();
+    let (t0, t1) = (&answers[0], &answers[1]);
+    assert_eq!((t0.turn, t1.turn), (0, 1));
+    assert!(t1.prompt_tokens > t0.prompt_tokens + t0.completion_tokens);
+    // Samples are seeded and recorded; greedy answers have no seed.
+    assert!(answers
+        .iter()
+        .any(|a| a.sample == 1 && a.seed == Some(1) && a.params.contains("\"temperature\":0.7")));
+    assert!(answers.iter().any(|a| a.sample == 0 && a.seed.is_none()));
+    assert!(answers
+        .iter()
+        .all(|a| a.template_hash.len() == 64 && a.vibecheck_version == env!("CARGO_PKG_VERSION")));
+
+    // Again: nothing to do, nothing loaded.
+    let again =
+        vibecheck_suite::watch(&mut store, &options(&run, true), &stop, &mut |_| {}).unwrap();
+    assert!(again.is_empty(), "{again:?}");
+
+    // The trainer deletes checkpoint-5 (save_total_limit): its answers stay.
+    std::fs::remove_dir_all(run.join("checkpoint-5")).unwrap();
+    vibecheck_suite::watch(&mut store, &options(&run, true), &stop, &mut |_| {}).unwrap();
+    assert_eq!(stored(&db).len(), 16);
+    let t = vibecheck_suite::timeline(&store, "tiny-run", None, 0).unwrap();
+    assert_eq!(t.checkpoints.len(), 2);
+    // Identical weights at both steps: greedy answers did not change.
+    assert!(t
+        .prompts
+        .iter()
+        .all(|p| p.cells[1].as_ref().unwrap().change == Some(0.0)));
+}
+
+#[test]
+fn a_suite_edit_is_a_new_version_and_answers_do_not_mix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("tiny-run");
+    let db = tmp.path().join("v.db");
+    copy_dir(
+        &reference_dir().join("tiny/llama"),
+        &run.join("checkpoint-1"),
+    );
+    let mut store = Store::open(&db).unwrap();
+    let stop = AtomicBool::new(false);
+    let mut opts = options(&run, true);
+    opts.runner.samples = 0;
+    vibecheck_suite::watch(&mut store, &opts, &stop, &mut |_| {}).unwrap();
+    opts.suite.prompts[0].turns[0] = "hello there".into();
+    vibecheck_suite::watch(&mut store, &opts, &stop, &mut |_| {}).unwrap();
+    let r = store.run("tiny-run").unwrap().unwrap();
+    let suites = store.run_suites(r.id).unwrap();
+    assert_eq!(suites.len(), 2);
+    for s in &suites {
+        assert_eq!(store.answers(r.id, Some(&s.hash), None).unwrap().len(), 4);
+    }
+    let t = vibecheck_suite::timeline(&store, "tiny-run", None, 0).unwrap();
+    assert_eq!(
+        t.suite.hash,
+        opts.suite.hash(),
+        "the newest version is shown by default"
+    );
+}
