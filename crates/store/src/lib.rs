@@ -237,11 +237,18 @@ impl Store {
         self.conn
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|e| self.err(e))?;
-        // journal_mode answers with a row; WAL lets the UI read while a watcher writes.
-        let mode: String = self
+        // WAL lets the UI read while a watcher writes. It is a property of the file, so it is only switched on
+        // when it is not on yet (switching takes a lock that readers opening at the same moment would contend for).
+        let mut mode: String = self
             .conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .map_err(|e| self.err(e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            mode = self
+                .conn
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+        }
         if !mode.eq_ignore_ascii_case("wal") {
             // A file system without WAL (some network mounts) still works; readers then wait for writers.
             tracing::warn!(db = %self.path.display(), "journal mode is {mode}, not WAL");

@@ -260,3 +260,186 @@ fn serve_answers_over_http_like_generate() {
         printed
     );
 }
+
+fn reference_dir() -> PathBuf {
+    if let Some(d) = std::env::var("VIBECHECK_REFERENCE_DIR")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join("shared/reference"))
+        .find(|p| p.is_dir())
+        .expect("shared/reference")
+}
+
+/// A run folder of tiny checkpoints and a suite of `prompts` prompts (every third one two turns long).
+fn tiny_run(dir: &Path, steps: &[u64], prompts: usize) -> (PathBuf, PathBuf) {
+    let run = dir.join("tiny-run");
+    for step in steps {
+        let dest = run.join(format!("checkpoint-{step}"));
+        std::fs::create_dir_all(&dest).unwrap();
+        for e in std::fs::read_dir(reference_dir().join("tiny/llama")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
+        }
+    }
+    let mut suite = String::from("name = \"kill test\"\n[defaults]\nmax_tokens = 48\n");
+    for i in 0..prompts {
+        if i % 3 == 0 {
+            suite.push_str(&format!(
+                "[[prompts]]\nid = \"p{i}\"\nturns = [\"question {i}\", \"and then?\"]\n"
+            ));
+        } else {
+            suite.push_str(&format!(
+                "[[prompts]]\nid = \"p{i}\"\nprompt = \"question number {i}\"\n"
+            ));
+        }
+    }
+    let file = dir.join("suite.toml");
+    std::fs::write(&file, suite).unwrap();
+    (run, file)
+}
+
+fn answers(db: &Path) -> Vec<(String, String, u32, u32, String)> {
+    let Ok(store) = vibecheck_store::Store::open(db) else {
+        return Vec::new();
+    };
+    let mut v: Vec<_> = store
+        .all_answers()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| (a.checkpoint, a.prompt_id, a.sample, a.turn, a.text))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn watch_killed_with_sigkill_resumes_without_losing_or_duplicating_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run_dir, suite) = tiny_run(tmp.path(), &[100, 200, 300], 30);
+    let db = tmp.path().join("store/vibecheck.db");
+    let watch = |extra: &[&str]| {
+        let mut c = bin();
+        c.arg("watch")
+            .arg(&run_dir)
+            .arg("--prompts")
+            .arg(&suite)
+            .arg("--db")
+            .arg(&db);
+        c.args(["--once", "--poll", "0.2"]).args(extra);
+        c
+    };
+    // 3 checkpoints × 30 prompts × (greedy + 1 sample); every third prompt has two turns.
+    let total = 3 * 2 * (30 + 10);
+    let mut child = watch(&["--samples", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..6000 {
+        if answers(&db).len() >= 10 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before_kill = answers(&db);
+    assert!(
+        !before_kill.is_empty() && before_kill.len() < total,
+        "killed mid-suite: {} of {total} answers stored",
+        before_kill.len()
+    );
+    // Conversations are stored whole: a two-turn prompt never has turn 1 without turn 0 or the reverse.
+    for (ck, p, s, t, _) in &before_kill {
+        let i: usize = p[1..].parse().unwrap();
+        if i % 3 == 0 {
+            let other = before_kill
+                .iter()
+                .any(|(ck2, p2, s2, t2, _)| ck2 == ck && p2 == p && s2 == s && t2 != t);
+            assert!(
+                other,
+                "{ck} {p} sample {s} turn {t} stored without its other turn"
+            );
+        }
+    }
+
+    let (ok, out, err) = run(&mut watch(&["--samples", "1"]));
+    assert!(ok, "{err}");
+    let after = answers(&db);
+    assert_eq!(after.len(), total, "{out}");
+    let mut keys: Vec<_> = after.iter().map(|(c, p, s, t, _)| (c, p, s, t)).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), total, "no answer stored twice");
+    for a in &before_kill {
+        assert!(
+            after.contains(a),
+            "answer {a:?} from before the kill is kept as it was"
+        );
+    }
+    assert!(out.contains("already stored"), "{out}");
+
+    // log: the newest checkpoint against the previous one (same weights: nothing changed).
+    let (ok, out, err) = run(bin()
+        .args(["log", "tiny-run", "--db"])
+        .arg(&db)
+        .args(["--prompt", "p1", "--color", "never"]));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("newest checkpoint checkpoint-300 (step 300) against checkpoint-200"),
+        "{out}"
+    );
+    assert!(out.contains("0.00  same     p1"), "{out}");
+    assert!(out.contains("--- p1: word diff"), "{out}");
+    let (ok, _, err) = run(bin().args(["log", "no-such-run", "--db"]).arg(&db));
+    assert!(
+        !ok && err.contains("no run called \"no-such-run\"") && err.contains("tiny-run"),
+        "{err}"
+    );
+}
+
+#[test]
+fn watch_and_export_explain_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run_dir, _) = tiny_run(tmp.path(), &[1], 1);
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[prompts]]\nid = \"a\"\nprompt = \"x\"\ntemprature = 0.5\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(bin()
+        .arg("watch")
+        .arg(&run_dir)
+        .arg("--prompts")
+        .arg(&bad)
+        .arg("--once"));
+    assert!(
+        !ok && err.contains("bad.toml") && err.contains("temprature"),
+        "{err}"
+    );
+    let junk = tmp.path().join("junk.db");
+    std::fs::write(&junk, vec![7u8; 4096]).unwrap();
+    let (ok, _, err) = run(bin().args(["export", "--db"]).arg(&junk));
+    assert!(
+        !ok && err.contains("junk.db") && err.contains("not a vibecheck database"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&junk).unwrap(),
+        vec![7u8; 4096],
+        "the file is untouched"
+    );
+    let (ok, _, err) = run(bin()
+        .arg("watch")
+        .arg(tmp.path().join("nowhere"))
+        .arg("--once"));
+    assert!(
+        !ok && err.contains("nowhere") && err.contains("not a folder"),
+        "{err}"
+    );
+}

@@ -686,3 +686,157 @@ async fn a_remote_endpoint_is_served_beside_local_checkpoints() {
         (StatusCode::OK, Some("checkpoint-20"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_pages_show_changes_escape_model_output_and_take_notes() {
+    let (tmp, run) = run_folder();
+    let db = tmp.path().join("watch.db");
+    let suite = vibecheck_suite::Suite::from_toml(
+        "[defaults]\nmax_tokens = 5\n[[prompts]]\nid = \"hello\"\nprompt = \"hello\"\n[[prompts]]\nid = \"bye\"\nprompt = \"bye\"\n",
+        "tiny",
+        "test",
+    )
+    .unwrap();
+    let (run2, db2, suite2) = (run.clone(), db.clone(), suite.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut store = vibecheck_store::Store::open(&db2).unwrap();
+        let opts = vibecheck_suite::WatchOptions {
+            run_dir: run2,
+            run_name: None,
+            suite: suite2.clone(),
+            runner: Default::default(),
+            load: LoadOptions::default(),
+            once: true,
+            poll: std::time::Duration::from_millis(100),
+            synthetic: false,
+        };
+        let done =
+            vibecheck_suite::watch(&mut store, &opts, &Default::default(), &mut |_| {}).unwrap();
+        assert_eq!(
+            done.len(),
+            2,
+            "checkpoint-10 and -20; the half-written -30 waits"
+        );
+        // A later checkpoint whose answer is hostile markup.
+        let r = store.run("tiny-run").unwrap().unwrap();
+        let ck = store
+            .upsert_checkpoint(r.id, "checkpoint-40", "/elsewhere", Some(40), "h")
+            .unwrap();
+        let evil = vibecheck_store::NewAnswer {
+            text: "<img src=x onerror=alert(1)><script>alert(2)</script> hello".into(),
+            params: "{}".into(),
+            finish_reason: "stop".into(),
+            template_hash: "t".into(),
+            ..Default::default()
+        };
+        store
+            .insert_conversation(ck.id, &suite2.hash(), "hello", 0, &[evil])
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let registry =
+        Registry::from_sources(&[run.display().to_string()], LoadOptions::default()).unwrap();
+    let app = router(AppState::new(registry, ServeSettings::default()).with_store(db.clone()));
+
+    let (status, _, runs) = call(&app, "GET", "/runs", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(runs.contains("href=\"/runs/tiny-run\""), "{runs}");
+
+    let (status, _, page) = call(&app, "GET", "/runs/tiny-run", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // Same weights at steps 10 and 20: unchanged (h0); the hostile answer at 40 rewrote it (dark).
+    assert!(page.contains("<td class=\"h0\">"), "{page}");
+    assert!(page.contains("<th title=\"checkpoint-40\">40</th>"));
+    assert!(
+        page.contains("class=\"h1") || page.contains("class=\"h9") || page.contains("class=\"h10"),
+        "{page}"
+    );
+
+    let (status, _, prompt) = call(&app, "GET", "/runs/tiny-run/prompts/hello", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        prompt.contains("&lt;img src=x onerror=alert(1)&gt;"),
+        "{prompt}"
+    );
+    assert!(
+        !prompt.contains("<img") && !prompt.contains("<script>alert"),
+        "model output is never markup"
+    );
+    assert!(
+        prompt.contains("<ins>") && prompt.contains("<del>"),
+        "a word diff against step 20"
+    );
+    assert!(prompt.contains("href=\"/?model=tiny-run%2Fcheckpoint-20\""));
+    assert!(prompt.contains("/?compare=tiny-run%2Fcheckpoint-10,tiny-run%2Fcheckpoint-20"));
+
+    // Notes.
+    let (_, timeline, _) = call(&app, "GET", "/api/runs/tiny-run/timeline", None).await;
+    let answer_id = timeline["prompts"][0]["cells"][1]["answers"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let uri = format!("/api/answers/{answer_id}/notes");
+    let (status, note, _) = call(
+        &app,
+        "POST",
+        &uri,
+        Some(json!({"text": "first time it <b>refuses</b>", "tag": "refusal"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{note}");
+    assert_eq!(note["tag"], "refusal");
+    let (_, _, page) = call(&app, "GET", "/runs/tiny-run/prompts/bye", None).await;
+    let (_, _, page_hello) = call(&app, "GET", "/runs/tiny-run/prompts/hello", None).await;
+    let noted = if timeline["prompts"][0]["id"] == "hello" {
+        page_hello
+    } else {
+        page
+    };
+    assert!(
+        noted.contains("first time it &lt;b&gt;refuses&lt;/b&gt;"),
+        "{noted}"
+    );
+    assert_eq!(
+        vibecheck_store::Store::open(&db)
+            .unwrap()
+            .notes(1)
+            .unwrap()
+            .len(),
+        1,
+        "kept in the store"
+    );
+    for (body, status) in [
+        (json!({"text": "   "}), StatusCode::BAD_REQUEST),
+        (json!({"txt": "typo"}), StatusCode::BAD_REQUEST),
+    ] {
+        assert_eq!(call(&app, "POST", &uri, Some(body)).await.0, status);
+    }
+    assert_eq!(
+        call(
+            &app,
+            "POST",
+            "/api/answers/999999/notes",
+            Some(json!({"text": "x"}))
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&app, "GET", "/runs/no-such-run", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&app, "GET", "/runs/tiny-run/prompts/nope", None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    // A plain `serve` has no store: the pages say how to get one.
+    let (status, body, _) = call(&self::app(&run), "GET", "/runs", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("vibecheck watch"));
+}
