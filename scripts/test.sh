@@ -30,9 +30,11 @@ brfailed=0
 if command -v chromium >/dev/null; then
   (cd tests/browser && npm install --silent --no-audit --no-fund >/dev/null)
   brlog="$(mktemp)"
-  node tests/browser/ui.test.js 2>&1 | tee "$brlog" || status=$?
-  brpassed=$({ grep -oE '^browser: [0-9]+ passed' "$brlog" || true; } | awk '{print $2+0}')
-  brfailed=$({ grep -oE '[0-9]+ failed' "$brlog" || true; } | awk '{s+=$1} END {print s+0}')
+  for t in tests/browser/*.test.js; do
+    node "$t" 2>&1 | tee -a "$brlog" || status=$?
+  done
+  brpassed=$({ grep -oE 'browser: [0-9]+ passed' "$brlog" || true; } | awk '{s+=$2} END {print s+0}')
+  brfailed=$({ grep -oE 'browser: [0-9]+ passed, [0-9]+ failed' "$brlog" || true; } | awk '{s+=$4} END {print s+0}')
   rm -f "$brlog"
 elif [ -n "${CI:-}" ]; then
   echo "chromium is missing: the browser test cannot run"
