@@ -2,6 +2,9 @@
 //! present with a consistent header, no `tmp` prefix) and has stopped growing (the same total size at two looks) is
 //! hashed, recorded, loaded, and given the whole suite. Checkpoints whose answers are all stored are not loaded
 //! again, so a restart after a crash resumes where it stopped; a checkpoint the trainer deletes keeps its answers.
+//!
+//! File-system events (inotify and its kin, through `notify`) wake the watcher as soon as the trainer writes; where
+//! they are unavailable (network file systems, exhausted inotify watches) it falls back to looking every `poll`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -157,6 +160,7 @@ pub fn watch(
     let mut finished: HashMap<PathBuf, u64> = HashMap::new();
     let mut summaries = Vec::new();
     let mut first_look = true;
+    let events = FolderEvents::new(&opts.run_dir);
     loop {
         let list = run::list(&opts.run_dir).map_err(|e| WatchError::NotARun {
             path: opts.run_dir.display().to_string(),
@@ -212,14 +216,74 @@ pub fn watch(
             return Ok(summaries);
         }
         first_look = false;
-        sleep_unless_stopped(opts.poll, stop);
+        // A checkpoint seen for the first time needs a second look one poll later (size stability); otherwise
+        // the next look comes with the next file-system event, or after `poll` at the latest.
+        // With events, a second look after a quiet second is enough: any later write sends another event.
+        let wait = if waiting > 0 && events.available() {
+            opts.poll.min(Duration::from_secs(1))
+        } else {
+            opts.poll
+        };
+        let until = Instant::now() + wait;
+        let mut woken = false;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            let slice = Duration::from_millis(50).min(opts.poll);
+            if events.wait(slice) {
+                woken = true;
+            }
+            if woken && waiting == 0 {
+                break;
+            }
+        }
     }
 }
 
-fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
-    let until = Instant::now() + d;
-    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(50).min(d));
+/// File-system events under the run folder, or nothing when they are unavailable (then `wait` just sleeps).
+struct FolderEvents {
+    _watcher: Option<notify::RecommendedWatcher>,
+    rx: std::sync::mpsc::Receiver<()>,
+}
+
+impl FolderEvents {
+    fn new(dir: &Path) -> Self {
+        use notify::Watcher;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = tx.send(());
+            }
+        })
+        .and_then(|mut w| w.watch(dir, notify::RecursiveMode::Recursive).map(|()| w));
+        let watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::info!(dir = %dir.display(), "no file-system events ({e}); looking every poll interval");
+                None
+            }
+        };
+        Self {
+            _watcher: watcher,
+            rx,
+        }
+    }
+
+    fn available(&self) -> bool {
+        self._watcher.is_some()
+    }
+
+    /// Waits up to `d`; true when something changed under the folder.
+    fn wait(&self, d: Duration) -> bool {
+        match self.rx.recv_timeout(d) {
+            Ok(()) => {
+                while self.rx.try_recv().is_ok() {}
+                true
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(d);
+                false
+            }
+        }
     }
 }
 

@@ -304,3 +304,44 @@ fn a_suite_edit_is_a_new_version_and_answers_do_not_mix() {
         "the newest version is shown by default"
     );
 }
+
+#[test]
+fn file_system_events_wake_the_watcher_long_before_the_poll_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("tiny-run");
+    std::fs::create_dir_all(&run).unwrap();
+    let db = tmp.path().join("v.db");
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, run, db) = (stop.clone(), run.clone(), db.clone());
+        std::thread::spawn(move || {
+            let mut store = Store::open(&db).unwrap();
+            let mut opts = options(&run, false);
+            opts.poll = Duration::from_secs(3600);
+            opts.runner.samples = 0;
+            vibecheck_suite::watch(&mut store, &opts, &stop, &mut |_| {}).unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // Written as a trainer does: into tmp-…, renamed when complete.
+    copy_dir(
+        &reference_dir().join("tiny/llama"),
+        &run.join("tmp-checkpoint-7"),
+    );
+    std::fs::rename(run.join("tmp-checkpoint-7"), run.join("checkpoint-7")).unwrap();
+    let mut n = 0;
+    for _ in 0..300 {
+        n = stored(&db).len();
+        if n == 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let summaries = watcher.join().unwrap();
+    assert_eq!(
+        n, 4,
+        "answered within seconds although the poll interval is an hour"
+    );
+    assert_eq!(summaries[0].step, Some(7));
+}
