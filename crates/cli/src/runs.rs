@@ -492,7 +492,11 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     let mut store = open_store(&db)?;
     let name = "smollm2-synthetic-run".to_string();
     if !a.exit_when_done {
-        let url = start_server(&run_dir, &db, &a.host, a.port, load.clone())?;
+        // Port 8080 is easy to remember; when it is taken, any free port will do.
+        let url = start_server(&run_dir, &db, &a.host, a.port, load.clone()).or_else(|e| {
+            eprintln!("{e}; using a free port instead");
+            start_server(&run_dir, &db, &a.host, 0, load.clone())
+        })?;
         eprintln!("open {url}/runs/{name} to watch the timeline fill in (chat at {url}/)");
         println!("{url}/runs/{name}");
         let _ = std::io::stdout().flush();

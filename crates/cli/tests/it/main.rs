@@ -288,7 +288,7 @@ fn tiny_run(dir: &Path, steps: &[u64], prompts: usize) -> (PathBuf, PathBuf) {
     }
     let mut suite = String::from("name = \"kill test\"\n[defaults]\nmax_tokens = 48\n");
     for i in 0..prompts {
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             suite.push_str(&format!(
                 "[[prompts]]\nid = \"p{i}\"\nturns = [\"question {i}\", \"and then?\"]\n"
             ));
@@ -357,7 +357,7 @@ fn watch_killed_with_sigkill_resumes_without_losing_or_duplicating_answers() {
     // Conversations are stored whole: a two-turn prompt never has turn 1 without turn 0 or the reverse.
     for (ck, p, s, t, _) in &before_kill {
         let i: usize = p[1..].parse().unwrap();
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             let other = before_kill
                 .iter()
                 .any(|(ck2, p2, s2, t2, _)| ck2 == ck && p2 == p && s2 == s && t2 != t);
