@@ -219,10 +219,25 @@ impl Store {
                 source,
             })?;
         }
-        let conn = Connection::open(&path).map_err(|e| classify(&path, e))?;
-        let mut store = Self { conn, path };
-        store.setup()?;
-        Ok(store)
+        // Switching a new file to WAL and creating the schema take locks that SQLite may refuse at once (without
+        // waiting) when several processes open the same new file together; those openers simply try again.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut attempt = 0u64;
+        loop {
+            let conn = Connection::open(&path).map_err(|e| classify(&path, e))?;
+            let mut store = Self {
+                conn,
+                path: path.clone(),
+            };
+            match store.setup() {
+                Ok(()) => return Ok(store),
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5 + (attempt * 7) % 40));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -71,17 +71,23 @@ impl From<rusqlite::Error> for MigrateError {
     }
 }
 
-/// Brings the database to [`VERSION`], each step in its own transaction.
+/// Brings the database to [`VERSION`]. Two processes opening a new database at once must not both migrate it, so
+/// the version is read again inside a write transaction before each step.
 pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
-    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if current > VERSION {
-        return Err(MigrateError::TooNew(current));
-    }
-    for (i, step) in STEPS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(step)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    loop {
+        let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current > VERSION {
+            return Err(MigrateError::TooNew(current));
+        }
+        if current == VERSION {
+            return Ok(());
+        }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now == current {
+            tx.execute_batch(STEPS[current as usize])?;
+            tx.pragma_update(None, "user_version", current + 1)?;
+        }
         tx.commit()?;
     }
-    Ok(())
 }

@@ -161,3 +161,20 @@ fn a_writer_holding_the_lock_gives_a_locked_error_not_a_hang() {
         .insert_conversation(c.id, "suite1", "p", 0, &[turn(0, "x")])
         .unwrap());
 }
+
+#[test]
+fn processes_opening_a_new_database_at_once_all_succeed() {
+    for round in 0..20 {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(format!("new-{round}.db"));
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || Store::open(&path).map(|s| s.runs().unwrap().len()))
+            })
+            .collect();
+        for o in openers {
+            assert_eq!(o.join().unwrap().unwrap(), 0);
+        }
+    }
+}

@@ -304,12 +304,13 @@ fn tiny_run(dir: &Path, steps: &[u64], prompts: usize) -> (PathBuf, PathBuf) {
 }
 
 fn answers(db: &Path) -> Vec<(String, String, u32, u32, String)> {
-    let Ok(store) = vibecheck_store::Store::open(db) else {
+    if !db.exists() {
         return Vec::new();
-    };
+    }
+    let store = vibecheck_store::Store::open(db).unwrap();
     let mut v: Vec<_> = store
         .all_answers()
-        .unwrap_or_default()
+        .unwrap()
         .into_iter()
         .map(|a| (a.checkpoint, a.prompt_id, a.sample, a.turn, a.text))
         .collect();
