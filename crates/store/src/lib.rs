@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use serde::Serialize;
 
+mod judge;
 mod schema;
+
+pub use judge::{Battle, Judgment, NewJudgment, Send};
 
 /// Why the store could not do what was asked. Each names the database file and says what would fix it.
 #[derive(Debug, thiserror::Error)]
@@ -134,11 +137,11 @@ pub struct Note {
 /// An open store. Writers take `&mut self`; readers in other threads or processes open their own `Store`
 /// (WAL lets them read while a watcher writes).
 pub struct Store {
-    conn: Connection,
+    pub(crate) conn: Connection,
     path: PathBuf,
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -244,7 +247,7 @@ impl Store {
         &self.path
     }
 
-    fn err(&self, e: rusqlite::Error) -> StoreError {
+    pub(crate) fn err(&self, e: rusqlite::Error) -> StoreError {
         classify(&self.path, e)
     }
 

@@ -4,9 +4,10 @@
 use rusqlite::Connection;
 
 /// The newest schema this build knows.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
-const STEPS: [&str; 1] = [r#"
+const STEPS: [&str; 2] = [
+    r#"
 CREATE TABLE runs (
     id        INTEGER PRIMARY KEY,
     name      TEXT NOT NULL UNIQUE,
@@ -58,7 +59,41 @@ CREATE TABLE notes (
     tag       TEXT,
     created   TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE judgments (
+    id             INTEGER PRIMARY KEY,
+    kind           TEXT NOT NULL,
+    judge          TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    answer_a       INTEGER NOT NULL REFERENCES answers(id),
+    answer_b       INTEGER NOT NULL,
+    swapped        INTEGER NOT NULL,
+    turn           INTEGER NOT NULL,
+    status         TEXT NOT NULL,
+    verdict        TEXT,
+    score          REAL,
+    raw            TEXT NOT NULL,
+    created        TEXT NOT NULL,
+    UNIQUE (kind, judge, prompt_version, answer_a, answer_b, swapped, turn)
+);
+CREATE TABLE judge_sends (
+    suite_hash TEXT NOT NULL,
+    judge      TEXT NOT NULL,
+    first_sent TEXT NOT NULL,
+    PRIMARY KEY (suite_hash, judge)
+);
+CREATE TABLE battles (
+    id       INTEGER PRIMARY KEY,
+    model_a  TEXT NOT NULL,
+    model_b  TEXT NOT NULL,
+    prompt   TEXT,
+    winner   TEXT,
+    created  TEXT NOT NULL,
+    voted    TEXT
+);
+"#,
+];
 
 pub enum MigrateError {
     TooNew(i64),
