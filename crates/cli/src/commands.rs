@@ -37,8 +37,12 @@ enum Command {
     Watch(crate::runs::WatchArgs),
     /// What changed at a run's newest checkpoint, with a word diff for one prompt.
     Log(crate::runs::LogArgs),
-    /// Write stored answers as jsonl, csv or alpaca_eval's model_outputs.json.
+    /// Write stored answers as jsonl, csv or alpaca_eval's model_outputs.json (or judge verdicts).
     Export(crate::runs::ExportArgs),
+    /// Grade a watched run with any OpenAI-compatible judge: single ratings or position-swapped pairs.
+    Judge(crate::judging::JudgeArgs),
+    /// Write a run's charts (judge score, win rates, answer length, arena rating by step) as SVG files.
+    Plot(crate::judging::PlotArgs),
     /// Serve checkpoints, GGUF files, hub ids and training-run folders behind an OpenAI-compatible API.
     Serve(ServeArgs),
 }
@@ -180,6 +184,8 @@ pub fn main() -> ExitCode {
         Command::Watch(a) => crate::runs::watch(a),
         Command::Log(a) => crate::runs::log(a),
         Command::Export(a) => crate::runs::export(a),
+        Command::Judge(a) => crate::judging::judge(a),
+        Command::Plot(a) => crate::judging::plot(a),
         Command::Serve(a) => serve(a),
     };
     match result {

@@ -1,6 +1,7 @@
 //! The `vibecheck` binary: parse arguments, set up logging, dispatch.
 
 mod commands;
+mod judging;
 mod runs;
 
 fn main() -> std::process::ExitCode {

@@ -86,6 +86,9 @@ pub struct ExportArgs {
     run: Option<String>,
     #[arg(long, value_enum, default_value = "jsonl")]
     format: ExportFormat,
+    /// answers, or judgments (judge verdicts, parse failures and errors with raw replies; jsonl or csv).
+    #[arg(long, default_value = "answers")]
+    what: String,
     /// Write here instead of stdout.
     #[arg(long, short)]
     out: Option<PathBuf>,
@@ -326,8 +329,60 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+fn write_rows<T: serde::Serialize>(out: &mut dyn Write, rows: &[T], csv: bool) -> Result<()> {
+    if !csv {
+        for r in rows {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        }
+        return Ok(());
+    }
+    let header: Vec<String> = match rows.first().map(serde_json::to_value).transpose()? {
+        Some(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    writeln!(out, "{}", header.join(","))?;
+    for r in rows {
+        let v = serde_json::to_value(r)?;
+        let row: Vec<String> = header
+            .iter()
+            .map(|k| match &v[k] {
+                serde_json::Value::String(s) => csv_field(s),
+                serde_json::Value::Null => String::new(),
+                other => csv_field(&other.to_string()),
+            })
+            .collect();
+        writeln!(out, "{}", row.join(","))?;
+    }
+    Ok(())
+}
+
 pub fn export(a: ExportArgs) -> Result<()> {
     let store = open_store(&a.db)?;
+    if a.what == "judgments" {
+        let rows = match &a.run {
+            Some(name) => {
+                let run = store
+                    .run(name)?
+                    .with_context(|| format!("no run called {name:?} in {}", a.db.display()))?;
+                store.judgments(run.id)?
+            }
+            None => store.all_judgments()?,
+        };
+        let mut out: Box<dyn Write> = match &a.out {
+            Some(p) => Box::new(
+                std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+            ),
+            None => Box::new(std::io::stdout().lock()),
+        };
+        return match a.format {
+            ExportFormat::Jsonl => write_rows(&mut out, &rows, false),
+            ExportFormat::Csv => write_rows(&mut out, &rows, true),
+            ExportFormat::AlpacaEval => bail!("--what judgments is written as jsonl or csv"),
+        };
+    }
+    if a.what != "answers" {
+        bail!("--what {:?}: choose answers or judgments", a.what);
+    }
     let answers = match &a.run {
         Some(name) => {
             let run = store
@@ -344,31 +399,8 @@ pub fn export(a: ExportArgs) -> Result<()> {
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     match a.format {
-        ExportFormat::Jsonl => {
-            for ans in &answers {
-                writeln!(out, "{}", serde_json::to_string(ans)?)?;
-            }
-        }
-        ExportFormat::Csv => {
-            let v = serde_json::to_value(answers.first())?;
-            let header: Vec<String> = match &v {
-                serde_json::Value::Object(m) => m.keys().cloned().collect(),
-                _ => Vec::new(),
-            };
-            writeln!(out, "{}", header.join(","))?;
-            for ans in &answers {
-                let v = serde_json::to_value(ans)?;
-                let row: Vec<String> = header
-                    .iter()
-                    .map(|k| match &v[k] {
-                        serde_json::Value::String(s) => csv_field(s),
-                        serde_json::Value::Null => String::new(),
-                        other => csv_field(&other.to_string()),
-                    })
-                    .collect();
-                writeln!(out, "{}", row.join(","))?;
-            }
-        }
+        ExportFormat::Jsonl => write_rows(&mut out, &answers, false)?,
+        ExportFormat::Csv => write_rows(&mut out, &answers, true)?,
         ExportFormat::AlpacaEval => {
             // alpaca_eval's model_outputs.json: the first turn's greedy answer, one generator per checkpoint.
             let mut suites = std::collections::HashMap::new();

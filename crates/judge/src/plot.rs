@@ -185,6 +185,119 @@ pub fn line_chart(
     svg
 }
 
+/// The run page's charts, by file name: judge score, win rates (raw tie-adjusted ± SE and length-controlled),
+/// answer length, and arena rating (Bradley–Terry, 95 % interval) against the step.
+pub fn run_charts(
+    s: &crate::Summary,
+    arena: &[crate::arena::Standing],
+) -> Vec<(&'static str, String)> {
+    let step = |c: &crate::summary::CheckpointScores| c.step.map(|s| s as f64).unwrap_or(f64::NAN);
+    let score = Series {
+        name: "mean judge rating ± SE".into(),
+        points: s
+            .checkpoints
+            .iter()
+            .filter_map(|c| c.score.map(|(m, se, _)| (step(c), m, Some(se))))
+            .collect(),
+    };
+    let mut win: Vec<Series> = Vec::new();
+    let mut opponents: Vec<String> = Vec::new();
+    for c in &s.checkpoints {
+        for v in &c.versus {
+            let key = if v.relation == "previous" {
+                "previous checkpoint".to_string()
+            } else {
+                v.opponent.clone()
+            };
+            if v.relation != "other" && !opponents.contains(&key) {
+                opponents.push(key);
+            }
+        }
+    }
+    for key in &opponents {
+        let pick = |c: &crate::summary::CheckpointScores| {
+            c.versus
+                .iter()
+                .find(|v| {
+                    (key == "previous checkpoint" && v.relation == "previous")
+                        || (v.relation == "baseline" && &v.opponent == key)
+                })
+                .cloned()
+        };
+        win.push(Series {
+            name: format!("vs {key}"),
+            points: s
+                .checkpoints
+                .iter()
+                .filter_map(|c| pick(c).map(|v| (step(c), v.win.tie_adjusted, Some(v.win.se))))
+                .collect(),
+        });
+        win.push(Series {
+            name: format!("vs {key}, length-controlled"),
+            points: s
+                .checkpoints
+                .iter()
+                .filter_map(|c| {
+                    pick(c)
+                        .and_then(|v| v.length_controlled)
+                        .map(|l| (step(c), l.win_rate, None))
+                })
+                .collect(),
+        });
+    }
+    let length = Series {
+        name: "mean words per answer".into(),
+        points: s
+            .checkpoints
+            .iter()
+            .filter(|c| c.mean_words.is_finite())
+            .map(|c| (step(c), c.mean_words, None))
+            .collect(),
+    };
+    let rating = Series {
+        name: "arena rating (Bradley–Terry, 95% interval)".into(),
+        points: s
+            .checkpoints
+            .iter()
+            .filter_map(|c| {
+                let id = format!("{}/{}", s.run, c.checkpoint);
+                arena
+                    .iter()
+                    .find(|a| a.model == id)
+                    .map(|a| (step(c), a.rating, Some(((a.high - a.low) / 2.0).abs())))
+            })
+            .collect(),
+    };
+    vec![
+        (
+            "score",
+            line_chart(
+                "Judge rating by step",
+                "rating (1–10)",
+                &[score],
+                Some((1.0, 10.0)),
+            ),
+        ),
+        (
+            "winrate",
+            line_chart(
+                "Win rate by step (ties count ½)",
+                "win rate",
+                &win,
+                Some((0.0, 1.0)),
+            ),
+        ),
+        (
+            "length",
+            line_chart("Answer length by step", "words", &[length], None),
+        ),
+        (
+            "arena",
+            line_chart("Arena rating by step", "rating", &[rating], None),
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

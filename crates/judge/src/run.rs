@@ -300,9 +300,9 @@ pub fn plan(
         }
         Mode::All => {
             for i in 0..t.checkpoints.len() {
-                for j in 0..i {
+                for (j, name) in names.iter().enumerate().take(i) {
                     let cells = t.prompts.iter().map(|p| p.cells[j].clone()).collect();
-                    opponents.push((i, cells, names[j].clone()));
+                    opponents.push((i, cells, name.clone()));
                 }
             }
         }

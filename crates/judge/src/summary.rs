@@ -132,14 +132,14 @@ pub fn summarize(store: &Store, run: &str, judge: Option<&str>) -> Result<Summar
     // Combined pair outcomes grouped by (checkpoint of a, opponent model).
     let mut versus: BTreeMap<(i64, String), Vec<(f64, f64)>> = BTreeMap::new();
     let mut names: Vec<String> = Vec::new();
-    let index =
-        |name: String, names: &mut Vec<String>| match names.iter().position(|n| *n == name) {
-            Some(i) => i,
-            None => {
-                names.push(name);
-                names.len() - 1
-            }
-        };
+    let index = |name: String, names: &mut Vec<String>| match names.iter().position(|n| *n == name)
+    {
+        Some(i) => i,
+        None => {
+            names.push(name);
+            names.len() - 1
+        }
+    };
     let mut games = Vec::new();
     for ((ia, ib, _), outcomes) in &pairs {
         let (Some(a), Some(b)) = (answers.get(ia), answers.get(ib)) else {
