@@ -5,6 +5,7 @@
 //! OpenAI-style JSON body with the right status (`error.rs`); models load on first use (`registry.rs`), and
 //! generation runs on blocking threads so async handlers never touch tensors.
 
+mod arena;
 mod error;
 mod guard;
 mod metrics;

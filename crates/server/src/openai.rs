@@ -83,6 +83,10 @@ pub struct Valid {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// The model name replies carry instead of the real id (the blind arena hides which model answered).
+    pub shown_as: Option<String>,
+    /// The client set `max_tokens`; without it the default shrinks to what the context has room for.
+    pub max_tokens_given: bool,
 }
 
 fn number(v: Option<f64>, name: &str, lo: f64, hi: f64, default: f64) -> Result<f32, ApiError> {
@@ -140,6 +144,8 @@ impl Common {
             ..SamplingParams::default()
         };
         Ok(Valid {
+            shown_as: None,
+            max_tokens_given: self.max_completion_tokens.or(self.max_tokens).is_some(),
             model: self.model.clone(),
             params,
             n: n as usize,

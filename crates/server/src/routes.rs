@@ -51,6 +51,24 @@ pub fn router(state: AppState) -> Router {
             post(crate::timeline::add_note),
         )
         .route(
+            "/ui/arena.js",
+            get(|| async {
+                asset(
+                    "text/javascript; charset=utf-8",
+                    include_str!("ui/arena.js"),
+                )
+            }),
+        )
+        .route("/arena", get(crate::arena::arena_page))
+        .route("/arena/leaderboard", get(crate::arena::leaderboard_page))
+        .route("/api/arena/battles", post(crate::arena::new_battle))
+        .route("/api/arena/battles/{id}/vote", post(crate::arena::vote))
+        .route(
+            "/api/arena/battles/{id}/{side}",
+            post(crate::arena::battle_side),
+        )
+        .route("/api/arena/prompt", get(crate::arena::draw_prompt))
+        .route(
             "/favicon.ico",
             get(|| async { axum::http::StatusCode::NO_CONTENT }),
         )
@@ -251,16 +269,24 @@ async fn chat(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    counted(state.clone(), |m| &m.chat_requests, chat_inner(state, body)).await
+    counted(
+        state.clone(),
+        |m| &m.chat_requests,
+        chat_inner(state, body, None),
+    )
+    .await
 }
 
-async fn chat_inner(
+/// A chat completion; with `shown_as`, replies name that instead of the model (the arena's blind answers).
+pub(crate) async fn chat_inner(
     state: AppState,
     body: Result<Bytes, BytesRejection>,
+    shown_as: Option<String>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body)?;
     let req: ChatRequest = parse(&body)?;
-    let valid = req.common.validate(state.settings.max_tokens_cap)?;
+    let mut valid = req.common.validate(state.settings.max_tokens_cap)?;
+    valid.shown_as = shown_as;
     let messages = req.messages()?;
     if let Some(remote) = state.registry.get(&valid.model)?.remote() {
         return forward(
@@ -392,6 +418,16 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let entry = state.registry.get(&valid.model)?;
     let model = state.registry.model(&entry).await?;
+    let mut valid = valid;
+    if !valid.max_tokens_given {
+        // No max_tokens asked for: the default never pushes a prompt out of the context.
+        if let Ok(ids) = model.prompt_ids(&prompt) {
+            let room = model.decoder.max_positions().saturating_sub(ids.len());
+            if room > 0 {
+                valid.params.max_tokens = valid.params.max_tokens.min(room);
+            }
+        }
+    }
     let ids = prepare(&model, &prompt, valid.params.max_tokens)?;
     let permit = slot(&state).await?;
     let id = openai::completion_id(if kind == Kind::Chat {
@@ -399,7 +435,7 @@ async fn run(
     } else {
         "cmpl"
     });
-    let model_id = entry.id.clone();
+    let model_id = valid.shown_as.clone().unwrap_or_else(|| entry.id.clone());
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(256);
     let n = valid.n;
     let base = valid.params.clone();

@@ -43,12 +43,18 @@ fn seg(s: &str) -> String {
 }
 
 fn page(title: &str, body: &str) -> Response {
+    page_with_script(title, body, "/ui/timeline.js")
+}
+
+/// A page of the timeline's look, with one script of ours.
+pub fn page_with_script(title: &str, body: &str, script: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{} · vibecheck</title>\
-         <link rel=\"stylesheet\" href=\"/ui/timeline.css\"><script src=\"/ui/timeline.js\" defer></script></head>\
+         <link rel=\"stylesheet\" href=\"/ui/timeline.css\"><script src=\"{script}\" defer></script></head>\
          <body><header><a class=\"brand\" href=\"/runs\">vibecheck</a> <a href=\"/runs\">runs</a> \
-         <a href=\"/\">chat</a></header><main>{body}</main></body></html>",
+         <a href=\"/\">chat</a> <a href=\"/arena\">arena</a> <a href=\"/arena/leaderboard\">leaderboard</a></header>\
+         <main>{body}</main></body></html>",
         esc(title)
     );
     crate::routes::html(html)
@@ -217,6 +223,7 @@ pub async fn run_page(
     Path(run): Path<String>,
     Query(q): Query<TimelineQuery>,
 ) -> Result<Response, ApiError> {
+    let st = state.clone();
     let t = load_timeline(state, run, q).await?;
     let base = format!("/runs/{}", seg(&t.run.name));
     let suite_q = format!("?suite={}&amp;sample={}", &t.suite.hash[..12], t.sample);
@@ -268,6 +275,7 @@ pub async fn run_page(
         body.push_str(&format!("<td>{}</td></tr>", sparkline(&lengths)));
     }
     body.push_str("</tbody></table>");
+    body.push_str(&judge_section(&st, &t).await?);
     Ok(page(&t.run.name, &body))
 }
 
@@ -292,6 +300,106 @@ fn params_text(json: &str) -> String {
         parts.push(format!("{k} {v}"));
     }
     parts.join(", ")
+}
+
+fn pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{:.0}%", x * 100.0)
+    } else {
+        "–".into()
+    }
+}
+
+/// Judge results, charts over steps, and where this run's suites were sent.
+async fn judge_section(state: &AppState, t: &Timeline) -> Result<String, ApiError> {
+    let (st, run) = (state.clone(), t.run.name.clone());
+    let (summary, arena, sends) = blocking(move || {
+        let store = open(&st)?;
+        let summary = vibecheck_judge::summarize(&store, &run, None)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let arena = vibecheck_judge::arena::leaderboard(
+            &store
+                .voted_battles()
+                .map_err(|e| ApiError::internal(e.to_string()))?,
+        );
+        let sends = store
+            .sends()
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok((summary, arena, sends))
+    })
+    .await?;
+    let mut out = String::from("<h2 class=\"section\">Judges and arena</h2>");
+    match &summary.judge {
+        Some(j) => out.push_str(&format!(
+            "<p class=\"muted\">judge {} (<code>vibecheck judge</code>; {} gave no verdict and count for nothing)</p>",
+            esc(j),
+            summary.failures.len()
+        )),
+        None => out.push_str("<p class=\"muted\">No judge has graded this run yet: <code>vibecheck judge RUN --judge URL \
+            --judge-model NAME</code>. Arena votes appear below as they come.</p>"),
+    }
+    out.push_str("<div class=\"charts\">");
+    for (_, svg) in vibecheck_judge::plot::run_charts(&summary, &arena) {
+        out.push_str(&svg);
+    }
+    out.push_str("</div>");
+    if summary
+        .checkpoints
+        .iter()
+        .any(|c| c.score.is_some() || !c.versus.is_empty())
+    {
+        out.push_str("<table class=\"list\" id=\"judge-table\"><tr><th>checkpoint</th><th>rating ± SE</th><th>opponent</th>\
+            <th>win rate (ties ½) ± SE</th><th>length-controlled</th><th>length bias</th><th>n</th></tr>");
+        for c in &summary.checkpoints {
+            let score = c
+                .score
+                .map(|(m, se, n)| format!("{m:.2} ± {se:.2} ({n})"))
+                .unwrap_or_else(|| "–".into());
+            if c.versus.is_empty() {
+                out.push_str(&format!("<tr><td>{}</td><td>{score}</td><td></td><td></td><td></td><td></td><td></td></tr>", esc(&c.checkpoint)));
+            }
+            for v in &c.versus {
+                out.push_str(&format!(
+                    "<tr><td>{}</td><td>{score}</td><td>{} ({})</td><td>{} ± {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&c.checkpoint),
+                    esc(&v.opponent),
+                    esc(&v.relation),
+                    pct(v.win.tie_adjusted),
+                    pct(v.win.se),
+                    v.length_controlled.map(|l| pct(l.win_rate)).unwrap_or_else(|| "–".into()),
+                    v.length_controlled.map(|l| format!("{:+.2}", l.length_coefficient)).unwrap_or_else(|| "–".into()),
+                    v.win.n
+                ));
+            }
+        }
+        out.push_str("</table>");
+    }
+    let suites: Vec<&str> = t.suites.iter().map(|s| s.hash.as_str()).collect();
+    let sent: Vec<_> = sends
+        .iter()
+        .filter(|s| suites.contains(&s.suite_hash.as_str()))
+        .collect();
+    out.push_str("<p class=\"muted\" id=\"sends\">");
+    if sent.is_empty() {
+        out.push_str("This run's suites have not been sent to any judge.");
+    } else {
+        out.push_str("Sent to judges: ");
+        let items: Vec<String> = sent
+            .iter()
+            .map(|s| {
+                format!(
+                    "suite {} ({}) → {} since {}",
+                    esc(&s.suite_name),
+                    &s.suite_hash[..12],
+                    esc(&s.judge),
+                    esc(&s.first_sent[..16.min(s.first_sent.len())])
+                )
+            })
+            .collect();
+        out.push_str(&items.join("; "));
+    }
+    out.push_str("</p>");
+    Ok(out)
 }
 
 fn diff_html(old: &str, new: &str) -> String {

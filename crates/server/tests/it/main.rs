@@ -840,3 +840,146 @@ async fn timeline_pages_show_changes_escape_model_output_and_take_notes() {
         .unwrap()
         .contains("vibecheck watch"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blind_arena_hides_names_until_the_vote_and_ranks_models() {
+    let (tmp, run) = run_folder();
+    let db = tmp.path().join("arena.db");
+    let (run2, db2) = (run.clone(), db.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut store = vibecheck_store::Store::open(&db2).unwrap();
+        let suite = vibecheck_suite::Suite::from_toml(
+            "[defaults]\nmax_tokens = 3\n[[prompts]]\nid = \"hi\"\nprompt = \"Say hi\"\n",
+            "s",
+            "t",
+        )
+        .unwrap();
+        let opts = vibecheck_suite::WatchOptions {
+            run_dir: run2,
+            run_name: None,
+            suite,
+            runner: Default::default(),
+            load: LoadOptions::default(),
+            once: true,
+            poll: std::time::Duration::from_millis(100),
+            synthetic: false,
+        };
+        vibecheck_suite::watch(&mut store, &opts, &Default::default(), &mut |_| {}).unwrap();
+    })
+    .await
+    .unwrap();
+    let registry =
+        Registry::from_sources(&[run.display().to_string()], LoadOptions::default()).unwrap();
+    let app = router(AppState::new(registry, ServeSettings::default()).with_store(db));
+
+    let (status, page, _) = call(&app, "GET", "/arena", None).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let (status, drawn, _) = call(&app, "GET", "/api/arena/prompt?run=tiny-run", None).await;
+    assert_eq!(
+        (status, drawn["prompt"].as_str()),
+        (StatusCode::OK, Some("Say hi"))
+    );
+
+    let mut votes = Vec::new();
+    for winner in ["a", "b", "a", "tie"] {
+        let (status, battle, text) = call(
+            &app,
+            "POST",
+            "/api/arena/battles",
+            Some(json!({"run": "tiny-run"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{text}");
+        assert_eq!(
+            battle.as_object().unwrap().len(),
+            1,
+            "only the id: names stay hidden: {battle}"
+        );
+        let id = battle["id"].as_i64().unwrap();
+        for (side, label) in [("a", "Model A"), ("b", "Model B")] {
+            let (status, _, stream) = call(&app, "POST", &format!("/api/arena/battles/{id}/{side}"),
+                Some(json!({"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4, "temperature": 0}))).await;
+            assert_eq!(status, StatusCode::OK, "{stream}");
+            assert!(
+                stream.contains(&format!("\"model\":\"{label}\"")),
+                "{stream}"
+            );
+            assert!(
+                !stream.contains("checkpoint-"),
+                "the stream never names the checkpoint: {stream}"
+            );
+        }
+        let (status, revealed, _) = call(
+            &app,
+            "POST",
+            &format!("/api/arena/battles/{id}/vote"),
+            Some(json!({"winner": winner, "prompt": "Say hi"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (a, b) = (
+            revealed["model_a"].as_str().unwrap().to_string(),
+            revealed["model_b"].as_str().unwrap().to_string(),
+        );
+        assert!(
+            a != b && a.starts_with("tiny-run/") && b.starts_with("tiny-run/"),
+            "{revealed}"
+        );
+        votes.push((a, b, winner));
+        let (status, again, _) = call(
+            &app,
+            "POST",
+            &format!("/api/arena/battles/{id}/vote"),
+            Some(json!({"winner": "b"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "one vote per battle: {again}");
+    }
+    assert_eq!(
+        call(
+            &app,
+            "POST",
+            "/api/arena/battles/1/vote",
+            Some(json!({"winner": "maybe"}))
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        call(
+            &app,
+            "POST",
+            "/api/arena/battles/999/a",
+            Some(json!({"messages": []}))
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(
+            &app,
+            "POST",
+            "/api/arena/battles",
+            Some(json!({"model_a": "tiny-run/checkpoint-10", "model_b": "tiny-run/checkpoint-10"}))
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
+
+    let (status, _, board) = call(&app, "GET", "/arena/leaderboard", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        board.contains("tiny-run/checkpoint-10") && board.contains("tiny-run/checkpoint-20"),
+        "{board}"
+    );
+    // The run page shows the arena chart and says the suite went to no judge.
+    let (_, _, runpage) = call(&app, "GET", "/runs/tiny-run", None).await;
+    assert!(
+        runpage.contains("Arena rating by step")
+            && runpage.contains("have not been sent to any judge"),
+        "{runpage}"
+    );
+}
