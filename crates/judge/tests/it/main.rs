@@ -374,3 +374,48 @@ async fn a_checkpoint_served_by_vibecheck_judges_and_answers_as_a_baseline() {
             && v.opponent
                 == "baseline:SmolLM2-135M-Instruct.Q4_1.gguf/SmolLM2-135M-Instruct.Q4_1.gguf")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fastchat_judge_prompts_are_used_as_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (db, _) = store_with_run(tmp.path());
+    let (url, _) = scripted_judge(false).await;
+    let path = std::env::var("VIBECHECK_SHARED_DATA")
+        .ok()
+        .map(|d| Path::new(&d).join("mt_bench/judge_prompts.jsonl"))
+        .or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .ancestors()
+                .map(|a| a.join("shared/data/mt_bench/judge_prompts.jsonl"))
+                .find(|p| p.is_file())
+        })
+        .filter(|p| p.is_file())
+        .expect("judge_prompts.jsonl: set VIBECHECK_SHARED_DATA");
+    let fastchat = JudgePrompts::load(&path).unwrap();
+    let single = fastchat
+        .pick(vibecheck_judge::Kind::Single, false, false)
+        .unwrap()
+        .version();
+    let second = fastchat
+        .pick(vibecheck_judge::Kind::Single, true, false)
+        .unwrap()
+        .version();
+    let rows = tokio::task::spawn_blocking(move || {
+        let mut store = Store::open(&db).unwrap();
+        let mut opts = options(&url, Mode::Single);
+        opts.prompts = fastchat;
+        judge_run(&mut store, &opts, &mut |_, _, _| {}).unwrap();
+        store.all_judgments().unwrap()
+    })
+    .await
+    .unwrap();
+    // single-v1 for first turns, single-v1-multi-turn for the second turn of "two".
+    assert_eq!(
+        rows.iter().filter(|r| r.prompt_version == second).count(),
+        3
+    );
+    assert_eq!(
+        rows.iter().filter(|r| r.prompt_version == single).count(),
+        rows.len() - 3
+    );
+}
