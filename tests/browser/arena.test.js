@@ -3,51 +3,14 @@
 // vote reveals them, and the leaderboard lists both. Prints "browser: N passed, M failed"; saves
 // .cache/artifacts/arena.png.
 "use strict";
-const { spawn } = require("child_process");
-const path = require("path");
 const fs = require("fs");
-const os = require("os");
-const readline = require("readline");
-const { chromium } = require("playwright-core");
-
-const root = path.resolve(__dirname, "../..");
-const bin = process.env.VIBECHECK_BIN || path.join(root, "target/debug/vibecheck");
-let passed = 0, failed = 0;
-
-function check(name, ok, detail) {
-  if (ok) passed++; else { failed++; console.error(`FAILED: ${name}: ${detail || ""}`); }
-}
-
-function referenceDir() {
-  if (process.env.VIBECHECK_REFERENCE_DIR) return process.env.VIBECHECK_REFERENCE_DIR;
-  for (let dir = root; dir !== path.dirname(dir); dir = path.dirname(dir)) {
-    const candidate = path.join(dir, "shared/reference");
-    if (fs.existsSync(candidate)) return candidate;
-  }
-  throw new Error("shared/reference not found; set VIBECHECK_REFERENCE_DIR");
-}
+const path = require("path");
+const { root, check, tinyRun, watchAndServe, launch, finish } = require("./support");
 
 (async () => {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "vibecheck-arena-"));
-  const run = path.join(tmp, "tiny-run");
-  for (const step of [10, 20]) {
-    const dest = path.join(run, `checkpoint-${step}`);
-    fs.mkdirSync(dest, { recursive: true });
-    for (const f of fs.readdirSync(path.join(referenceDir(), "tiny/llama"))) {
-      fs.copyFileSync(path.join(referenceDir(), "tiny/llama", f), path.join(dest, f));
-    }
-  }
-  const suite = path.join(tmp, "suite.toml");
-  fs.writeFileSync(suite, '[defaults]\nmax_tokens = 4\n[[prompts]]\nid = "hello"\nprompt = "Say hello"\n');
-  const server = spawn(bin, ["watch", run, "--prompts", suite, "--db", path.join(tmp, "v.db"), "--once", "--serve",
-                             "--port", "0", "--poll", "0.2"], { stdio: ["ignore", "pipe", "inherit"] });
-  const url = await new Promise((resolve) => readline.createInterface({ input: server.stdout }).once("line", resolve));
-  const base = url.replace(/\/$/, "").replace("127.0.0.1", "localhost");
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync"],
-  });
+  const [tmp, run, suite] = tinyRun([10, 20], '[defaults]\nmax_tokens = 4\n[[prompts]]\nid = "hello"\nprompt = "Say hello"\n');
+  const [server, base] = await watchAndServe(tmp, run, suite);
+  const browser = await launch();
   try {
     const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     let dialogs = 0;
@@ -89,6 +52,5 @@ function referenceDir() {
     server.kill("SIGTERM");
     fs.rmSync(tmp, { recursive: true, force: true });
   }
-  console.log(`browser: ${passed} passed, ${failed} failed`);
-  process.exit(failed ? 1 : 0);
+  finish();
 })();

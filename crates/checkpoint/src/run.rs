@@ -36,6 +36,26 @@ fn step_from_trainer_state(dir: &Path) -> Option<u64> {
     json.get("global_step")?.as_u64()
 }
 
+/// A run's name: its folder's own name (after resolving `.`, `..` and links).
+pub fn run_name(dir: &Path) -> String {
+    dir.canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+/// Total bytes of the files directly in `dir` (0 when it cannot be read): two equal looks mean it stopped growing.
+pub fn folder_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Whether `dir` looks like a run folder: it has no `config.json` itself, and at least one checkpoint sub-folder.
 pub fn is_run_dir(dir: &Path) -> bool {
     dir.is_dir()

@@ -127,7 +127,7 @@ impl Endpoint {
         if let Some(key) = &self.api_key {
             req = req.header("authorization", format!("Bearer {key}"));
         }
-        let resp = req.send(body.to_string()).map_err(|e| match e {
+        let failed = |e: ureq::Error| match e {
             ureq::Error::Timeout(_) => CallError::Timeout {
                 url: url.clone(),
                 secs: self.timeout.as_secs(),
@@ -136,23 +136,15 @@ impl Endpoint {
                 url: url.clone(),
                 detail: other.to_string(),
             },
-        })?;
+        };
+        let resp = req.send(body.to_string()).map_err(failed)?;
         let status = resp.status().as_u16();
         let text = resp
             .into_body()
             .with_config()
             .limit(16 << 20)
             .read_to_string()
-            .map_err(|e| match e {
-                ureq::Error::Timeout(_) => CallError::Timeout {
-                    url: url.clone(),
-                    secs: self.timeout.as_secs(),
-                },
-                other => CallError::Transport {
-                    url: url.clone(),
-                    detail: other.to_string(),
-                },
-            })?;
+            .map_err(failed)?;
         if status != 200 {
             let detail = serde_json::from_str::<Value>(&text)
                 .ok()

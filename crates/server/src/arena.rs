@@ -12,27 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use vibecheck_store::Store;
 
-use crate::timeline::esc;
+use crate::timeline::{blocking, esc, open};
 use crate::{ApiError, AppState};
-
-fn open(state: &AppState) -> Result<Store, ApiError> {
-    let Some(path) = &state.store else {
-        return Err(ApiError::not_found(
-            "the arena keeps its votes in a watch store; start the server with `vibecheck watch RUN --serve` or `vibecheck demo`",
-        ));
-    };
-    Store::open(path.as_path()).map_err(|e| ApiError::internal(e.to_string()))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-}
 
 fn store_error(e: vibecheck_store::StoreError) -> ApiError {
     match e {

@@ -44,7 +44,7 @@ impl Entry {
     /// Bytes of weights on disk: the memory-budget estimate of what loading it costs (0 for remote models).
     pub fn size_bytes(&self) -> u64 {
         match &self.backend {
-            Backend::Local(source) if source.path.is_dir() => folder_size(&source.path),
+            Backend::Local(source) if source.path.is_dir() => run::folder_size(&source.path),
             Backend::Local(source) => std::fs::metadata(&source.path)
                 .map(|m| m.len())
                 .unwrap_or(0),
@@ -82,17 +82,6 @@ pub struct Registry {
     clock: std::sync::atomic::AtomicU64,
 }
 
-fn folder_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 fn run_entry(run_name: &str, ckpt: &run::RunCheckpoint) -> Result<Entry, EngineError> {
     Ok(Entry {
         id: format!("{run_name}/{}", ckpt.name),
@@ -112,11 +101,7 @@ impl Registry {
         for spec in specs {
             let path = Path::new(spec);
             if run::is_run_dir(path) {
-                let run_name = path
-                    .canonicalize()
-                    .ok()
-                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                    .unwrap_or_else(|| spec.clone());
+                let run_name = run::run_name(path);
                 for ckpt in run::list(path)? {
                     if let Err(e) = run::is_complete(&ckpt.path) {
                         tracing::info!(checkpoint = %ckpt.path.display(), "skipped, not complete: {e}");
@@ -156,11 +141,7 @@ impl Registry {
     /// A registry for one run folder that may have no complete checkpoint yet (a watcher serving a run that has
     /// just started): its checkpoints appear through [`Registry::refresh`].
     pub fn empty_run(dir: &Path, opts: LoadOptions) -> Self {
-        let name = dir
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| dir.display().to_string());
+        let name = run::run_name(dir);
         Self {
             entries: Default::default(),
             runs: vec![(dir.to_path_buf(), name)],
@@ -216,7 +197,7 @@ impl Registry {
                 {
                     continue;
                 }
-                let size = folder_size(&ckpt.path);
+                let size = run::folder_size(&ckpt.path);
                 let mut pending = self.pending.lock().unwrap();
                 if pending.get(&ckpt.path) != Some(&size) {
                     pending.insert(ckpt.path.clone(), size);

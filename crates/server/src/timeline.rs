@@ -60,16 +60,18 @@ pub fn page_with_script(title: &str, body: &str, script: &str) -> Response {
     crate::routes::html(html)
 }
 
-fn open(state: &AppState) -> Result<Store, ApiError> {
+/// The watch store, opened for one request.
+pub(crate) fn open(state: &AppState) -> Result<Store, ApiError> {
     let Some(path) = &state.store else {
         return Err(ApiError::not_found(
-            "this server has no watch store; start it with `vibecheck watch RUN --serve` or `vibecheck demo`",
+            "this server has no watch store (timeline, judges and arena votes live there); start it with \
+             `vibecheck watch RUN --serve` or `vibecheck demo`",
         ));
     };
     Store::open(path.as_path()).map_err(|e| ApiError::internal(e.to_string()))
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)

@@ -160,31 +160,19 @@ impl Store {
 
     /// Every verdict on a run's answers (as answer A).
     pub fn judgments(&self, run_id: i64) -> Result<Vec<Judgment>> {
-        let mut st = self
-            .conn
-            .prepare(&format!(
+        self.rows(&format!(
                 "SELECT {JUDGMENT_COLUMNS} FROM judgments WHERE answer_a IN
                    (SELECT a.id FROM answers a JOIN checkpoints c ON c.id = a.checkpoint_id WHERE c.run_id = ?1)
                  ORDER BY id"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([run_id], judgment_row)
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
+            ), [run_id], judgment_row)
     }
 
     pub fn all_judgments(&self) -> Result<Vec<Judgment>> {
-        let mut st = self
-            .conn
-            .prepare(&format!(
-                "SELECT {JUDGMENT_COLUMNS} FROM judgments ORDER BY id"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = st.query_map([], judgment_row).map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
+        self.rows(
+            &format!("SELECT {JUDGMENT_COLUMNS} FROM judgments ORDER BY id"),
+            [],
+            judgment_row,
+        )
     }
 
     /// Records that a suite's prompts and answers went to `judge`.
@@ -199,25 +187,19 @@ impl Store {
     }
 
     pub fn sends(&self) -> Result<Vec<Send>> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT j.suite_hash, COALESCE(s.name, '?'), j.judge, j.first_sent FROM judge_sends j
+        self.rows(
+            "SELECT j.suite_hash, COALESCE(s.name, '?'), j.judge, j.first_sent FROM judge_sends j
                  LEFT JOIN suites s ON s.hash = j.suite_hash ORDER BY j.first_sent",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([], |r| {
+            [],
+            |r| {
                 Ok(Send {
                     suite_hash: r.get(0)?,
                     suite_name: r.get(1)?,
                     judge: r.get(2)?,
                     first_sent: r.get(3)?,
                 })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
+            },
+        )
     }
 
     /// Starts a battle between two models (their order is the shown order).
@@ -271,15 +253,11 @@ impl Store {
 
     /// Battles with a vote, oldest first.
     pub fn voted_battles(&self) -> Result<Vec<Battle>> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT id, model_a, model_b, prompt, winner, created, voted FROM battles
+        self.rows(
+            "SELECT id, model_a, model_b, prompt, winner, created, voted FROM battles
                  WHERE winner IS NOT NULL ORDER BY voted, id",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = st.query_map([], battle_row).map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
+            [],
+            battle_row,
+        )
     }
 }

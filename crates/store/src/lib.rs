@@ -247,6 +247,19 @@ impl Store {
         &self.path
     }
 
+    /// Every row of a query, mapped by `f`.
+    pub(crate) fn rows<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut st = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+        let rows = st.query_map(params, f).map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
     pub(crate) fn err(&self, e: rusqlite::Error) -> StoreError {
         classify(&self.path, e)
     }
@@ -309,13 +322,11 @@ impl Store {
     }
 
     pub fn runs(&self) -> Result<Vec<Run>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT id, name, path, synthetic, created FROM runs ORDER BY id")
-            .map_err(|e| self.err(e))?;
-        let rows = st.query_map([], run_row).map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
+        self.rows(
+            "SELECT id, name, path, synthetic, created FROM runs ORDER BY id",
+            [],
+            run_row,
+        )
     }
 
     /// The checkpoint row for these weights, created on first sight.
@@ -346,18 +357,12 @@ impl Store {
 
     /// A run's checkpoints by step (then by when they were first seen).
     pub fn checkpoints(&self, run_id: i64) -> Result<Vec<Checkpoint>> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT id, run_id, name, path, step, content_hash, seen FROM checkpoints
+        self.rows(
+            "SELECT id, run_id, name, path, step, content_hash, seen FROM checkpoints
                  WHERE run_id = ?1 ORDER BY step IS NULL, step, id",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([run_id], checkpoint_row)
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
+            [run_id],
+            checkpoint_row,
+        )
     }
 
     /// Records a suite version (its body is kept so answers can always be traced to the exact prompts).
@@ -390,43 +395,26 @@ impl Store {
 
     /// The suite versions that have answers in a run, newest first.
     pub fn run_suites(&self, run_id: i64) -> Result<Vec<SuiteRow>> {
-        let mut st = self
-            .conn
-            .prepare(
+        self.rows(
                 "SELECT s.hash, s.name, s.body FROM suites s WHERE s.hash IN
                    (SELECT DISTINCT a.suite_hash FROM answers a JOIN checkpoints c ON c.id = a.checkpoint_id
                     WHERE c.run_id = ?1)
-                 ORDER BY s.created DESC",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([run_id], |r| {
+                 ORDER BY s.created DESC", [run_id], |r| {
                 Ok(SuiteRow {
                     hash: r.get(0)?,
                     name: r.get(1)?,
                     body: r.get(2)?,
                 })
             })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
     }
 
     /// The (prompt, sample) conversations already stored for a checkpoint and suite version.
     pub fn done(&self, checkpoint_id: i64, suite_hash: &str) -> Result<HashSet<(String, u32)>> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT DISTINCT prompt_id, sample FROM answers WHERE checkpoint_id = ?1 AND suite_hash = ?2",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map(params![checkpoint_id, suite_hash], |r| {
+        self.rows(
+                "SELECT DISTINCT prompt_id, sample FROM answers WHERE checkpoint_id = ?1 AND suite_hash = ?2", params![checkpoint_id, suite_hash], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
+            .map(|v: Vec<(String, u32)>| v.into_iter().collect())
     }
 
     /// Stores every turn of one conversation atomically. Returns false (and changes nothing) when that
@@ -493,12 +481,7 @@ impl Store {
              WHERE c.run_id = ?1 AND (?2 IS NULL OR a.suite_hash = ?2) AND (?3 IS NULL OR a.prompt_id = ?3)
              ORDER BY a.prompt_id, a.sample, c.step IS NULL, c.step, c.id, a.turn"
         );
-        let mut st = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map(params![run_id, suite_hash, prompt_id], answer_row)
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
+        self.rows(&sql, params![run_id, suite_hash, prompt_id], answer_row)
     }
 
     /// Every answer in the store (for export), ordered like [`Store::answers`] within each run.
@@ -546,16 +529,12 @@ impl Store {
 
     /// The notes on a run's answers, oldest first.
     pub fn notes(&self, run_id: i64) -> Result<Vec<Note>> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT n.id, n.answer_id, n.text, n.tag, n.created FROM notes n
+        self.rows(
+            "SELECT n.id, n.answer_id, n.text, n.tag, n.created FROM notes n
                  JOIN answers a ON a.id = n.answer_id JOIN checkpoints c ON c.id = a.checkpoint_id
                  WHERE c.run_id = ?1 ORDER BY n.id",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([run_id], |r| {
+            [run_id],
+            |r| {
                 Ok(Note {
                     id: r.get(0)?,
                     answer_id: r.get(1)?,
@@ -563,10 +542,8 @@ impl Store {
                     tag: r.get(3)?,
                     created: r.get(4)?,
                 })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
+            },
+        )
     }
 }
 

@@ -121,26 +121,11 @@ impl From<RunError> for WatchError {
     }
 }
 
-fn total_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// The run's name: `run_name`, else the folder's own name.
 pub fn run_name(opts: &WatchOptions) -> String {
-    opts.run_name.clone().unwrap_or_else(|| {
-        opts.run_dir
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| opts.run_dir.display().to_string())
-    })
+    opts.run_name
+        .clone()
+        .unwrap_or_else(|| run::run_name(&opts.run_dir))
 }
 
 /// Watches until `stop` is set (or, with `once`, until what is there now is handled). Returns the summaries of
@@ -179,7 +164,7 @@ pub fn watch(
                 });
                 continue;
             }
-            let size = total_size(&ckpt.path);
+            let size = run::folder_size(&ckpt.path);
             if finished.get(&ckpt.path) == Some(&size) {
                 continue;
             }
