@@ -374,7 +374,11 @@ impl Decoder {
             x = self.layer_forward(layer, &x, kv, &step)?;
         }
         cache.len += t;
-        let x = if all_steps { x } else { x.narrow(1, t - 1, 1)? };
+        let x = if all_steps {
+            x
+        } else {
+            x.narrow(1, t - 1, 1)?.contiguous()?
+        };
         let x = self.norm.forward(&x)?;
         let mut logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
         if let Some(cap) = self.cfg.final_logit_softcapping {
@@ -568,8 +572,13 @@ impl Masks {
             for i in 0..t {
                 let qpos = start + i;
                 for j in 0..s {
-                    let blocked =
-                        j > qpos || j < pad || window.is_some_and(|w| qpos - j.min(qpos) >= w);
+                    // A padding position attends only to itself: a row of nothing but -inf would turn the
+                    // softmax, and through the cache every later layer, into NaN.
+                    let blocked = if qpos < pad {
+                        j != qpos
+                    } else {
+                        j > qpos || j < pad || window.is_some_and(|w| qpos - j.min(qpos) >= w)
+                    };
                     if blocked {
                         data[(bi * t + i) * s + j] = f32::NEG_INFINITY;
                         any = true;

@@ -222,3 +222,35 @@ fn cancelling_from_the_callback_stops_generation() {
         g.usage.completion_tokens
     );
 }
+
+#[test]
+fn a_batch_answers_what_single_generations_answer() {
+    let model = gguf_model();
+    let chat = |text: &str| Prompt::Chat(vec![ChatMessage::new("user", text)]);
+    let prompts = vec![
+        chat("What is the capital of France?"),
+        chat("Write a haiku about the sea, please, in the style of a sailor who misses home."),
+        chat("Hi"),
+    ];
+    let mut params = vec![
+        SamplingParams::greedy(24),
+        SamplingParams::greedy(8),
+        SamplingParams::greedy(24),
+    ];
+    params[1].temperature = 0.8;
+    params[1].seed = Some(5);
+    params[2].stop = vec!["help".into()];
+    let batch = model.generate_batch(&prompts, &params).unwrap();
+    assert_eq!(batch.len(), 3);
+    for ((p, sp), b) in prompts.iter().zip(&params).zip(&batch) {
+        let single = model.generate(p, sp).unwrap();
+        assert_eq!(b.text, single.text, "ragged batch vs single");
+        assert_eq!(b.finish_reason, single.finish_reason);
+        assert_eq!(b.usage, single.usage);
+    }
+    assert_eq!(
+        batch[1].usage.completion_tokens, 8,
+        "each sequence keeps its own budget"
+    );
+    assert!(batch[0].text.contains("Paris"));
+}
