@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Suite benchmark: wall time of `vibecheck watch --once` on one checkpoint of the real model (SmolLM2-135M-Instruct
 # as a bfloat16 Hugging Face folder, what trainers write), for the built-in default suite and for the 80 MT-Bench
-# questions (first turn only, 128 tokens). Prints each run's summary line (answers, seconds, tokens/s).
+# questions (first turn only, 128 tokens), each one conversation at a time and batched 8 at a time. Prints each
+# run's summary line (answers, seconds, tokens/s).
 # Usage: scripts/bench-suite.sh [MT_BENCH_QUESTION_JSONL]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -27,11 +28,15 @@ for line in open(sys.argv[1]):
 open(sys.argv[2], "w").write("\n".join(out) + "\n")
 PY
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')"
+# Each suite one conversation at a time (--batch 1, the baseline) and batched (--batch 8, the default).
 for suite in default mt-bench; do
   args=()
   [ "$suite" = mt-bench ] && args=(--prompts "$work/mt_bench_first_turn.toml")
-  start=$(date +%s.%N)
-  line=$("$bin" watch "$work/run" --db "$work/$suite.db" --once --poll 0.2 "${args[@]}" 2>/dev/null | tail -1)
-  end=$(date +%s.%N)
-  printf '%-9s wall %6.1f s  | %s\n' "$suite" "$(echo "$end - $start" | bc)" "$line"
+  for batch in 1 8; do
+    start=$(date +%s.%N)
+    line=$("$bin" watch "$work/run" --db "$work/$suite-$batch.db" --once --poll 0.2 --batch "$batch" "${args[@]}" \
+      2>/dev/null | tail -1)
+    end=$(date +%s.%N)
+    printf '%-9s batch %d  wall %6.1f s  | %s\n' "$suite" "$batch" "$(echo "$end - $start" | bc)" "$line"
+  done
 done

@@ -51,6 +51,9 @@ pub struct WatchArgs {
     /// Seconds between looks at the folder.
     #[arg(long, default_value_t = 2.0)]
     poll: f64,
+    /// Conversations decoded together (1: one at a time).
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
 }
 
 #[derive(Args)]
@@ -217,6 +220,7 @@ pub fn watch(a: WatchArgs) -> Result<()> {
         runner: RunnerSettings {
             samples: a.samples,
             max_tokens_cap: a.max_tokens,
+            batch: a.batch.max(1),
             ..Default::default()
         },
         load,

@@ -2,8 +2,8 @@
 //! prompts feed the model's own earlier answers back. Each conversation is stored in one transaction as soon as it
 //! is done, and conversations already stored are skipped, so a run can stop at any moment and resume.
 //!
-//! The unit of work is a [`Job`] (one prompt, one sample); [`answer_jobs`] answers a list of them. It answers them
-//! one after another today; batching them through the decoder's batch dimension replaces that one function.
+//! The unit of work is a [`Job`] (one prompt, one sample); [`answer_jobs`] answers a list of them together, turn by
+//! turn, through the decoder's batch dimension (`RunnerSettings::batch` at a time).
 
 use std::time::Instant;
 
@@ -23,6 +23,8 @@ pub struct RunnerSettings {
     pub max_tokens: usize,
     /// Caps every prompt's `max_tokens` (the demo keeps answers short).
     pub max_tokens_cap: Option<usize>,
+    /// Conversations decoded together (1: one at a time).
+    pub batch: usize,
 }
 
 impl Default for RunnerSettings {
@@ -31,6 +33,7 @@ impl Default for RunnerSettings {
             samples: 0,
             max_tokens: 256,
             max_tokens_cap: None,
+            batch: 8,
         }
     }
 }
@@ -72,9 +75,12 @@ fn short(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(f64::from(x))
 }
 
-fn params_json(p: &SamplingParams) -> String {
+/// The parameters as stored with the answer, with the batch size it was decoded in (batched float sums may
+/// round differently, so it is part of what reproduces an answer exactly).
+fn params_json(p: &SamplingParams, batch: usize) -> String {
     json!({"temperature": short(p.temperature), "top_p": short(p.top_p), "top_k": p.top_k, "min_p": short(p.min_p),
-           "repetition_penalty": short(p.repetition_penalty), "max_tokens": p.max_tokens, "seed": p.seed})
+           "repetition_penalty": short(p.repetition_penalty), "max_tokens": p.max_tokens, "seed": p.seed,
+           "batch": batch})
     .to_string()
 }
 
@@ -93,43 +99,92 @@ pub fn answer(
     job: Job,
     s: &RunnerSettings,
 ) -> Result<Vec<NewAnswer>, EngineError> {
-    let prompt = &suite.prompts[job.prompt];
-    let params = params_for(suite, prompt, job.sample, s);
-    let template = template_hash(model);
-    let mut messages = Vec::new();
-    if let Some(system) = &prompt.system {
-        messages.push(ChatMessage::new("system", system));
-    }
-    let mut out = Vec::new();
-    for (turn, user) in prompt.turns.iter().enumerate() {
-        messages.push(ChatMessage::new("user", user));
-        let g = model.generate(&Prompt::Chat(messages.clone()), &params)?;
-        messages.push(ChatMessage::new("assistant", &g.text));
-        out.push(NewAnswer {
-            turn: turn as u32,
-            text: g.text,
-            params: params_json(&params),
-            seed: params.seed,
-            template_hash: template.clone(),
-            vibecheck_version: env!("CARGO_PKG_VERSION").to_string(),
-            prompt_tokens: g.usage.prompt_tokens as u32,
-            completion_tokens: g.usage.completion_tokens as u32,
-            finish_reason: g.finish_reason.as_str().to_string(),
-            prefill_ms: g.timings.prefill_ms,
-            decode_ms: g.timings.decode_ms,
-        });
-    }
-    Ok(out)
+    answer_jobs(model, suite, &[job], s)
+        .pop()
+        .expect("one result per job")
 }
 
-/// Answers a list of jobs. One at a time today; this is where batching goes.
+/// Answers several conversations together: turn by turn, the conversations that have that turn are decoded as
+/// one batch (each with its own sampling parameters and seed), and the answers are fed back for the next turn.
+/// A batch that fails (a prompt beyond the context, say) is retried one conversation at a time, so one bad
+/// prompt fails alone.
 pub fn answer_jobs(
     model: &Model,
     suite: &Suite,
     jobs: &[Job],
     s: &RunnerSettings,
 ) -> Vec<Result<Vec<NewAnswer>, EngineError>> {
-    jobs.iter().map(|j| answer(model, suite, *j, s)).collect()
+    let template = template_hash(model);
+    let params: Vec<SamplingParams> = jobs
+        .iter()
+        .map(|j| params_for(suite, &suite.prompts[j.prompt], j.sample, s))
+        .collect();
+    let mut messages: Vec<Vec<ChatMessage>> = jobs
+        .iter()
+        .map(|j| {
+            suite.prompts[j.prompt]
+                .system
+                .iter()
+                .map(|sys| ChatMessage::new("system", sys))
+                .collect()
+        })
+        .collect();
+    let mut results: Vec<Result<Vec<NewAnswer>, EngineError>> =
+        jobs.iter().map(|_| Ok(Vec::new())).collect();
+    let turns = jobs
+        .iter()
+        .map(|j| suite.prompts[j.prompt].turns.len())
+        .max()
+        .unwrap_or(0);
+    for turn in 0..turns {
+        let active: Vec<usize> = (0..jobs.len())
+            .filter(|&i| results[i].is_ok() && suite.prompts[jobs[i].prompt].turns.len() > turn)
+            .collect();
+        for &i in &active {
+            messages[i].push(ChatMessage::new(
+                "user",
+                &suite.prompts[jobs[i].prompt].turns[turn],
+            ));
+        }
+        let prompts: Vec<Prompt> = active
+            .iter()
+            .map(|&i| Prompt::Chat(messages[i].clone()))
+            .collect();
+        let batch_params: Vec<SamplingParams> = active.iter().map(|&i| params[i].clone()).collect();
+        let generated: Vec<Result<vibecheck_engine::Generation, EngineError>> =
+            match model.generate_batch(&prompts, &batch_params) {
+                Ok(gens) => gens.into_iter().map(Ok).collect(),
+                Err(_) => prompts
+                    .iter()
+                    .zip(&batch_params)
+                    .map(|(p, sp)| model.generate(p, sp))
+                    .collect(),
+            };
+        for (&i, g) in active.iter().zip(generated) {
+            match g {
+                Ok(g) => {
+                    messages[i].push(ChatMessage::new("assistant", &g.text));
+                    if let Ok(turns) = &mut results[i] {
+                        turns.push(NewAnswer {
+                            turn: turn as u32,
+                            text: g.text,
+                            params: params_json(&params[i], active.len()),
+                            seed: params[i].seed,
+                            template_hash: template.clone(),
+                            vibecheck_version: env!("CARGO_PKG_VERSION").to_string(),
+                            prompt_tokens: g.usage.prompt_tokens as u32,
+                            completion_tokens: g.usage.completion_tokens as u32,
+                            finish_reason: g.finish_reason.as_str().to_string(),
+                            prefill_ms: g.timings.prefill_ms,
+                            decode_ms: g.timings.decode_ms,
+                        });
+                    }
+                }
+                Err(e) => results[i] = Err(e),
+            }
+        }
+    }
+    results
 }
 
 /// What running a suite on a checkpoint did.
@@ -204,43 +259,44 @@ pub fn run_suite(
         ..Default::default()
     };
     let total = jobs.len();
-    for (done, job) in jobs.iter().enumerate() {
+    let mut done = 0;
+    for chunk in jobs.chunks(s.batch.max(1)) {
         if !keep_going() {
             out.interrupted = true;
             break;
         }
-        let prompt = &suite.prompts[job.prompt];
         on_progress(Progress {
             done,
             total,
-            prompt_id: &prompt.id,
+            prompt_id: &suite.prompts[chunk[0].prompt].id,
         });
-        let result = answer_jobs(model, suite, std::slice::from_ref(job), s)
-            .pop()
-            .expect("one result per job");
-        match result {
-            Ok(turns) => {
-                out.completion_tokens += turns
-                    .iter()
-                    .map(|t| u64::from(t.completion_tokens))
-                    .sum::<u64>();
-                if store.insert_conversation(
-                    checkpoint_id,
-                    &hash,
-                    &prompt.id,
-                    job.sample,
-                    &turns,
-                )? {
-                    out.answered += 1;
-                } else {
-                    out.skipped += 1;
+        for (job, result) in chunk.iter().zip(answer_jobs(model, suite, chunk, s)) {
+            let prompt = &suite.prompts[job.prompt];
+            match result {
+                Ok(turns) => {
+                    out.completion_tokens += turns
+                        .iter()
+                        .map(|t| u64::from(t.completion_tokens))
+                        .sum::<u64>();
+                    if store.insert_conversation(
+                        checkpoint_id,
+                        &hash,
+                        &prompt.id,
+                        job.sample,
+                        &turns,
+                    )? {
+                        out.answered += 1;
+                    } else {
+                        out.skipped += 1;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(prompt = %prompt.id, sample = job.sample, "not answered: {e}");
+                    out.failed.push((prompt.id.clone(), e.to_string()));
                 }
             }
-            Err(e) => {
-                tracing::warn!(prompt = %prompt.id, sample = job.sample, "not answered: {e}");
-                out.failed.push((prompt.id.clone(), e.to_string()));
-            }
         }
+        done += chunk.len();
     }
     on_progress(Progress {
         done: total,

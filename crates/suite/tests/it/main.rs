@@ -206,6 +206,8 @@ fn restarts_resume_and_deleted_checkpoints_keep_their_answers() {
     let calls = std::cell::Cell::new(0);
     let settings = RunnerSettings {
         samples: 1,
+        // One conversation per step, so the interruption lands between conversations 3 and 4.
+        batch: 1,
         ..Default::default()
     };
     let outcome = vibecheck_suite::runner::run_suite(
