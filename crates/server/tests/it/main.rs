@@ -983,3 +983,81 @@ async fn the_blind_arena_hides_names_until_the_vote_and_ranks_models() {
         "{runpage}"
     );
 }
+
+fn gguf() -> PathBuf {
+    let dir = std::env::var("VIBECHECK_MODEL_CACHE")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
+    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-model.sh",
+        p.display()
+    );
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_a_relayed_stream_stops_the_upstream_generation() {
+    // Upstream: the real model, asked for a long answer.
+    let registry =
+        Registry::from_sources(&[gguf().display().to_string()], LoadOptions::default()).unwrap();
+    let upstream = router(AppState::new(registry, ServeSettings::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!(
+        "http://127.0.0.1:{}/v1",
+        listener.local_addr().unwrap().port()
+    );
+    let upstream_for_metrics = upstream.clone();
+    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+    let (_t, run) = run_folder();
+    let registry = Registry::from_sources(
+        &[run.join("checkpoint-10").display().to_string()],
+        LoadOptions::default(),
+    )
+    .unwrap();
+    registry
+        .add_remote(
+            vibecheck_server::RemoteEndpoint::parse(&format!(
+                "id=far,url={base},model=SmolLM2-135M-Instruct.Q4_1.gguf"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+    let here = router(AppState::new(registry, ServeSettings::default()));
+    let body = json!({"model": "far", "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
+                      "max_tokens": 1500, "temperature": 0, "stream": true});
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = here.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut stream = resp.into_body();
+    let first = stream.frame().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(first.data_ref().unwrap()).contains("\"model\":\"far\""));
+    drop(stream); // the client goes away after the first token
+    let mut cancelled = String::new();
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (_, _, metrics) = call(&upstream_for_metrics, "GET", "/metrics", None).await;
+        if let Some(line) = metrics
+            .lines()
+            .find(|l| l.starts_with("vibecheck_cancelled_generations_total"))
+        {
+            cancelled = line.to_string();
+            if line.ends_with(" 1") {
+                break;
+            }
+        }
+    }
+    assert!(
+        cancelled.ends_with(" 1"),
+        "the upstream generation was cancelled: {cancelled:?}"
+    );
+}
