@@ -1,7 +1,8 @@
 //! Several prompts decoded together: the prompts are left-padded to one length and every step runs all sequences
 //! through one forward pass, so the weights are read once per step for the whole batch. Each sequence keeps its
-//! own sampler (parameters and seed), stop strings, end-of-sequence check and token budget; a finished sequence
-//! rides along on a padding token until the longest one ends. This is what the prompt-suite runner uses.
+//! own sampler (parameters and seed), stop strings, end-of-sequence check and token budget; a sequence that is done
+//! leaves the batch (its rows of the KV cache are dropped), so the remaining steps compute only for the ones still
+//! running. This is what the prompt-suite runner uses.
 
 use std::time::Instant;
 
@@ -91,14 +92,13 @@ impl Model {
         let mut logits = self.decoder.forward(&rows, &mut cache, false)?;
         let prefill_ms = prefill_start.elapsed().as_secs_f64() * 1000.0;
         let decode_start = Instant::now();
+        // Which sequence each row of the batch (and of the cache) is.
+        let mut rows_of: Vec<usize> = (0..seqs.len()).collect();
         loop {
             let all: Vec<Vec<f32>> = logits.to_vec2::<f32>()?;
-            let mut next = Vec::with_capacity(seqs.len());
-            for (s, mut row) in seqs.iter_mut().zip(all) {
-                if s.finish.is_some() {
-                    next.push(pad);
-                    continue;
-                }
+            let mut next = Vec::with_capacity(rows_of.len());
+            for (&si, mut row) in rows_of.iter().zip(all) {
+                let s = &mut seqs[si];
                 let tok = s.sampler.sample(&mut row);
                 if !s.ignore_eos && self.eos_ids.contains(&tok) {
                     s.finish = Some(FinishReason::Stop);
@@ -118,7 +118,10 @@ impl Model {
                 }
                 next.push(tok);
             }
-            if seqs.iter().all(|s| s.finish.is_some()) {
+            let keep: Vec<usize> = (0..rows_of.len())
+                .filter(|&r| seqs[rows_of[r]].finish.is_none())
+                .collect();
+            if keep.is_empty() {
                 break;
             }
             if cache.len() + 1 > max_pos {
@@ -127,7 +130,11 @@ impl Model {
                 }
                 break;
             }
-            let step: Vec<Vec<u32>> = next.into_iter().map(|t| vec![t]).collect();
+            if keep.len() < rows_of.len() {
+                cache.retain(&keep)?;
+                rows_of = keep.iter().map(|&r| rows_of[r]).collect();
+            }
+            let step: Vec<Vec<u32>> = keep.iter().map(|&r| vec![next[r]]).collect();
             logits = self.decoder.forward(&step, &mut cache, false)?;
         }
         let decode_ms = decode_start.elapsed().as_secs_f64() * 1000.0;

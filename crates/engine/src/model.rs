@@ -130,6 +130,27 @@ impl Cache {
         self.len == 0
     }
 
+    /// Keeps only the sequences at `keep` (indices into the batch, in order): a batch drops sequences that are
+    /// done so the next steps compute only for the ones still running.
+    pub fn retain(&mut self, keep: &[usize]) -> Result<(), EngineError> {
+        if keep.len() == self.pads.len() {
+            return Ok(());
+        }
+        let ids: Vec<u32> = keep.iter().map(|&i| i as u32).collect();
+        for layer in &mut self.layers {
+            let (k, v) = (layer.k()?, layer.v()?);
+            layer.reset();
+            if let (Some(k), Some(v)) = (k, v) {
+                let idx = Tensor::from_vec(ids.clone(), ids.len(), k.device())?;
+                let k = k.contiguous()?.index_select(&idx, 0)?;
+                let v = v.contiguous()?.index_select(&idx, 0)?;
+                layer.append(&k, &v)?;
+            }
+        }
+        self.pads = keep.iter().map(|&i| self.pads[i]).collect();
+        Ok(())
+    }
+
     /// Drops everything; the next forward starts at position 0.
     pub fn reset(&mut self) {
         self.layers.iter_mut().for_each(KvCache::reset);

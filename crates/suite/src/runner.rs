@@ -154,11 +154,17 @@ pub fn answer_jobs(
         let generated: Vec<Result<vibecheck_engine::Generation, EngineError>> =
             match model.generate_batch(&prompts, &batch_params) {
                 Ok(gens) => gens.into_iter().map(Ok).collect(),
-                Err(_) => prompts
-                    .iter()
-                    .zip(&batch_params)
-                    .map(|(p, sp)| model.generate(p, sp))
-                    .collect(),
+                Err(e) => {
+                    tracing::warn!(
+                        "a batch of {} failed ({e}); answering one at a time",
+                        prompts.len()
+                    );
+                    prompts
+                        .iter()
+                        .zip(&batch_params)
+                        .map(|(p, sp)| model.generate(p, sp))
+                        .collect()
+                }
             };
         for (&i, g) in active.iter().zip(generated) {
             match g {
