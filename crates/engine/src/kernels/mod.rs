@@ -105,9 +105,33 @@ impl PackedMatrix {
             .enumerate()
             .for_each(|(ci, o)| {
                 let r0 = ci * chunk;
-                for (i, row_out) in o.chunks_mut(m).enumerate() {
-                    let r = r0 + i;
-                    let xt = |t: usize| &x[t * self.cols..(t + 1) * self.cols];
+                let xt = |t: usize| &x[t * self.cols..(t + 1) * self.cols];
+                let n_rows = o.len() / m;
+                let mut i = 0;
+                // Dense formats: two rows by four inputs per pass, each input loaded once for both rows.
+                while i + 1 < n_rows && m >= 4 {
+                    let (a, b) = o[i * m..(i + 2) * m].split_at_mut(m);
+                    let mut t = 0;
+                    while t + 4 <= m {
+                        let group = [t, t + 1, t + 2, t + 3];
+                        let Some([v0, v1]) = self.rows2_dot4(kernel, r0 + i, group.map(xt)) else {
+                            break;
+                        };
+                        a[t..t + 4].copy_from_slice(&v0);
+                        b[t..t + 4].copy_from_slice(&v1);
+                        t += 4;
+                    }
+                    if t == 0 {
+                        break; // no pair kernel for this format: the loop below does it row by row
+                    }
+                    for t in t..m {
+                        a[t] = self.row_dot(kernel, r0 + i, xt(t), quantized.get(t));
+                        b[t] = self.row_dot(kernel, r0 + i + 1, xt(t), quantized.get(t));
+                    }
+                    i += 2;
+                }
+                for (j, row_out) in o.chunks_mut(m).enumerate().skip(i) {
+                    let r = r0 + j;
                     // Four inputs per pass over the row: the weights are loaded and unpacked once for all four.
                     let mut t = 0;
                     while t + 4 <= m {
@@ -131,6 +155,36 @@ impl PackedMatrix {
                 out[t * self.rows + r] = tmp[r * m + t];
             }
         }
+    }
+
+    /// Rows `r` and `r + 1` against four inputs, where a kernel for it exists (float32 and bfloat16 on AVX2).
+    fn rows2_dot4(&self, kernel: Kernel, r: usize, x: [&[f32]; 4]) -> Option<[[f32; 4]; 2]> {
+        let c = self.cols;
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Kernel::Avx2 {
+            // SAFETY: `Kernel::Avx2` is only chosen when the CPU has AVX2, FMA and F16C.
+            unsafe {
+                match &self.format {
+                    Format::F32(w) => {
+                        return Some(x86::dot2x4_f32(
+                            &w[r * c..(r + 1) * c],
+                            &w[(r + 1) * c..(r + 2) * c],
+                            x,
+                        ))
+                    }
+                    Format::Bf16(w) => {
+                        return Some(x86::dot2x4_bf16(
+                            &w[r * c..(r + 1) * c],
+                            &w[(r + 1) * c..(r + 2) * c],
+                            x,
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let _ = (kernel, r, x, c);
+        None
     }
 
     /// [`Self::row_dot`] for four inputs at once.

@@ -284,6 +284,9 @@ mod tests {
             (1, 16, 1536),
             (5, 8, 64),
             (2, 7, 96),
+            // Batches of eight and more, odd row counts (the two-row kernels and their remainders).
+            (8, 12, 576),
+            (13, 9, 96),
         ];
         for (m, rows, cols) in shapes {
             let w = random(rows, cols, 2);
