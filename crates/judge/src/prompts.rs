@@ -315,17 +315,7 @@ mod tests {
 
     #[test]
     fn fastchat_prompts_read_as_is() {
-        let path = std::env::var("VIBECHECK_SHARED_DATA")
-            .ok()
-            .map(|d| std::path::Path::new(&d).join("mt_bench/judge_prompts.jsonl"))
-            .or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .ancestors()
-                    .map(|a| a.join("shared/data/mt_bench/judge_prompts.jsonl"))
-                    .find(|p| p.is_file())
-            })
-            .filter(|p| p.is_file())
-            .expect("judge_prompts.jsonl: set VIBECHECK_SHARED_DATA");
+        let path = vibecheck_test_support::shared_data().join("mt_bench/judge_prompts.jsonl");
         let p = JudgePrompts::load(&path).unwrap();
         assert_eq!(p.prompts.len(), 8);
         assert_eq!(

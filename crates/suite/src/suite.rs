@@ -384,19 +384,7 @@ mod tests {
 
     #[test]
     fn mt_bench_questions_read_as_is() {
-        let path = std::env::var("VIBECHECK_SHARED_DATA")
-            .ok()
-            .filter(|d| !d.is_empty())
-            .map(|d| Path::new(&d).join("mt_bench/question.jsonl"))
-            .or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .ancestors()
-                    .map(|a| a.join("shared/data/mt_bench/question.jsonl"))
-                    .find(|p| p.is_file())
-            });
-        let Some(path) = path.filter(|p| p.is_file()) else {
-            panic!("MT-Bench's question.jsonl is missing: set VIBECHECK_SHARED_DATA to the shared data folder");
-        };
+        let path = vibecheck_test_support::shared_data().join("mt_bench/question.jsonl");
         let s = Suite::load(&path).unwrap();
         assert_eq!(s.prompts.len(), 80);
         assert!(s.prompts.iter().all(|p| p.turns.len() == 2));

@@ -3,24 +3,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use vibecheck_test_support::{reference_dir, smollm_gguf};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vibecheck"))
-}
-
-fn gguf() -> PathBuf {
-    let dir = std::env::var("VIBECHECK_MODEL_CACHE")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/fetch-model.sh",
-        p.display()
-    );
-    p
 }
 
 fn run(cmd: &mut Command) -> (bool, String, String) {
@@ -34,7 +20,7 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
 
 #[test]
 fn generate_prints_only_the_answer_on_stdout() {
-    let (ok, out, err) = run(bin().arg("generate").arg(gguf()).args([
+    let (ok, out, err) = run(bin().arg("generate").arg(smollm_gguf()).args([
         "--prompt",
         "What is the capital of France?",
         "--max-tokens",
@@ -61,12 +47,12 @@ fn generate_raw_seeded_sampling_and_stop_strings() {
         "--seed",
         "42",
     ];
-    let (ok1, a, e1) = run(bin().arg("generate").arg(gguf()).args(args));
-    let (ok2, b, _) = run(bin().arg("generate").arg(gguf()).args(args));
+    let (ok1, a, e1) = run(bin().arg("generate").arg(smollm_gguf()).args(args));
+    let (ok2, b, _) = run(bin().arg("generate").arg(smollm_gguf()).args(args));
     assert!(ok1 && ok2, "{e1}");
     assert_eq!(a, b, "same seed, same text");
     assert!(e1.contains("seed 42"), "{e1}");
-    let (ok, out, err) = run(bin().arg("generate").arg(gguf()).args([
+    let (ok, out, err) = run(bin().arg("generate").arg(smollm_gguf()).args([
         "--prompt",
         "What is the capital of France?",
         "--stop",
@@ -80,7 +66,7 @@ fn generate_raw_seeded_sampling_and_stop_strings() {
 fn chat_keeps_the_conversation() {
     let mut child = bin()
         .arg("chat")
-        .arg(gguf())
+        .arg(smollm_gguf())
         .args(["--max-tokens", "40"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -132,7 +118,7 @@ fn convert_writes_a_checkpoint_folder_that_answers_the_same() {
     let out_dir = tmp.path().join("smollm2-bf16");
     let (ok, _, err) = run(bin()
         .arg("convert")
-        .arg(gguf())
+        .arg(smollm_gguf())
         .arg(&out_dir)
         .args(["--dtype", "bf16"]));
     assert!(ok, "{err}");
@@ -168,7 +154,7 @@ fn convert_writes_a_checkpoint_folder_that_answers_the_same() {
 
 #[test]
 fn bench_reports_load_prefill_and_decode() {
-    let (ok, out, err) = run(bin().arg("bench").arg(gguf()).args([
+    let (ok, out, err) = run(bin().arg("bench").arg(smollm_gguf()).args([
         "--threads",
         "1",
         "--prompt-tokens",
@@ -207,7 +193,7 @@ fn serve_answers_over_http_like_generate() {
     use std::io::{BufRead, BufReader, Read};
     let mut child = bin()
         .arg("serve")
-        .arg(gguf())
+        .arg(smollm_gguf())
         .args(["--port", "0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -246,7 +232,7 @@ fn serve_answers_over_http_like_generate() {
     let _ = child.wait();
     let json: serde_json::Value =
         serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    let (_, printed, _) = run(bin().arg("generate").arg(gguf()).args([
+    let (_, printed, _) = run(bin().arg("generate").arg(smollm_gguf()).args([
         "--prompt",
         "What is the capital of France?",
         "--max-tokens",
@@ -259,20 +245,6 @@ fn serve_answers_over_http_like_generate() {
         ),
         printed
     );
-}
-
-fn reference_dir() -> PathBuf {
-    if let Some(d) = std::env::var("VIBECHECK_REFERENCE_DIR")
-        .ok()
-        .filter(|v| !v.is_empty())
-    {
-        return PathBuf::from(d);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|a| a.join("shared/reference"))
-        .find(|p| p.is_dir())
-        .expect("shared/reference")
 }
 
 /// A run folder of tiny checkpoints and a suite of `prompts` prompts (every third one two turns long).

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use vibecheck_judge::{judge_run, Baseline, Endpoint, JudgeOptions, JudgePrompts, Mode};
 use vibecheck_store::{NewAnswer, Store};
 use vibecheck_suite::Suite;
+use vibecheck_test_support::{shared_data, smollm_gguf};
 
 const SUITE: &str = r#"
 name = "judge test"
@@ -297,28 +298,13 @@ async fn single_ratings_become_mean_scores_with_standard_errors() {
     );
 }
 
-fn gguf() -> PathBuf {
-    let dir = std::env::var("VIBECHECK_MODEL_CACHE")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/fetch-model.sh",
-        p.display()
-    );
-    p
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_served_by_vibecheck_judges_and_answers_as_a_baseline() {
     let tmp = tempfile::tempdir().unwrap();
     let (db, _) = store_with_run(tmp.path());
     // The real SmolLM2 (a judge prompt needs more context than the tiny test models have).
     let registry = vibecheck_server::Registry::from_sources(
-        &[gguf().display().to_string()],
+        &[smollm_gguf().display().to_string()],
         vibecheck_engine::LoadOptions::default(),
     )
     .unwrap();
@@ -380,17 +366,7 @@ async fn fastchat_judge_prompts_are_used_as_given() {
     let tmp = tempfile::tempdir().unwrap();
     let (db, _) = store_with_run(tmp.path());
     let (url, _) = scripted_judge(false).await;
-    let path = std::env::var("VIBECHECK_SHARED_DATA")
-        .ok()
-        .map(|d| Path::new(&d).join("mt_bench/judge_prompts.jsonl"))
-        .or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .ancestors()
-                .map(|a| a.join("shared/data/mt_bench/judge_prompts.jsonl"))
-                .find(|p| p.is_file())
-        })
-        .filter(|p| p.is_file())
-        .expect("judge_prompts.jsonl: set VIBECHECK_SHARED_DATA");
+    let path = shared_data().join("mt_bench/judge_prompts.jsonl");
     let fastchat = JudgePrompts::load(&path).unwrap();
     let single = fastchat
         .pick(vibecheck_judge::Kind::Single, false, false)

@@ -10,28 +10,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 use vibecheck_engine::LoadOptions;
 use vibecheck_server::{router, AppState, Registry, ServeSettings};
-
-fn reference_dir() -> PathBuf {
-    if let Some(d) = std::env::var("VIBECHECK_REFERENCE_DIR")
-        .ok()
-        .filter(|v| !v.is_empty())
-    {
-        return PathBuf::from(d);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|a| a.join("shared/reference"))
-        .find(|p| p.is_dir())
-        .expect("shared/reference")
-}
-
-fn copy_dir(src: &Path, dest: &Path) {
-    std::fs::create_dir_all(dest).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
-    }
-}
+use vibecheck_test_support::{copy_dir, reference_dir, smollm_gguf};
 
 /// `runs/tiny-run` with checkpoint-10 and checkpoint-20 complete and checkpoint-30 half written.
 fn run_folder() -> (tempfile::TempDir, PathBuf) {
@@ -984,26 +963,14 @@ async fn the_blind_arena_hides_names_until_the_vote_and_ranks_models() {
     );
 }
 
-fn gguf() -> PathBuf {
-    let dir = std::env::var("VIBECHECK_MODEL_CACHE")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/fetch-model.sh",
-        p.display()
-    );
-    p
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaving_a_relayed_stream_stops_the_upstream_generation() {
     // Upstream: the real model, asked for a long answer.
-    let registry =
-        Registry::from_sources(&[gguf().display().to_string()], LoadOptions::default()).unwrap();
+    let registry = Registry::from_sources(
+        &[smollm_gguf().display().to_string()],
+        LoadOptions::default(),
+    )
+    .unwrap();
     let upstream = router(AppState::new(registry, ServeSettings::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!(

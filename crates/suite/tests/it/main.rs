@@ -9,30 +9,7 @@ use std::time::Duration;
 use vibecheck_engine::LoadOptions;
 use vibecheck_store::Store;
 use vibecheck_suite::{RunnerSettings, Suite, WatchEvent, WatchOptions};
-
-fn reference_dir() -> PathBuf {
-    if let Some(d) = std::env::var("VIBECHECK_REFERENCE_DIR")
-        .ok()
-        .filter(|v| !v.is_empty())
-    {
-        return PathBuf::from(d);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|a| a.join("shared/reference"))
-        .find(|p| p.is_dir())
-        .expect("shared/reference")
-}
-
-fn copy_dir(src: &Path, dest: &Path) {
-    std::fs::create_dir_all(dest).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() != "reference.json" {
-            std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
-        }
-    }
-}
+use vibecheck_test_support::{copy_dir, reference_dir};
 
 fn suite() -> Suite {
     Suite::from_toml(
