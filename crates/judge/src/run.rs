@@ -101,31 +101,36 @@ fn turn_text(cell: &Cell, turn: usize) -> Option<&Answer> {
     cell.answers.iter().find(|a| a.turn as usize == turn)
 }
 
+/// The question's placeholders (`question`, `question_1`, `question_2` for a second turn) and its reference answers.
+fn question_vars(
+    p: &vibecheck_suite::timeline::PromptRow,
+    refs: &[String],
+    turn: usize,
+) -> Option<HashMap<&'static str, String>> {
+    let mut v = HashMap::new();
+    v.insert("question", p.turns[0].clone());
+    v.insert("question_1", p.turns[0].clone());
+    if turn == 1 {
+        v.insert("question_2", p.turns.get(1)?.clone());
+    }
+    for (key, r) in ["ref_answer_1", "ref_answer_2"].into_iter().zip(refs) {
+        v.insert(key, r.clone());
+    }
+    Some(v)
+}
+
 fn vars_single(
     p: &vibecheck_suite::timeline::PromptRow,
     refs: &[String],
     cell: &Cell,
     turn: usize,
 ) -> Option<HashMap<&'static str, String>> {
-    let mut v = HashMap::new();
+    let mut v = question_vars(p, refs, turn)?;
     let a0 = turn_text(cell, 0)?;
-    v.insert("question", p.turns[0].clone());
     v.insert("answer", a0.text.clone());
-    v.insert("question_1", p.turns[0].clone());
     v.insert("answer_1", a0.text.clone());
     if turn == 1 {
-        v.insert("question_2", p.turns.get(1)?.clone());
         v.insert("answer_2", turn_text(cell, 1)?.text.clone());
-    }
-    for (i, r) in refs.iter().enumerate().take(2) {
-        v.insert(
-            if i == 0 {
-                "ref_answer_1"
-            } else {
-                "ref_answer_2"
-            },
-            r.clone(),
-        );
     }
     Some(v)
 }
@@ -137,28 +142,15 @@ fn vars_pair(
     shown_b: &Cell,
     turn: usize,
 ) -> Option<HashMap<&'static str, String>> {
-    let mut v = HashMap::new();
+    let mut v = question_vars(p, refs, turn)?;
     let (a0, b0) = (turn_text(shown_a, 0)?, turn_text(shown_b, 0)?);
-    v.insert("question", p.turns[0].clone());
     v.insert("answer_a", a0.text.clone());
     v.insert("answer_b", b0.text.clone());
-    v.insert("question_1", p.turns[0].clone());
     v.insert("answer_a_1", a0.text.clone());
     v.insert("answer_b_1", b0.text.clone());
     if turn == 1 {
-        v.insert("question_2", p.turns.get(1)?.clone());
         v.insert("answer_a_2", turn_text(shown_a, 1)?.text.clone());
         v.insert("answer_b_2", turn_text(shown_b, 1)?.text.clone());
-    }
-    for (i, r) in refs.iter().enumerate().take(2) {
-        v.insert(
-            if i == 0 {
-                "ref_answer_1"
-            } else {
-                "ref_answer_2"
-            },
-            r.clone(),
-        );
     }
     Some(v)
 }
