@@ -61,9 +61,14 @@ struct ServeArgs {
     /// 0 picks a free port (the URL printed says which).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Generations running at once.
-    #[arg(long, default_value_t = 2)]
+    /// Requests generating at once; each model decodes its running requests together in one batch
+    /// (continuous batching: requests join and leave it between tokens).
+    #[arg(long, default_value_t = 8)]
     max_concurrent: usize,
+    /// Prompt tokens prefilled per step for requests joining a running batch (smaller: running streams slow
+    /// down less while a long prompt comes in; larger: the new request's first token comes sooner).
+    #[arg(long, default_value_t = 64)]
+    prefill_chunk: usize,
     /// Requests that may wait for a slot before new ones get 429.
     #[arg(long, default_value_t = 64)]
     queue: usize,
@@ -459,7 +464,12 @@ fn serve(a: ServeArgs) -> Result<()> {
         ..LoadOptions::default()
     };
     let registry = vibecheck_server::Registry::from_sources(&a.sources, opts)
-        .context("reading the sources")?;
+        .context("reading the sources")?
+        .with_batching(vibecheck_engine::BatcherSettings {
+            max_batch: a.max_concurrent.max(1),
+            prefill_chunk: a.prefill_chunk.max(1),
+        })
+        .with_memory_budget(a.memory_budget);
     for r in a.remote {
         registry.add_remote(r)?;
     }

@@ -2,7 +2,8 @@
 //! through one forward pass, so the weights are read once per step for the whole batch. Each sequence keeps its
 //! own sampler (parameters and seed), stop strings, end-of-sequence check and token budget; a sequence that is done
 //! leaves the batch (its rows of the KV cache are dropped), so the remaining steps compute only for the ones still
-//! running. This is what the prompt-suite runner uses.
+//! running. This is what the prompt-suite runner uses; the server's continuous batching (`scheduler.rs`) shares
+//! the per-sequence bookkeeping ([`Seq`]).
 
 use std::time::Instant;
 
@@ -13,16 +14,88 @@ use crate::sampling::{fresh_seed, Sampler, SamplingParams};
 use crate::tokenizer::DecodeStream;
 use crate::EngineError;
 
-struct Seq {
+/// One sequence of a batch: its sampler, detokenizer, stop strings and budget.
+pub(crate) struct Seq {
     sampler: Sampler,
     stream: DecodeStream,
     stops: StopFilter,
-    out: Vec<u32>,
-    finish: Option<FinishReason>,
+    pub(crate) out: Vec<u32>,
+    pub(crate) finish: Option<FinishReason>,
     max_tokens: usize,
     ignore_eos: bool,
-    seed: u64,
-    prompt_len: usize,
+    pub(crate) seed: u64,
+    pub(crate) prompt_len: usize,
+}
+
+impl Seq {
+    pub(crate) fn new(prompt: &[u32], params: &SamplingParams) -> Result<Self, EngineError> {
+        params.validate().map_err(EngineError::Request)?;
+        let seed = params.seed.unwrap_or_else(fresh_seed);
+        Ok(Self {
+            sampler: Sampler::new(params.clone(), seed, prompt),
+            stream: DecodeStream::new(true),
+            stops: StopFilter::new(&params.stop),
+            out: Vec::new(),
+            finish: None,
+            max_tokens: params.max_tokens,
+            ignore_eos: params.ignore_eos,
+            seed,
+            prompt_len: prompt.len(),
+        })
+    }
+
+    /// Samples the next token from `logits` and takes it. Returns the token to feed next (`None` when the
+    /// sequence ended on an end-of-sequence id) and the text that may be released now.
+    pub(crate) fn step(
+        &mut self,
+        model: &Model,
+        logits: &mut [f32],
+    ) -> Result<(Option<u32>, String), EngineError> {
+        let tok = self.sampler.sample(logits);
+        if !self.ignore_eos && model.eos_ids.contains(&tok) {
+            self.finish = Some(FinishReason::Stop);
+            return Ok((None, String::new()));
+        }
+        self.sampler.accept(tok);
+        self.out.push(tok);
+        let mut emit = String::new();
+        if let Some(piece) = self.stream.step(&model.tokenizer, tok)? {
+            let (e, hit) = self.stops.push(&piece);
+            emit = e;
+            if hit {
+                self.finish = Some(FinishReason::Stop);
+            }
+        }
+        if self.finish.is_none() && self.out.len() >= self.max_tokens {
+            self.finish = Some(FinishReason::Length);
+        }
+        Ok((Some(tok), emit))
+    }
+
+    /// Ends the sequence: flushes held-back text (unless cancelled). Returns the text released by the flush and
+    /// the finish reason.
+    pub(crate) fn close(&mut self, model: &Model) -> Result<(String, FinishReason), EngineError> {
+        let finish = self.finish.unwrap_or(FinishReason::Length);
+        if finish == FinishReason::Cancelled || self.stops.hit {
+            let finish = if self.stops.hit && finish != FinishReason::Cancelled {
+                FinishReason::Stop
+            } else {
+                finish
+            };
+            return Ok((String::new(), finish));
+        }
+        let tail = self.stream.flush(&model.tokenizer)?.unwrap_or_default();
+        let (mut emit, hit) = self.stops.push(&tail);
+        if !hit {
+            emit.push_str(&self.stops.finish());
+        }
+        Ok((emit, if hit { FinishReason::Stop } else { finish }))
+    }
+
+    /// The final text (after [`Seq::close`]).
+    pub(crate) fn text(&mut self) -> String {
+        std::mem::take(&mut self.stops.text)
+    }
 }
 
 impl Model {
@@ -59,31 +132,13 @@ impl Model {
                 max: max_pos,
             });
         }
-        let pad = self.eos_ids.first().copied().unwrap_or(0);
-        let mut seqs = Vec::with_capacity(ids.len());
-        for (row, p) in ids.iter().zip(params) {
-            p.validate().map_err(EngineError::Request)?;
-            let seed = p.seed.unwrap_or_else(fresh_seed);
-            seqs.push(Seq {
-                sampler: Sampler::new(p.clone(), seed, row),
-                stream: DecodeStream::new(true),
-                stops: StopFilter::new(&p.stop),
-                out: Vec::new(),
-                finish: None,
-                max_tokens: p.max_tokens,
-                ignore_eos: p.ignore_eos,
-                seed,
-                prompt_len: row.len(),
-            });
-        }
-        let rows: Vec<Vec<u32>> = ids
+        let pad = self.pad_id();
+        let mut seqs = ids
             .iter()
-            .map(|r| {
-                let mut padded = vec![pad; longest - r.len()];
-                padded.extend_from_slice(r);
-                padded
-            })
-            .collect();
+            .zip(params)
+            .map(|(row, p)| Seq::new(row, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows: Vec<Vec<u32>> = ids.iter().map(|r| left_pad(r, longest, pad)).collect();
         let mut cache = Cache::with_padding(
             &self.decoder.cfg,
             ids.iter().map(|r| longest - r.len()).collect(),
@@ -98,25 +153,8 @@ impl Model {
             let all: Vec<Vec<f32>> = logits.to_vec2::<f32>()?;
             let mut next = Vec::with_capacity(rows_of.len());
             for (&si, mut row) in rows_of.iter().zip(all) {
-                let s = &mut seqs[si];
-                let tok = s.sampler.sample(&mut row);
-                if !s.ignore_eos && self.eos_ids.contains(&tok) {
-                    s.finish = Some(FinishReason::Stop);
-                    next.push(pad);
-                    continue;
-                }
-                s.sampler.accept(tok);
-                s.out.push(tok);
-                if let Some(piece) = s.stream.step(&self.tokenizer, tok)? {
-                    let (_, hit) = s.stops.push(&piece);
-                    if hit {
-                        s.finish = Some(FinishReason::Stop);
-                    }
-                }
-                if s.finish.is_none() && s.out.len() >= s.max_tokens {
-                    s.finish = Some(FinishReason::Length);
-                }
-                next.push(tok);
+                let (tok, _) = seqs[si].step(self, &mut row)?;
+                next.push(tok.unwrap_or(pad));
             }
             let keep: Vec<usize> = (0..rows_of.len())
                 .filter(|&r| seqs[rows_of[r]].finish.is_none())
@@ -140,22 +178,10 @@ impl Model {
         let decode_ms = decode_start.elapsed().as_secs_f64() * 1000.0;
         let mut out = Vec::with_capacity(seqs.len());
         for mut s in seqs {
-            let finish = s.finish.unwrap_or(FinishReason::Length);
-            if !s.stops.hit {
-                let tail = s.stream.flush(&self.tokenizer)?.unwrap_or_default();
-                s.stops.push(&tail);
-                if !s.stops.hit {
-                    s.stops.finish();
-                }
-            }
-            let finish = if s.stops.hit {
-                FinishReason::Stop
-            } else {
-                finish
-            };
+            let (_, finish) = s.close(self)?;
             let decoded = s.out.len().saturating_sub(1) as f64;
             out.push(Generation {
-                text: s.stops.text,
+                text: s.text(),
                 usage: Usage {
                     prompt_tokens: s.prompt_len,
                     completion_tokens: s.out.len(),
@@ -175,4 +201,16 @@ impl Model {
         }
         Ok(out)
     }
+
+    /// The token that fills left padding (never attended to).
+    pub(crate) fn pad_id(&self) -> u32 {
+        self.eos_ids.first().copied().unwrap_or(0)
+    }
+}
+
+/// `row` with `pad` in front up to `len` tokens.
+pub(crate) fn left_pad(row: &[u32], len: usize, pad: u32) -> Vec<u32> {
+    let mut padded = vec![pad; len - row.len()];
+    padded.extend_from_slice(row);
+    padded
 }

@@ -16,6 +16,7 @@ pub mod loader;
 pub mod model;
 pub mod rope;
 pub mod sampling;
+pub mod scheduler;
 pub mod synthetic;
 pub mod template;
 pub mod tokenizer;
@@ -27,6 +28,7 @@ pub use error::EngineError;
 pub use generate::{FinishReason, Generation, Prompt, Timings, Usage};
 pub use loader::{LoadOptions, Model};
 pub use sampling::SamplingParams;
+pub use scheduler::{BatchCounts, BatchEvent, Batcher, BatcherSettings};
 pub use template::{ChatMessage, ChatTemplate};
 
 /// Parses a device name: `cpu`, `cuda`, `cuda:N`.

@@ -151,6 +151,63 @@ impl Cache {
         Ok(())
     }
 
+    /// Left padding of each sequence of the batch.
+    pub fn pads(&self) -> &[usize] {
+        &self.pads
+    }
+
+    /// Adds the sequences of `other` after this batch's own (a running batch taking in newly prefilled
+    /// sequences). The shorter of the two is left-padded to the longer one's length; padding is masked, and
+    /// positions are counted from each sequence's own start, so every sequence continues exactly where it was.
+    pub fn merge(&mut self, other: Cache) -> Result<(), EngineError> {
+        if self.pads.is_empty() {
+            *self = other;
+            return Ok(());
+        }
+        if other.pads.is_empty() {
+            return Ok(());
+        }
+        let len = self.len.max(other.len);
+        let (grow_a, grow_b) = (len - self.len, len - other.len);
+        for (a, b) in self.layers.iter_mut().zip(other.layers) {
+            let (ka, va, kb, vb) = (a.k()?, a.v()?, b.k()?, b.v()?);
+            let (Some(ka), Some(va), Some(kb), Some(vb)) = (ka, va, kb, vb) else {
+                return Err(EngineError::Config(
+                    "merging batches whose caches are empty".into(),
+                ));
+            };
+            let k = Tensor::cat(&[&front_pad(&ka, grow_a)?, &front_pad(&kb, grow_b)?], 0)?;
+            let v = Tensor::cat(&[&front_pad(&va, grow_a)?, &front_pad(&vb, grow_b)?], 0)?;
+            a.reset();
+            a.append(&k, &v)?;
+        }
+        self.pads.iter_mut().for_each(|p| *p += grow_a);
+        self.pads.extend(other.pads.iter().map(|p| p + grow_b));
+        self.len = len;
+        Ok(())
+    }
+
+    /// Drops the leading positions that are padding for every sequence (after the longest one left the batch),
+    /// so attention no longer spans them.
+    pub fn trim(&mut self) -> Result<(), EngineError> {
+        let cut = self.pads.iter().copied().min().unwrap_or(0);
+        if cut == 0 {
+            return Ok(());
+        }
+        for layer in &mut self.layers {
+            let (k, v) = (layer.k()?, layer.v()?);
+            layer.reset();
+            if let (Some(k), Some(v)) = (k, v) {
+                let k = k.narrow(2, cut, k.dim(2)? - cut)?.contiguous()?;
+                let v = v.narrow(2, cut, v.dim(2)? - cut)?.contiguous()?;
+                layer.append(&k, &v)?;
+            }
+        }
+        self.pads.iter_mut().for_each(|p| *p -= cut);
+        self.len -= cut;
+        Ok(())
+    }
+
     /// Drops everything; the next forward starts at position 0.
     pub fn reset(&mut self) {
         self.layers.iter_mut().for_each(KvCache::reset);
@@ -612,4 +669,14 @@ impl Masks {
         }
         Ok(Some(Tensor::from_vec(data, (b, 1, 1, t, s), &self.device)?))
     }
+}
+
+/// `t` (`[batch, heads, steps, head_dim]`) with `n` zero steps in front.
+fn front_pad(t: &Tensor, n: usize) -> candle_core::Result<Tensor> {
+    if n == 0 {
+        return t.contiguous();
+    }
+    let (b, h, _, d) = t.dims4()?;
+    let zeros = Tensor::zeros((b, h, n, d), t.dtype(), t.device())?;
+    Tensor::cat(&[&zeros, t], 2)
 }

@@ -27,7 +27,8 @@ pub use routes::router;
 pub struct ServeSettings {
     pub host: String,
     pub port: u16,
-    /// Generations running at once; more wait in line (bounded by `queue`).
+    /// Requests generating at once (they share each model's running batch); more wait in line (bounded by
+    /// `queue`).
     pub max_concurrent: usize,
     /// Requests allowed to wait for a generation slot before new ones get 429.
     pub queue: usize,
@@ -52,7 +53,7 @@ impl Default for ServeSettings {
         Self {
             host: "127.0.0.1".into(),
             port: 8080,
-            max_concurrent: 2,
+            max_concurrent: 8,
             queue: 64,
             max_tokens_cap: 4096,
             api_key: None,

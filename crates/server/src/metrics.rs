@@ -44,6 +44,7 @@ impl Metrics {
         running: usize,
         loaded: usize,
         served: usize,
+        batches: vibecheck_engine::BatchCounts,
     ) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
@@ -133,6 +134,30 @@ impl Metrics {
             "gauge",
             "Models loaded in memory.",
             &[(String::new(), loaded as f64)],
+        );
+        metric(
+            "vibecheck_batch_steps_total",
+            "counter",
+            "Decode passes of the running batches (one token for every running sequence).",
+            &[(String::new(), batches.decode_steps as f64)],
+        );
+        metric(
+            "vibecheck_batch_tokens_total",
+            "counter",
+            "Tokens those passes decoded; divided by vibecheck_batch_steps_total, the mean batch size.",
+            &[(String::new(), batches.decoded_rows as f64)],
+        );
+        metric(
+            "vibecheck_batch_prefill_chunks_total",
+            "counter",
+            "Forward passes over the prompts of requests joining a batch.",
+            &[(String::new(), batches.prefill_chunks as f64)],
+        );
+        metric(
+            "vibecheck_batch_largest",
+            "gauge",
+            "The most sequences one decode pass has run (of loaded models).",
+            &[(String::new(), batches.largest as f64)],
         );
         metric(
             "vibecheck_served_models",

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use vibecheck_checkpoint::{run, Source};
-use vibecheck_engine::{EngineError, LoadOptions, Model};
+use vibecheck_engine::{Batcher, BatcherSettings, EngineError, LoadOptions, Model};
 
 use crate::remote::RemoteEndpoint;
 use crate::ApiError;
@@ -29,8 +29,9 @@ pub struct Entry {
     pub run: Option<String>,
     pub step: Option<u64>,
     pub backend: Backend,
-    /// The loaded model; the lock is held while loading, so concurrent requests wait for one load.
-    model: tokio::sync::Mutex<Option<Arc<Model>>>,
+    /// The loaded model and its running batch; the lock is held while loading, so concurrent requests wait for
+    /// one load.
+    model: tokio::sync::Mutex<Option<(Arc<Model>, Arc<Batcher>)>>,
     /// When it last served a request (a registry-wide counter), for least-recently-used eviction.
     last_used: std::sync::atomic::AtomicU64,
 }
@@ -39,6 +40,12 @@ impl Entry {
     pub fn is_loaded(&self) -> bool {
         matches!(self.backend, Backend::Local(_))
             && self.model.try_lock().map(|m| m.is_some()).unwrap_or(false)
+    }
+
+    /// How full this model's batches have been (`None` when it is not loaded).
+    pub fn batch_counts(&self) -> Option<vibecheck_engine::BatchCounts> {
+        let slot = self.model.try_lock().ok()?;
+        slot.as_ref().map(|(_, b)| b.counts())
     }
 
     /// Bytes of weights on disk: the memory-budget estimate of what loading it costs (0 for remote models).
@@ -79,6 +86,8 @@ pub struct Registry {
     opts: LoadOptions,
     /// Models loaded at once stay under this many bytes (by their files' size); `None`: no limit.
     memory_budget: Option<u64>,
+    /// Continuous batching of each loaded model.
+    batching: BatcherSettings,
     clock: std::sync::atomic::AtomicU64,
 }
 
@@ -134,6 +143,7 @@ impl Registry {
             pending: Default::default(),
             opts,
             memory_budget: None,
+            batching: BatcherSettings::default(),
             clock: Default::default(),
         })
     }
@@ -148,6 +158,7 @@ impl Registry {
             pending: Default::default(),
             opts,
             memory_budget: None,
+            batching: BatcherSettings::default(),
             clock: Default::default(),
         }
     }
@@ -176,6 +187,12 @@ impl Registry {
     /// recently used first. A model larger than the budget alone still loads, by itself.
     pub fn with_memory_budget(mut self, bytes: Option<u64>) -> Self {
         self.memory_budget = bytes;
+        self
+    }
+
+    /// How many sequences each model decodes together, and the prefill chunk while others decode.
+    pub fn with_batching(mut self, settings: BatcherSettings) -> Self {
+        self.batching = settings;
         self
     }
 
@@ -235,6 +252,15 @@ impl Registry {
     /// The loaded model, loading it on a blocking thread the first time (and evicting others when the memory
     /// budget needs room). Requests in flight keep an evicted model alive until they finish.
     pub async fn model(&self, entry: &Arc<Entry>) -> Result<Arc<Model>, ApiError> {
+        Ok(self.loaded(entry).await?.0)
+    }
+
+    /// The loaded model's running batch (continuous batching: requests join it and leave it).
+    pub async fn batcher(&self, entry: &Arc<Entry>) -> Result<Arc<Batcher>, ApiError> {
+        Ok(self.loaded(entry).await?.1)
+    }
+
+    async fn loaded(&self, entry: &Arc<Entry>) -> Result<(Arc<Model>, Arc<Batcher>), ApiError> {
         use std::sync::atomic::Ordering;
         let Backend::Local(source) = &entry.backend else {
             return Err(ApiError::internal(format!(
@@ -247,8 +273,8 @@ impl Registry {
             Ordering::SeqCst,
         );
         let mut slot = entry.model.lock().await;
-        if let Some(m) = slot.as_ref() {
-            return Ok(m.clone());
+        if let Some(loaded) = slot.as_ref() {
+            return Ok(loaded.clone());
         }
         if let Some(budget) = self.memory_budget {
             self.make_room(entry, budget);
@@ -260,8 +286,11 @@ impl Registry {
             .map_err(|e| ApiError::internal(format!("loading failed: {e}")))?
             .map(Arc::new)
             .map_err(|e| ApiError::internal(format!("loading {} failed: {e}", entry.id)))?;
-        *slot = Some(model.clone());
-        Ok(model)
+        let batcher = Batcher::new(model.clone(), self.batching)
+            .map(Arc::new)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        *slot = Some((model.clone(), batcher.clone()));
+        Ok((model, batcher))
     }
 
     /// Unloads least-recently-used models until `entry` fits in `budget` beside the others.

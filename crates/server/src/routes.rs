@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use serde_json::{json, Value};
-use vibecheck_engine::{Generation, Model, Prompt, SamplingParams};
+use vibecheck_engine::{BatchEvent, Generation, Model, Prompt, SamplingParams};
 
 use crate::openai::{self, ChatRequest, CompletionRequest, Valid};
 use crate::{ApiError, AppState};
@@ -155,11 +155,19 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let running = state.settings.max_concurrent.max(1) - state.slots.available_permits();
     let entries = state.registry.entries();
     let loaded = entries.iter().filter(|e| e.is_loaded()).count();
+    let mut batches = vibecheck_engine::BatchCounts::default();
+    for c in entries.iter().filter_map(|e| e.batch_counts()) {
+        batches.decode_steps += c.decode_steps;
+        batches.decoded_rows += c.decoded_rows;
+        batches.prefill_chunks += c.prefill_chunks;
+        batches.largest = batches.largest.max(c.largest);
+    }
     let text = state.metrics.render(
         state.waiting.load(Ordering::SeqCst),
         running,
         loaded,
         entries.len(),
+        batches,
     );
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
@@ -436,37 +444,39 @@ async fn run(
         "cmpl"
     });
     let model_id = valid.shown_as.clone().unwrap_or_else(|| entry.id.clone());
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(256);
+    // Each choice joins the model's running batch; events come back on the batch thread, which must never
+    // wait on a slow client: the channel is unbounded (it holds at most this request's text).
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();
+    let batcher = state.registry.batcher(&entry).await?;
+    let permit = std::sync::Arc::new(permit);
+    for i in 0..valid.n {
+        let params = SamplingParams {
+            seed: valid.params.seed.map(|s| s.wrapping_add(i as u64)),
+            ..valid.params.clone()
+        };
+        let tx = tx.clone();
+        let metrics = state.metrics.clone();
+        let permit = permit.clone();
+        batcher.submit(
+            ids.clone(),
+            params,
+            Box::new(move |event| {
+                let _held = &permit;
+                // A closed channel means the client went away: the sequence leaves the batch.
+                tx.send(match event {
+                    BatchEvent::Text(piece) => Msg::Piece(i, piece),
+                    BatchEvent::Done(g) => {
+                        metrics.record(&g);
+                        Msg::Done(i, g)
+                    }
+                    BatchEvent::Failed(e) => Msg::Failed(e.to_string()),
+                })
+                .is_ok()
+            }),
+        );
+    }
+    drop(tx);
     let n = valid.n;
-    let base = valid.params.clone();
-    let metrics = state.metrics.clone();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        for i in 0..n {
-            let params = SamplingParams {
-                seed: base.seed.map(|s| s.wrapping_add(i as u64)),
-                ..base.clone()
-            };
-            let sender = tx.clone();
-            let result =
-                model.generate_stream(&Prompt::Tokens(ids.clone()), &params, &mut |piece| {
-                    // A closed channel means the client went away: stop at this step.
-                    sender
-                        .blocking_send(Msg::Piece(i, piece.to_string()))
-                        .is_ok()
-                });
-            let msg = match result {
-                Ok(g) => {
-                    metrics.record(&g);
-                    Msg::Done(i, g)
-                }
-                Err(e) => Msg::Failed(e.to_string()),
-            };
-            if tx.blocking_send(msg).is_err() {
-                return;
-            }
-        }
-    });
 
     if !valid.stream {
         let mut results: Vec<Option<Generation>> = (0..n).map(|_| None).collect();

@@ -6,4 +6,5 @@ mod fixtures;
 mod gguf_roundtrip;
 mod hub;
 mod reference;
+mod scheduler;
 mod smollm;

@@ -1,0 +1,486 @@
+//! Continuous batching: requests join and leave one running batch.
+//!
+//! A [`Batcher`] owns a thread and a batched KV cache for one model. Every step decodes one token for each
+//! running sequence in a single forward pass, so the weights are read once per step for all of them. New requests
+//! are prefilled as a group in their own cache, a chunk per step while others are decoding (a long prompt slows
+//! the running streams a little instead of stopping them), and then merged into the running batch
+//! ([`Cache::merge`]). A sequence that ends — end of sequence, stop string, token budget, the context limit, or
+//! its receiver cancelling — leaves at once ([`Cache::retain`]) and the cache drops padding nobody needs
+//! ([`Cache::trim`]).
+//!
+//! A request's answer equals what [`Model::generate`] gives alone, up to float rounding in batched products.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::batch::{left_pad, Seq};
+use crate::generate::{FinishReason, Generation, Timings, Usage};
+use crate::loader::Model;
+use crate::model::Cache;
+use crate::sampling::SamplingParams;
+use crate::EngineError;
+
+/// What a request's receiver hears, in order: text pieces, then one `Done` or `Failed`.
+#[derive(Debug)]
+pub enum BatchEvent {
+    /// Text that is final (complete characters, not part of a possible stop string).
+    Text(String),
+    Done(Generation),
+    Failed(EngineError),
+}
+
+/// Receives a request's events on the batch thread; returns `false` to cancel the request (the client left).
+/// It must not block: the whole batch waits for it.
+pub type Listener = Box<dyn FnMut(BatchEvent) -> bool + Send>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatcherSettings {
+    /// Sequences decoded together at most; more requests wait in line.
+    pub max_batch: usize,
+    /// Prompt tokens prefilled per step while other sequences are decoding (all of a prompt at once otherwise).
+    pub prefill_chunk: usize,
+}
+
+impl Default for BatcherSettings {
+    fn default() -> Self {
+        Self {
+            max_batch: 8,
+            prefill_chunk: 64,
+        }
+    }
+}
+
+/// Counters of a batch thread (for metrics): how full its batches were.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    decode_steps: AtomicU64,
+    decoded_rows: AtomicU64,
+    prefill_chunks: AtomicU64,
+    largest: AtomicU64,
+}
+
+/// A snapshot of [`BatchStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    /// Forward passes that decoded one token for every running sequence.
+    pub decode_steps: u64,
+    /// Tokens those passes decoded (divided by `decode_steps`: the mean batch size).
+    pub decoded_rows: u64,
+    /// Forward passes over joining prompts.
+    pub prefill_chunks: u64,
+    /// The most sequences decoded in one pass.
+    pub largest: u64,
+}
+
+impl BatchStats {
+    pub fn counts(&self) -> BatchCounts {
+        BatchCounts {
+            decode_steps: self.decode_steps.load(Ordering::Relaxed),
+            decoded_rows: self.decoded_rows.load(Ordering::Relaxed),
+            prefill_chunks: self.prefill_chunks.load(Ordering::Relaxed),
+            largest: self.largest.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Job {
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    listener: Listener,
+    submitted: Instant,
+}
+
+/// A running batch for one model. Dropping every handle lets the thread finish the running requests and exit.
+pub struct Batcher {
+    tx: Sender<Job>,
+    settings: BatcherSettings,
+    stats: Arc<BatchStats>,
+}
+
+impl Batcher {
+    pub fn new(model: Arc<Model>, settings: BatcherSettings) -> Result<Self, EngineError> {
+        let settings = BatcherSettings {
+            max_batch: settings.max_batch.max(1),
+            prefill_chunk: settings.prefill_chunk.max(1),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stats = Arc::new(BatchStats::default());
+        let shared = stats.clone();
+        std::thread::Builder::new()
+            .name("vibecheck-batch".into())
+            .spawn(move || Loop::new(model, settings, shared).run(rx))
+            .map_err(|e| EngineError::Config(format!("starting the batch thread: {e}")))?;
+        Ok(Self {
+            tx,
+            settings,
+            stats,
+        })
+    }
+
+    pub fn settings(&self) -> BatcherSettings {
+        self.settings
+    }
+
+    /// How full the batches have been so far.
+    pub fn counts(&self) -> BatchCounts {
+        self.stats.counts()
+    }
+
+    /// Queues a generation from `prompt` (token ids). Its events go to `listener`, on the batch thread.
+    pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams, listener: Listener) {
+        let job = Job {
+            prompt,
+            params,
+            listener,
+            submitted: Instant::now(),
+        };
+        if let Err(std::sync::mpsc::SendError(mut job)) = self.tx.send(job) {
+            (job.listener)(BatchEvent::Failed(EngineError::Request(
+                "the model's batch thread has stopped".into(),
+            )));
+        }
+    }
+}
+
+/// A sequence in the batch (or being prefilled).
+struct Live {
+    seq: Seq,
+    listener: Listener,
+    submitted: Instant,
+    prefill_ms: f64,
+    first_token: Option<Instant>,
+    /// The token to feed at the next step.
+    next: u32,
+    /// Prompt plus fed tokens: this sequence's own length in the cache.
+    len: usize,
+    /// A `Failed` event went out already.
+    failed: bool,
+}
+
+impl Live {
+    /// Sends `text`; a receiver that is gone cancels the sequence.
+    fn emit(&mut self, text: String) {
+        if !text.is_empty() && !(self.listener)(BatchEvent::Text(text)) {
+            self.seq.finish = Some(FinishReason::Cancelled);
+        }
+    }
+
+    fn fail(mut self, e: &EngineError) {
+        (self.listener)(BatchEvent::Failed(EngineError::Request(e.to_string())));
+    }
+
+    /// Flushes and reports the finished generation.
+    fn done(mut self, model: &Model) {
+        if self.failed {
+            return;
+        }
+        let (tail, finish) = match self.seq.close(model) {
+            Ok(x) => x,
+            Err(e) => return self.fail(&e),
+        };
+        if !tail.is_empty() {
+            (self.listener)(BatchEvent::Text(tail));
+        }
+        let first = self.first_token.unwrap_or_else(Instant::now);
+        let decode_ms = first.elapsed().as_secs_f64() * 1000.0;
+        let decoded = self.seq.out.len().saturating_sub(1) as f64;
+        let generation = Generation {
+            text: self.seq.text(),
+            usage: Usage {
+                prompt_tokens: self.seq.prompt_len,
+                completion_tokens: self.seq.out.len(),
+            },
+            token_ids: std::mem::take(&mut self.seq.out),
+            finish_reason: finish,
+            timings: Timings {
+                load_ms: model.load_time.as_secs_f64() * 1000.0,
+                prefill_ms: self.prefill_ms,
+                first_token_ms: (first - self.submitted).as_secs_f64() * 1000.0,
+                decode_ms,
+                prefill_tokens_per_s: self.seq.prompt_len as f64
+                    / (self.prefill_ms / 1000.0).max(1e-9),
+                decode_tokens_per_s: if decoded > 0.0 {
+                    decoded / (decode_ms / 1000.0).max(1e-9)
+                } else {
+                    0.0
+                },
+            },
+            seed: self.seq.seed,
+        };
+        (self.listener)(BatchEvent::Done(generation));
+    }
+}
+
+/// New sequences being prefilled together, left-padded to the longest prompt.
+struct Group {
+    live: Vec<Live>,
+    rows: Vec<Vec<u32>>,
+    cache: Cache,
+    /// Prompt positions already run.
+    done: usize,
+}
+
+struct Loop {
+    model: Arc<Model>,
+    settings: BatcherSettings,
+    queue: VecDeque<Job>,
+    running: Vec<Live>,
+    cache: Option<Cache>,
+    joining: Option<Group>,
+    stats: Arc<BatchStats>,
+}
+
+impl Loop {
+    fn new(model: Arc<Model>, settings: BatcherSettings, stats: Arc<BatchStats>) -> Self {
+        Self {
+            model,
+            settings,
+            stats,
+            queue: VecDeque::new(),
+            running: Vec::new(),
+            cache: None,
+            joining: None,
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Job>) {
+        let mut open = true;
+        loop {
+            if self.running.is_empty() && self.joining.is_none() && self.queue.is_empty() {
+                if !open {
+                    return;
+                }
+                match rx.recv() {
+                    Ok(job) => self.queue.push_back(job),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(job) => self.queue.push_back(job),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            if self.joining.is_none() {
+                self.start_group();
+            }
+            if self.joining.is_some() {
+                self.prefill_step();
+            }
+            if !self.running.is_empty() {
+                self.decode_step();
+            }
+        }
+    }
+
+    /// Takes waiting requests into a new prefill group, as many as the batch has room for.
+    fn start_group(&mut self) {
+        let room = self.settings.max_batch.saturating_sub(self.running.len());
+        let max_pos = self.model.decoder.max_positions();
+        let mut live = Vec::new();
+        while live.len() < room {
+            let Some(mut job) = self.queue.pop_front() else {
+                break;
+            };
+            let check = if job.prompt.is_empty() {
+                Err(EngineError::Request("the prompt is empty".into()))
+            } else if job.prompt.len() >= max_pos {
+                Err(EngineError::ContextFull {
+                    needed: job.prompt.len() + 1,
+                    max: max_pos,
+                })
+            } else {
+                Seq::new(&job.prompt, &job.params)
+            };
+            match check {
+                Ok(seq) => live.push((
+                    Live {
+                        seq,
+                        listener: job.listener,
+                        submitted: job.submitted,
+                        prefill_ms: 0.0,
+                        first_token: None,
+                        next: 0,
+                        len: job.prompt.len(),
+                        failed: false,
+                    },
+                    job.prompt,
+                )),
+                Err(e) => {
+                    (job.listener)(BatchEvent::Failed(e));
+                }
+            }
+        }
+        if live.is_empty() {
+            return;
+        }
+        let longest = live.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
+        let pad = self.model.pad_id();
+        let rows = live
+            .iter()
+            .map(|(_, p)| left_pad(p, longest, pad))
+            .collect();
+        let pads = live.iter().map(|(_, p)| longest - p.len()).collect();
+        self.joining = Some(Group {
+            live: live.into_iter().map(|(l, _)| l).collect(),
+            rows,
+            cache: Cache::with_padding(&self.model.decoder.cfg, pads),
+            done: 0,
+        });
+    }
+
+    /// Runs the next chunk of the joining group's prompts; when they are all in, samples each one's first token
+    /// and merges the group into the running batch.
+    fn prefill_step(&mut self) {
+        let Some(mut g) = self.joining.take() else {
+            return;
+        };
+        let total = g.rows[0].len();
+        let take = if self.running.is_empty() {
+            total - g.done
+        } else {
+            (self.settings.prefill_chunk / g.rows.len())
+                .max(1)
+                .min(total - g.done)
+        };
+        let chunk: Vec<Vec<u32>> = g
+            .rows
+            .iter()
+            .map(|r| r[g.done..g.done + take].to_vec())
+            .collect();
+        let started = Instant::now();
+        let result = self.model.decoder.forward(&chunk, &mut g.cache, false);
+        self.stats.prefill_chunks.fetch_add(1, Ordering::Relaxed);
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        g.live.iter_mut().for_each(|l| l.prefill_ms += ms);
+        g.done += take;
+        let logits = match result.and_then(|l| Ok(l.to_vec2::<f32>()?)) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("prefill failed: {e}");
+                g.live.into_iter().for_each(|l| l.fail(&e));
+                return;
+            }
+        };
+        if g.done < total {
+            self.joining = Some(g);
+            return;
+        }
+        let mut keep = Vec::new();
+        let mut kept = Vec::new();
+        for (i, (mut live, mut row)) in g.live.into_iter().zip(logits).enumerate() {
+            if self.sample(&mut live, &mut row) {
+                keep.push(i);
+                kept.push(live);
+            } else {
+                live.done(&self.model);
+            }
+        }
+        if kept.is_empty() {
+            return;
+        }
+        let merged = g
+            .cache
+            .retain(&keep)
+            .and_then(|_| match self.cache.as_mut() {
+                Some(c) => c.merge(g.cache).and_then(|_| c.trim()),
+                None => {
+                    self.cache = Some(g.cache);
+                    Ok(())
+                }
+            });
+        match merged {
+            Ok(()) => self.running.extend(kept),
+            Err(e) => {
+                tracing::warn!("joining the batch failed: {e}");
+                kept.into_iter().for_each(|l| l.fail(&e));
+            }
+        }
+    }
+
+    /// Samples `live`'s next token from `logits` and sends its text. Returns whether it goes on.
+    fn sample(&self, live: &mut Live, logits: &mut [f32]) -> bool {
+        match live.seq.step(&self.model, logits) {
+            Ok((tok, text)) => {
+                live.first_token.get_or_insert_with(Instant::now);
+                live.emit(text);
+                if let Some(tok) = tok {
+                    live.next = tok;
+                }
+                if live.seq.finish.is_none() && live.len + 1 > self.model.decoder.max_positions() {
+                    live.seq.finish = Some(FinishReason::Length);
+                }
+                live.seq.finish.is_none()
+            }
+            Err(e) => {
+                live.seq.finish = Some(FinishReason::Stop);
+                tracing::warn!("sampling failed: {e}");
+                live.failed = true;
+                (live.listener)(BatchEvent::Failed(e));
+                false
+            }
+        }
+    }
+
+    /// One token for every running sequence; finished ones leave.
+    fn decode_step(&mut self) {
+        let Some(cache) = self.cache.as_mut() else {
+            return;
+        };
+        let step: Vec<Vec<u32>> = self.running.iter().map(|l| vec![l.next]).collect();
+        let rows = step.len() as u64;
+        self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
+        self.stats.decoded_rows.fetch_add(rows, Ordering::Relaxed);
+        self.stats.largest.fetch_max(rows, Ordering::Relaxed);
+        let result = self
+            .model
+            .decoder
+            .forward(&step, cache, false)
+            .and_then(|l| Ok(l.to_vec2::<f32>()?));
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("decode step failed: {e}");
+                self.cache = None;
+                std::mem::take(&mut self.running)
+                    .into_iter()
+                    .for_each(|l| l.fail(&e));
+                return;
+            }
+        };
+        let mut keep = Vec::new();
+        let mut still = Vec::new();
+        for (i, (mut live, mut row)) in std::mem::take(&mut self.running)
+            .into_iter()
+            .zip(logits)
+            .enumerate()
+        {
+            live.len += 1;
+            if self.sample(&mut live, &mut row) {
+                keep.push(i);
+                still.push(live);
+            } else {
+                live.done(&self.model);
+            }
+        }
+        if still.is_empty() {
+            self.cache = None;
+            return;
+        }
+        let cache = self.cache.as_mut().expect("checked above");
+        if let Err(e) = cache.retain(&keep).and_then(|_| cache.trim()) {
+            tracing::warn!("dropping finished sequences failed: {e}");
+            self.cache = None;
+            still.into_iter().for_each(|l| l.fail(&e));
+            return;
+        }
+        self.running = still;
+    }
+}

@@ -1,0 +1,213 @@
+//! Continuous batching on the real SmolLM2 GGUF: requests that join a running batch (and leave it) answer what
+//! they answer alone, a long prompt is prefilled in chunks while running streams keep producing tokens, a
+//! cancelled request leaves without disturbing the others, and bad requests fail alone.
+
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vibecheck_engine::{
+    BatchEvent, Batcher, BatcherSettings, ChatMessage, EngineError, FinishReason, Generation,
+    LoadOptions, Model, Prompt, SamplingParams,
+};
+
+use crate::fixtures::smollm_gguf;
+
+fn model() -> Arc<Model> {
+    Arc::new(Model::load(smollm_gguf().to_str().unwrap(), &LoadOptions::default()).unwrap())
+}
+
+fn chat(model: &Model, text: &str) -> Vec<u32> {
+    model
+        .prompt_ids(&Prompt::Chat(vec![ChatMessage::new("user", text)]))
+        .unwrap()
+}
+
+/// What one request heard: text pieces with their arrival times, then the outcome.
+struct Heard {
+    pieces: Vec<(Instant, String)>,
+    outcome: Result<Generation, String>,
+}
+
+/// Submits a request whose events go to a channel; `cancel_after` pieces makes the listener hang up.
+fn submit(
+    b: &Batcher,
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    cancel_after: Option<usize>,
+) -> Receiver<(Instant, BatchEvent)> {
+    let (tx, rx) = channel();
+    let mut seen = 0;
+    b.submit(
+        prompt,
+        params,
+        Box::new(move |ev| {
+            let text = matches!(ev, BatchEvent::Text(_));
+            let _ = tx.send((Instant::now(), ev));
+            if text {
+                seen += 1;
+            }
+            cancel_after.is_none_or(|n| seen < n)
+        }),
+    );
+    rx
+}
+
+fn collect(rx: Receiver<(Instant, BatchEvent)>) -> Heard {
+    let mut pieces = Vec::new();
+    loop {
+        let (at, ev) = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the batch thread answers");
+        match ev {
+            BatchEvent::Text(t) => pieces.push((at, t)),
+            BatchEvent::Done(g) => {
+                return Heard {
+                    pieces,
+                    outcome: Ok(g),
+                }
+            }
+            BatchEvent::Failed(e) => {
+                return Heard {
+                    pieces,
+                    outcome: Err(e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn requests_joining_a_running_batch_answer_what_they_answer_alone() {
+    let model = model();
+    let batcher = Batcher::new(
+        model.clone(),
+        BatcherSettings {
+            max_batch: 4,
+            prefill_chunk: 16,
+        },
+    )
+    .unwrap();
+    let long = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(80)
+    };
+    let a_prompt = chat(&model, "Tell me a long story about a lighthouse keeper.");
+    let a = submit(&batcher, a_prompt.clone(), long.clone(), None);
+    // Wait until A is decoding, then send the others: they join A's running batch.
+    let (first_at, first) = a.recv_timeout(Duration::from_secs(60)).unwrap();
+    let BatchEvent::Text(first) = first else {
+        panic!("expected text first, got {first:?}")
+    };
+    let b_prompt = chat(&model, "What is the capital of France?");
+    let b_params = SamplingParams::greedy(24);
+    let mut c_params = SamplingParams::greedy(16);
+    c_params.temperature = 0.8;
+    c_params.seed = Some(7);
+    c_params.stop = vec!["precious".into()];
+    let c_prompt = chat(&model, "Name a colour.");
+    // A prompt of a few hundred tokens: prefilled 16 tokens per step while A goes on decoding.
+    let d_text = "Summarise this: ".to_string()
+        + &"The keeper climbed the stairs every night to light the lamp. ".repeat(20);
+    let d_prompt = chat(&model, &d_text);
+    assert!(d_prompt.len() > 200, "{}", d_prompt.len());
+    let d_params = SamplingParams::greedy(12);
+    let b = submit(&batcher, b_prompt.clone(), b_params.clone(), None);
+    let c = submit(&batcher, c_prompt.clone(), c_params.clone(), None);
+    let d_sent = Instant::now();
+    let d = submit(&batcher, d_prompt.clone(), d_params.clone(), None);
+    let (a, b, c, d) = (collect(a), collect(b), collect(c), collect(d));
+
+    let alone =
+        |p: &[u32], sp: &SamplingParams| model.generate(&Prompt::Tokens(p.to_vec()), sp).unwrap();
+    for (name, heard, prompt, params) in [
+        ("A", &a, &a_prompt, &long),
+        ("B", &b, &b_prompt, &b_params),
+        ("C", &c, &c_prompt, &c_params),
+        ("D", &d, &d_prompt, &d_params),
+    ] {
+        let g = heard.outcome.as_ref().unwrap();
+        let single = alone(prompt, params);
+        assert_eq!(g.text, single.text, "{name}: batched vs alone");
+        assert_eq!(g.finish_reason, single.finish_reason, "{name}");
+        assert_eq!(g.usage, single.usage, "{name}");
+        let streamed: String = heard.pieces.iter().map(|(_, t)| t.as_str()).collect();
+        let streamed = if name == "A" {
+            first.clone() + &streamed
+        } else {
+            streamed
+        };
+        assert_eq!(streamed, g.text, "{name}: the pieces make up the text");
+    }
+    let ct = &c.outcome.as_ref().unwrap().text;
+    assert_eq!(
+        c.outcome.as_ref().unwrap().finish_reason,
+        FinishReason::Stop,
+        "{ct:?}"
+    );
+    assert!(b.outcome.as_ref().unwrap().text.contains("Paris"));
+    // B and C ran while A was running: their first text came before A finished.
+    let a_last = a.pieces.last().unwrap().0;
+    assert!(
+        b.pieces[0].0 < a_last && c.pieces[0].0 < a_last,
+        "B and C joined A's batch"
+    );
+    assert!(first_at < b.pieces[0].0);
+    // D's long prompt did not stall A: A produced text while D was still being prefilled.
+    let d_first = d.pieces[0].0;
+    let a_during = a
+        .pieces
+        .iter()
+        .filter(|(t, _)| *t > d_sent && *t < d_first)
+        .count();
+    assert!(
+        a_during >= 5,
+        "A streamed {a_during} pieces while D's prompt of {} tokens was prefilled",
+        d_prompt.len()
+    );
+}
+
+#[test]
+fn a_cancelled_request_leaves_and_bad_requests_fail_alone() {
+    let model = model();
+    let batcher = Batcher::new(model.clone(), BatcherSettings::default()).unwrap();
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(40)
+    };
+    let p1 = chat(&model, "Write a poem about rain.");
+    let p2 = chat(&model, "Write a poem about snow.");
+    let quitter = submit(&batcher, p1, params.clone(), Some(3));
+    let stayer = submit(&batcher, p2.clone(), params.clone(), None);
+    let too_long = submit(&batcher, vec![1; 9000], SamplingParams::greedy(4), None);
+    let empty = submit(&batcher, vec![], SamplingParams::greedy(4), None);
+    let mut bad_params = SamplingParams::greedy(4);
+    bad_params.top_p = 7.0;
+    let bad = submit(&batcher, p2.clone(), bad_params, None);
+
+    let quitter = collect(quitter);
+    let g = quitter.outcome.unwrap();
+    assert_eq!(g.finish_reason, FinishReason::Cancelled);
+    assert_eq!(quitter.pieces.len(), 3);
+    assert!(
+        g.usage.completion_tokens < 40,
+        "{}",
+        g.usage.completion_tokens
+    );
+    let stayer = collect(stayer).outcome.unwrap();
+    let alone = model
+        .generate(&Prompt::Tokens(p2.clone()), &params)
+        .unwrap();
+    assert_eq!(stayer.text, alone.text);
+    assert_eq!(stayer.usage.completion_tokens, 40);
+    let err = collect(too_long).outcome.unwrap_err();
+    assert!(err.contains("positions"), "{err}");
+    let err = collect(empty).outcome.unwrap_err();
+    assert!(err.contains("empty"), "{err}");
+    let err = collect(bad).outcome.unwrap_err();
+    assert!(err.contains("top_p"), "{err}");
+    // Still serving.
+    let after = collect(submit(&batcher, p2, SamplingParams::greedy(5), None));
+    assert_eq!(after.outcome.unwrap().usage.completion_tokens, 5);
+    let _: Option<EngineError> = None;
+}
