@@ -166,6 +166,9 @@ struct BenchArgs {
     /// Tokens decoded for the decode measurement.
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
+    /// Also measure the aggregate decode speed of this many sequences decoded together in one batch.
+    #[arg(long)]
+    batch: Option<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -394,6 +397,15 @@ fn bench(a: BenchArgs) -> Result<()> {
     let model = load(&a.model)?;
     let load_s = started.elapsed().as_secs_f64();
     let r = vibecheck_engine::generate::bench(&model, a.prompt_tokens, a.decode_tokens)?;
+    let batched = match a.batch {
+        Some(n) => Some(vibecheck_engine::generate::bench_batch(
+            &model,
+            a.prompt_tokens,
+            a.decode_tokens,
+            n,
+        )?),
+        None => None,
+    };
     let threads = a
         .model
         .threads
@@ -406,6 +418,7 @@ fn bench(a: BenchArgs) -> Result<()> {
                 "prefill_tokens": a.prompt_tokens, "prefill_tok_s": r.prefill_tok_s,
                 "decode_tokens": a.decode_tokens, "decode_tok_s": r.decode_tok_s,
                 "first_token_s": load_s + r.first_token_s,
+                "batch": a.batch, "batch_decode_tok_s": batched,
             })
         );
     } else {
@@ -421,6 +434,9 @@ fn bench(a: BenchArgs) -> Result<()> {
             "decode          {:.1} tok/s ({} tokens)",
             r.decode_tok_s, a.decode_tokens
         );
+        if let (Some(n), Some(b)) = (a.batch, batched) {
+            println!("decode, batch {n:<2} {b:.1} tok/s (all sequences together)");
+        }
     }
     Ok(())
 }

@@ -330,6 +330,40 @@ pub struct BenchResult {
     pub first_token_s: f64,
 }
 
+fn bench_prompt(model: &Model, prompt_tokens: usize) -> Result<Vec<u32>, EngineError> {
+    let text = "The quick brown fox jumps over the lazy dog while researchers watch their checkpoints train. ";
+    let mut ids = model
+        .tokenizer
+        .encode(&text.repeat(prompt_tokens / 8 + 2), false)?;
+    ids.truncate(prompt_tokens.max(1));
+    Ok(ids)
+}
+
+/// Aggregate greedy decode speed (tokens per second, all sequences together) of `batch` sequences decoded in
+/// one batch for `decode_tokens` steps after a `prompt_tokens` prompt each, after one warm-up pass.
+pub fn bench_batch(
+    model: &Model,
+    prompt_tokens: usize,
+    decode_tokens: usize,
+    batch: usize,
+) -> Result<f64, EngineError> {
+    let ids = bench_prompt(model, prompt_tokens)?;
+    let prompts = vec![Prompt::Tokens(ids); batch.max(1)];
+    let params = |n| SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(n)
+    };
+    model.generate_batch(&prompts, &vec![params(4); prompts.len()])?;
+    let gens =
+        model.generate_batch(&prompts, &vec![params(decode_tokens.max(2)); prompts.len()])?;
+    let decoded: usize = gens
+        .iter()
+        .map(|g| g.token_ids.len().saturating_sub(1))
+        .sum();
+    let seconds = gens.first().map_or(0.0, |g| g.timings.decode_ms / 1000.0);
+    Ok(decoded as f64 / seconds.max(1e-9))
+}
+
 /// Measures prefill speed on a `prompt_tokens`-long prompt and greedy decode speed over `decode_tokens` steps
 /// (end-of-sequence ignored), after one warm-up pass.
 pub fn bench(
@@ -337,11 +371,7 @@ pub fn bench(
     prompt_tokens: usize,
     decode_tokens: usize,
 ) -> Result<BenchResult, EngineError> {
-    let text = "The quick brown fox jumps over the lazy dog while researchers watch their checkpoints train. ";
-    let mut ids = model
-        .tokenizer
-        .encode(&text.repeat(prompt_tokens / 8 + 2), false)?;
-    ids.truncate(prompt_tokens.max(1));
+    let ids = bench_prompt(model, prompt_tokens)?;
     let warm = SamplingParams {
         ignore_eos: true,
         ..SamplingParams::greedy(4)
