@@ -45,6 +45,8 @@ enum Command {
     Plot(crate::judging::PlotArgs),
     /// Serve checkpoints, GGUF files, hub ids and training-run folders behind an OpenAI-compatible API.
     Serve(ServeArgs),
+    /// Measure what --quantize costs: perplexity, agreement with the unquantized model, size and speed.
+    QuantEval(crate::quality::QuantEvalArgs),
 }
 
 #[derive(Args)]
@@ -74,6 +76,9 @@ struct ServeArgs {
     queue: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Round safetensors checkpoints' weights into q8_0, q4_1 or q4_0 as they load (CPU).
+    #[arg(long)]
+    quantize: Option<vibecheck_engine::kernels::Quantize>,
     /// Keep loaded models under this size (e.g. 8G, 512M), unloading the least recently used.
     #[arg(long, value_parser = parse_size)]
     memory_budget: Option<u64>,
@@ -95,6 +100,10 @@ struct ModelArgs {
     /// Threads for the CPU kernels (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Round a safetensors checkpoint's weights into q8_0, q4_1 or q4_0 as it loads (CPU; `vibecheck
+    /// quant-eval` measures the quality cost).
+    #[arg(long)]
+    quantize: Option<vibecheck_engine::kernels::Quantize>,
 }
 
 #[derive(Args, Clone)]
@@ -195,6 +204,7 @@ pub fn main() -> ExitCode {
         Command::Judge(a) => crate::judging::judge(a),
         Command::Plot(a) => crate::judging::plot(a),
         Command::Serve(a) => serve(a),
+        Command::QuantEval(a) => crate::quality::quant_eval(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,6 +227,7 @@ fn load(args: &ModelArgs) -> Result<Model> {
     let opts = LoadOptions {
         device: parse_device(&args.device)?,
         dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
+        quantize: args.quantize,
         ..LoadOptions::default()
     };
     Model::load(&args.model, &opts).with_context(|| format!("loading {}", args.model))
@@ -477,6 +488,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     }
     let opts = LoadOptions {
         device: parse_device(&a.device)?,
+        quantize: a.quantize,
         ..LoadOptions::default()
     };
     let registry = vibecheck_server::Registry::from_sources(&a.sources, opts)

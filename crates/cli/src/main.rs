@@ -2,6 +2,7 @@
 
 mod commands;
 mod judging;
+mod quality;
 mod runs;
 
 fn main() -> std::process::ExitCode {

@@ -388,3 +388,65 @@ pub fn bench(
         first_token_s: g.timings.first_token_ms / 1000.0,
     })
 }
+
+/// Teacher-forced scoring of a token sequence (see [`score_text`]).
+#[derive(Debug, Clone)]
+pub struct TextScore {
+    /// Mean negative log-likelihood (nats) of each scored token given the ones before it in its window.
+    pub mean_nll: f64,
+    /// Tokens scored (every token but the first of each window).
+    pub tokens: usize,
+    /// The model's most likely next token at each scored position, in order.
+    pub top1: Vec<u32>,
+}
+
+impl TextScore {
+    pub fn perplexity(&self) -> f64 {
+        self.mean_nll.exp()
+    }
+}
+
+/// Scores `ids` in consecutive windows of `window` tokens (each window starts a fresh cache): the quality
+/// measure for comparing a model with a quantized copy of itself (perplexity, and how often both pick the same
+/// next token).
+pub fn score_text(model: &Model, ids: &[u32], window: usize) -> Result<TextScore, EngineError> {
+    let window = window.clamp(2, model.decoder.max_positions());
+    let mut nll = 0f64;
+    let mut top1 = Vec::new();
+    for chunk in ids.chunks(window).filter(|c| c.len() >= 2) {
+        let mut cache = Cache::new(&model.decoder.cfg, 1);
+        let logits = model
+            .decoder
+            .forward(&[chunk[..chunk.len() - 1].to_vec()], &mut cache, true)?
+            .squeeze(0)?
+            .to_vec2::<f32>()?;
+        for (row, &target) in logits.iter().zip(&chunk[1..]) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max as f64
+                + row
+                    .iter()
+                    .map(|&v| ((v - max) as f64).exp())
+                    .sum::<f64>()
+                    .ln();
+            nll += lse - row[target as usize] as f64;
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                );
+            top1.push(best.0 as u32);
+        }
+    }
+    if top1.is_empty() {
+        return Err(EngineError::Request(
+            "the text is too short to score (it needs at least two tokens)".into(),
+        ));
+    }
+    Ok(TextScore {
+        mean_nll: nll / top1.len() as f64,
+        tokens: top1.len(),
+        top1,
+    })
+}

@@ -23,6 +23,8 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// Longest prompt plus output this instance will hold (capped by the model's own limit).
     pub max_context: usize,
+    /// Round a safetensors checkpoint's dense weights into a compact format as they load (CPU only).
+    pub quantize: Option<crate::kernels::Quantize>,
 }
 
 impl Default for LoadOptions {
@@ -31,6 +33,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: None,
             max_context: 4096,
+            quantize: None,
         }
     }
 }
@@ -69,6 +72,8 @@ pub struct Model {
     pub eos_ids: Vec<u32>,
     pub source: Source,
     pub load_time: Duration,
+    /// Bytes of the matrices our CPU kernels read (after any quantization; 0 on a GPU).
+    pub packed_bytes: usize,
 }
 
 impl Model {
@@ -99,7 +104,15 @@ impl Model {
         } else {
             stored
         });
-        let weights = Weights::from_safetensors(files, dtype, &opts.device)?;
+        let mut weights = Weights::from_safetensors(files, dtype, &opts.device)?;
+        if let Some(q) = opts.quantize {
+            if !opts.device.is_cpu() {
+                return Err(EngineError::Config(format!(
+                    "--quantize {q} runs on the CPU kernels; on a GPU, load the checkpoint as stored (or a GGUF)"
+                )));
+            }
+            weights.quantize = Some(q);
+        }
         // The tokenizer builds on another core while the weights are packed.
         let (tokenizer, decoder) = std::thread::scope(|s| {
             let tokenizer = s.spawn(|| Tokenizer::from_hf_dir(dir));
@@ -121,11 +134,21 @@ impl Model {
             eos_ids,
             source: source.clone(),
             load_time: Duration::ZERO,
+            packed_bytes: weights.packed_bytes(),
         })
     }
 
     fn load_gguf(source: &Source, opts: &LoadOptions) -> Result<Self, EngineError> {
         let path = &source.path;
+        if let Some(q) = opts.quantize {
+            return Err(EngineError::file(
+                path,
+                format!(
+                    "--quantize {q} is for safetensors checkpoints; a GGUF file is used in its own formats \
+                     (drop --quantize, or requantize it with llama.cpp's llama-quantize)"
+                ),
+            ));
+        }
         let t = Instant::now();
         let content = read_gguf(path)?;
         let mut cfg = gguf::config_from_gguf(&content).map_err(|m| EngineError::file(path, m))?;
@@ -178,6 +201,7 @@ impl Model {
             eos_ids,
             source: source.clone(),
             load_time: Duration::ZERO,
+            packed_bytes: weights.packed_bytes(),
         })
     }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use crate::kernels::{PackError, PackedMatrix};
+use crate::kernels::{PackError, PackedMatrix, Quantize};
 use crate::EngineError;
 
 /// A projection `y = x W^T (+ b)`.
@@ -93,6 +93,8 @@ pub struct Weights {
     pub dtype: DType,
     pub device: Device,
     packed: Mutex<HashMap<String, Arc<PackedMatrix>>>,
+    /// Dense projection weights are rounded into this format as they are packed (CPU only).
+    pub quantize: Option<Quantize>,
 }
 
 enum Backend {
@@ -136,6 +138,7 @@ impl Weights {
             dtype,
             device: device.clone(),
             packed: Default::default(),
+            quantize: None,
         })
     }
 
@@ -165,6 +168,7 @@ impl Weights {
             dtype: DType::F32,
             device: device.clone(),
             packed: Default::default(),
+            quantize: None,
         })
     }
 
@@ -258,6 +262,17 @@ impl Weights {
     }
 
     /// A matrix packed for the CPU kernels, built once per name and shared.
+    /// Bytes of every matrix packed so far (each shared matrix once).
+    pub fn packed_bytes(&self) -> usize {
+        let packed = self.packed.lock().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        packed
+            .values()
+            .filter(|m| seen.insert(Arc::as_ptr(m)))
+            .map(|m| m.bytes())
+            .sum()
+    }
+
     pub fn packed(&self, hf_name: &str) -> Result<Arc<PackedMatrix>, EngineError> {
         if let Some(p) = self.packed.lock().unwrap().get(hf_name) {
             return Ok(p.clone());
@@ -265,7 +280,21 @@ impl Weights {
         let m = match &self.backend {
             Backend::Safetensors { st, .. } => {
                 let view = st.get(hf_name).map_err(|_| self.missing(hf_name))?;
-                PackedMatrix::from_safetensors(view.dtype(), view.shape(), view.data())
+                PackedMatrix::from_safetensors(view.dtype(), view.shape(), view.data()).map(|m| {
+                    let kind = match self.quantize {
+                        Some(q)
+                            if hf_name.contains("embed_tokens")
+                                || hf_name.starts_with("lm_head") =>
+                        {
+                            Some(q.for_embeddings())
+                        }
+                        other => other,
+                    };
+                    match kind.and_then(|k| m.quantized(k)) {
+                        Some(q) => q,
+                        None => m,
+                    }
+                })
             }
             Backend::Gguf { .. } => {
                 let (dtype, dims, bytes) = self.gguf_bytes(hf_name)?;

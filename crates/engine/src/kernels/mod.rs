@@ -19,6 +19,7 @@
 //! binary runs everywhere. Rows are split across rayon's threads.
 
 mod pack;
+mod quantize;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -26,6 +27,7 @@ mod x86;
 use rayon::prelude::*;
 
 pub use pack::PackError;
+pub use quantize::Quantize;
 
 /// Weights in one of the kernel formats.
 #[derive(Debug, Clone)]

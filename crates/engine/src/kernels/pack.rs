@@ -42,7 +42,7 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
 }
 
 /// Packs 32 four-bit values as the kernel expects: byte `i` holds value `i` (low) and value `i + 16` (high).
-fn push_q4(qs: &mut Vec<u8>, v: &[u8; 32]) {
+pub(super) fn push_q4(qs: &mut Vec<u8>, v: &[u8; 32]) {
     for i in 0..16 {
         qs.push(v[i] | (v[i + 16] << 4));
     }
