@@ -66,7 +66,9 @@ impl PackedMatrix {
     /// These weights rounded into `kind`. Already-quantized matrices, and rows whose length is not a multiple
     /// of 32, are returned unchanged (`None`).
     pub fn quantized(&self, kind: Quantize) -> Option<PackedMatrix> {
-        if matches!(self.format, Format::Q4 { .. } | Format::Q8 { .. }) || self.cols % BLOCK != 0 {
+        if matches!(self.format, Format::Q4 { .. } | Format::Q8 { .. })
+            || !self.cols.is_multiple_of(BLOCK)
+        {
             return None;
         }
         let blocks = self.rows * self.cols / BLOCK;
