@@ -226,3 +226,136 @@ fn float16_checkpoint_matches_its_float32_original() {
     assert!(worst < 0.02, "f16 differs from f32 by {worst}");
     assert!(worst > 0.0, "the f16 copy must really be f16");
 }
+
+/// What continuous batching does to a cache: a running sequence and a newly prefilled one merge (the shorter
+/// left-padded to the longer), both continue at their own positions, and after one leaves the padding nobody
+/// needs is trimmed. Each step's logits equal a single run over the same tokens (on the test device).
+#[test]
+fn merged_and_trimmed_caches_continue_every_sequence() {
+    let dir = reference_dir().join("tiny").join("llama");
+    let opts = LoadOptions {
+        device: test_device(),
+        ..LoadOptions::default()
+    };
+    let model = Model::load(dir.to_str().unwrap(), &opts).unwrap();
+    let single = |ids: &[u32]| {
+        let mut c = Cache::new(model.config(), 1);
+        model
+            .decoder
+            .forward(&[ids.to_vec()], &mut c, false)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let diff = |x: &[f32], y: &[f32]| {
+        x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, |acc, d| {
+            if d.is_nan() {
+                f32::INFINITY
+            } else {
+                acc.max(d)
+            }
+        })
+    };
+    let prefill = |ids: &[u32]| {
+        let mut c = Cache::new(model.config(), 1);
+        model.decoder.forward(&[ids.to_vec()], &mut c, false).unwrap();
+        c
+    };
+    for (a, b) in [
+        (vec![5u32, 17, 99, 3, 42, 7], vec![8u32, 64, 23]),
+        // The newcomer longer than the running sequence: the running one gets the padding.
+        (vec![9u32, 2], vec![30u32, 31, 32, 33, 34, 35, 36]),
+    ] {
+        let mut running = prefill(&a);
+        model.decoder.forward(&[vec![11]], &mut running, false).unwrap();
+        running.merge(prefill(&b)).unwrap();
+        assert_eq!(running.batch(), 2);
+        assert_eq!(running.len(), (a.len() + 1).max(b.len()));
+        let step = model
+            .decoder
+            .forward(&[vec![13], vec![13]], &mut running, false)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let a_all = [a.clone(), vec![11, 13]].concat();
+        let b_all = [b.clone(), vec![13]].concat();
+        assert!(diff(&step[0], &single(&a_all)) < 1e-4, "running sequence after the merge");
+        assert!(diff(&step[1], &single(&b_all)) < 1e-4, "joined sequence after the merge");
+        // The first sequence leaves; the second goes on alone, its padding trimmed away.
+        running.retain(&[1]).unwrap();
+        running.trim().unwrap();
+        assert_eq!(running.len(), b_all.len());
+        assert_eq!(running.pads(), &[0]);
+        let step = model
+            .decoder
+            .forward(&[vec![17]], &mut running, false)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let b_more = [b_all.clone(), vec![17]].concat();
+        assert!(diff(&step[0], &single(&b_more)) < 1e-4, "after trimming");
+    }
+}
+
+/// The batch thread on the test device: requests arriving while others decode produce the tokens they produce
+/// alone (greedy, tiny random-weight llama).
+#[test]
+fn the_batch_thread_answers_as_single_runs() {
+    use std::sync::mpsc::channel;
+    use vibecheck_engine::{BatchEvent, Batcher, BatcherSettings};
+    let dir = reference_dir().join("tiny").join("llama");
+    let opts = LoadOptions {
+        device: test_device(),
+        ..LoadOptions::default()
+    };
+    let model = std::sync::Arc::new(Model::load(dir.to_str().unwrap(), &opts).unwrap());
+    let batcher = Batcher::new(
+        model.clone(),
+        BatcherSettings {
+            max_batch: 4,
+            prefill_chunk: 4,
+        },
+    )
+    .unwrap();
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![5, 17, 99, 3, 42, 7],
+        vec![8, 64, 23],
+        (20..60).collect(),
+        vec![1, 2],
+        vec![70, 71, 72, 73, 74],
+    ];
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(24)
+    };
+    let mut receivers = Vec::new();
+    for p in &prompts {
+        let (tx, rx) = channel();
+        batcher.submit(
+            p.clone(),
+            params.clone(),
+            Box::new(move |ev| {
+                if let BatchEvent::Done(g) = ev {
+                    let _ = tx.send(Ok(g));
+                } else if let BatchEvent::Failed(e) = ev {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+                true
+            }),
+        );
+        receivers.push(rx);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    for (p, rx) in prompts.iter().zip(receivers) {
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
+        let alone = model.generate(&Prompt::Tokens(p.clone()), &params).unwrap();
+        assert_eq!(got.token_ids, alone.token_ids, "prompt {p:?}");
+    }
+    let counts = batcher.counts();
+    assert!(counts.largest >= 2, "{counts:?}");
+}
