@@ -292,10 +292,18 @@ impl Decoder {
             )?)
         } else {
             let b = cfg.attention_bias;
-            Projections::Separate {
-                q: w.linear(&format!("{p}.self_attn.q_proj"), nh * hd, h, b)?,
-                k: w.linear(&format!("{p}.self_attn.k_proj"), nkv * hd, h, b)?,
-                v: w.linear(&format!("{p}.self_attn.v_proj"), nkv * hd, h, b)?,
+            let (q, k, v) = (
+                format!("{p}.self_attn.q_proj"),
+                format!("{p}.self_attn.k_proj"),
+                format!("{p}.self_attn.v_proj"),
+            );
+            match w.stacked_linear(&[(&q, nh * hd), (&k, nkv * hd), (&v, nkv * hd)], h, b)? {
+                Some(qkv) => Projections::Fused(qkv),
+                None => Projections::Separate {
+                    q: w.linear(&q, nh * hd, h, b)?,
+                    k: w.linear(&k, nkv * hd, h, b)?,
+                    v: w.linear(&v, nkv * hd, h, b)?,
+                },
             }
         };
         let o_bias = cfg.attention_bias && matches!(cfg.arch, Arch::Llama | Arch::Mistral);
@@ -321,9 +329,13 @@ impl Decoder {
             proj: if cfg.arch == Arch::Phi3 {
                 MlpProj::Fused(w.linear(&format!("{p}.mlp.gate_up_proj"), 2 * inter, h, false)?)
             } else {
-                MlpProj::Separate {
-                    gate: w.linear(&format!("{p}.mlp.gate_proj"), inter, h, mb)?,
-                    up: w.linear(&format!("{p}.mlp.up_proj"), inter, h, mb)?,
+                let (gate, up) = (format!("{p}.mlp.gate_proj"), format!("{p}.mlp.up_proj"));
+                match w.stacked_linear(&[(&gate, inter), (&up, inter)], h, mb)? {
+                    Some(gu) => MlpProj::Fused(gu),
+                    None => MlpProj::Separate {
+                        gate: w.linear(&gate, inter, h, mb)?,
+                        up: w.linear(&up, inter, h, mb)?,
+                    },
                 }
             },
             down: w.linear(&format!("{p}.mlp.down_proj"), h, inter, mb)?,

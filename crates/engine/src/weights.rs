@@ -261,7 +261,6 @@ impl Weights {
         }
     }
 
-    /// A matrix packed for the CPU kernels, built once per name and shared.
     /// Bytes of every matrix packed so far (each shared matrix once).
     pub fn packed_bytes(&self) -> usize {
         let packed = self.packed.lock().unwrap();
@@ -273,11 +272,22 @@ impl Weights {
             .sum()
     }
 
+    /// A matrix packed for the CPU kernels, built once per name and shared.
     pub fn packed(&self, hf_name: &str) -> Result<Arc<PackedMatrix>, EngineError> {
         if let Some(p) = self.packed.lock().unwrap().get(hf_name) {
             return Ok(p.clone());
         }
-        let m = match &self.backend {
+        let m = Arc::new(self.pack(hf_name)?);
+        self.packed
+            .lock()
+            .unwrap()
+            .insert(hf_name.to_string(), m.clone());
+        Ok(m)
+    }
+
+    /// Packs one matrix (quantizing it on the way when asked), without caching it.
+    fn pack(&self, hf_name: &str) -> Result<PackedMatrix, EngineError> {
+        match &self.backend {
             Backend::Safetensors { st, .. } => {
                 let view = st.get(hf_name).map_err(|_| self.missing(hf_name))?;
                 PackedMatrix::from_safetensors(view.dtype(), view.shape(), view.data()).map(|m| {
@@ -307,13 +317,53 @@ impl Weights {
                 }
             }
         }
-        .map_err(|e| self.bad(hf_name, e))?;
-        let m = Arc::new(m);
-        self.packed
-            .lock()
-            .unwrap()
-            .insert(hf_name.to_string(), m.clone());
-        Ok(m)
+        .map_err(|e| self.bad(hf_name, e))
+    }
+
+    /// Projections that read the same input (q, k and v; gate and up) as one CPU matrix with their rows
+    /// stacked in order, so a token needs one parallel pass over them instead of several (and its input is
+    /// quantized once). `None` on a GPU, or when the parts are stored in different formats: then the caller
+    /// loads them one by one. `parts` are (prefix, out_dim); every part has `in_dim` columns.
+    pub fn stacked_linear(
+        &self,
+        parts: &[(&str, usize)],
+        in_dim: usize,
+        bias: bool,
+    ) -> Result<Option<Linear>, EngineError> {
+        if !self.device.is_cpu() {
+            return Ok(None);
+        }
+        let mut mats = Vec::with_capacity(parts.len());
+        for (prefix, out_dim) in parts {
+            let name = format!("{prefix}.weight");
+            let m = self.pack(&name)?;
+            if [m.rows, m.cols] != [*out_dim, in_dim] {
+                return Err(self.bad(
+                    &name,
+                    format!(
+                        "has shape {:?}, but config.json implies [{out_dim}, {in_dim}]",
+                        [m.rows, m.cols]
+                    ),
+                ));
+            }
+            mats.push(m);
+        }
+        let Some(weight) = PackedMatrix::stack_rows(mats) else {
+            return Ok(None);
+        };
+        let bias = if bias {
+            let b = parts
+                .iter()
+                .map(|(prefix, _)| self.dense(&format!("{prefix}.bias")))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(Tensor::cat(&b, 0)?)
+        } else {
+            None
+        };
+        let weight = Arc::new(weight);
+        let key = parts.iter().map(|(p, _)| *p).collect::<Vec<_>>().join("+");
+        self.packed.lock().unwrap().insert(key, weight.clone());
+        Ok(Some(Linear::Packed { weight, bias }))
     }
 
     /// A dense tensor in the compute dtype (quantized ones are dequantized).

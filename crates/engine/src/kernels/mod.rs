@@ -276,6 +276,38 @@ impl PackedMatrix {
         }
     }
 
+    /// The matrices' rows one after another in one matrix, when they all have the same format and width.
+    pub fn stack_rows(parts: Vec<PackedMatrix>) -> Option<PackedMatrix> {
+        let cols = parts.first()?.cols;
+        if parts.iter().any(|p| {
+            p.cols != cols
+                || std::mem::discriminant(&p.format) != std::mem::discriminant(&parts[0].format)
+        }) {
+            return None;
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let mut it = parts.into_iter().map(|p| p.format);
+        let mut format = it.next()?;
+        for next in it {
+            match (&mut format, next) {
+                (Format::F32(a), Format::F32(b)) => a.extend(b),
+                (Format::Bf16(a), Format::Bf16(b)) | (Format::F16(a), Format::F16(b)) => {
+                    a.extend(b)
+                }
+                (Format::Q4 { qs, dm }, Format::Q4 { qs: q2, dm: d2 }) => {
+                    qs.extend(q2);
+                    dm.extend(d2);
+                }
+                (Format::Q8 { qs, dm }, Format::Q8 { qs: q2, dm: d2 }) => {
+                    qs.extend(q2);
+                    dm.extend(d2);
+                }
+                _ => return None,
+            }
+        }
+        Some(PackedMatrix { rows, cols, format })
+    }
+
     /// Row `r` as float32 (embedding lookups).
     pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
         let c = self.cols;

@@ -353,4 +353,54 @@ mod tests {
         let b = Kernel::detect().dot_q4(&qs[..288], &dm[..36], &xq);
         assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
     }
+
+    /// Stacked projections (q, k, v as one matrix) compute exactly what their parts compute, in every format;
+    /// parts in different formats are not stacked.
+    #[test]
+    fn stacked_matrices_compute_what_their_parts_compute() {
+        let x: Vec<f32> = random(5, 96, 3).flatten_all().unwrap().to_vec1().unwrap();
+        let builders: [fn(&Tensor) -> PackedMatrix; 4] = [
+            |w| PackedMatrix::from_dense(w).unwrap(),
+            |w| PackedMatrix::from_dense(&w.to_dtype(DType::BF16).unwrap()).unwrap(),
+            |w| {
+                PackedMatrix::from_qtensor(&QTensor::quantize(w, GgmlDType::Q4_1).unwrap()).unwrap()
+            },
+            |w| {
+                PackedMatrix::from_qtensor(&QTensor::quantize(w, GgmlDType::Q8_0).unwrap()).unwrap()
+            },
+        ];
+        for build in builders {
+            let parts: Vec<PackedMatrix> = [(12, 1), (4, 2), (4, 3)]
+                .iter()
+                .map(|&(rows, seed)| build(&random(rows, 96, seed)))
+                .collect();
+            let mut separate = Vec::new();
+            for p in &parts {
+                let mut out = vec![0f32; 5 * p.rows];
+                p.matmul(&x, 5, &mut out);
+                separate.push(out);
+            }
+            let stacked = PackedMatrix::stack_rows(parts).unwrap();
+            assert_eq!((stacked.rows, stacked.cols), (20, 96));
+            let mut out = vec![0f32; 5 * 20];
+            stacked.matmul(&x, 5, &mut out);
+            for t in 0..5 {
+                let mut expect = Vec::new();
+                for (p, rows) in separate.iter().zip([12, 4, 4]) {
+                    expect.extend_from_slice(&p[t * rows..(t + 1) * rows]);
+                }
+                assert_eq!(
+                    &out[t * 20..(t + 1) * 20],
+                    &expect[..],
+                    "{}",
+                    stacked.format_name()
+                );
+            }
+        }
+        let mixed = vec![
+            PackedMatrix::from_dense(&random(4, 96, 1)).unwrap(),
+            PackedMatrix::from_dense(&random(4, 96, 2).to_dtype(DType::BF16).unwrap()).unwrap(),
+        ];
+        assert!(PackedMatrix::stack_rows(mixed).is_none());
+    }
 }

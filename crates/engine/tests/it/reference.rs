@@ -250,17 +250,23 @@ fn merged_and_trimmed_caches_continue_every_sequence() {
             .unwrap()
     };
     let diff = |x: &[f32], y: &[f32]| {
-        x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, |acc, d| {
-            if d.is_nan() {
-                f32::INFINITY
-            } else {
-                acc.max(d)
-            }
-        })
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, |acc, d| {
+                if d.is_nan() {
+                    f32::INFINITY
+                } else {
+                    acc.max(d)
+                }
+            })
     };
     let prefill = |ids: &[u32]| {
         let mut c = Cache::new(model.config(), 1);
-        model.decoder.forward(&[ids.to_vec()], &mut c, false).unwrap();
+        model
+            .decoder
+            .forward(&[ids.to_vec()], &mut c, false)
+            .unwrap();
         c
     };
     for (a, b) in [
@@ -269,7 +275,10 @@ fn merged_and_trimmed_caches_continue_every_sequence() {
         (vec![9u32, 2], vec![30u32, 31, 32, 33, 34, 35, 36]),
     ] {
         let mut running = prefill(&a);
-        model.decoder.forward(&[vec![11]], &mut running, false).unwrap();
+        model
+            .decoder
+            .forward(&[vec![11]], &mut running, false)
+            .unwrap();
         running.merge(prefill(&b)).unwrap();
         assert_eq!(running.batch(), 2);
         assert_eq!(running.len(), (a.len() + 1).max(b.len()));
@@ -281,8 +290,14 @@ fn merged_and_trimmed_caches_continue_every_sequence() {
             .unwrap();
         let a_all = [a.clone(), vec![11, 13]].concat();
         let b_all = [b.clone(), vec![13]].concat();
-        assert!(diff(&step[0], &single(&a_all)) < 1e-4, "running sequence after the merge");
-        assert!(diff(&step[1], &single(&b_all)) < 1e-4, "joined sequence after the merge");
+        assert!(
+            diff(&step[0], &single(&a_all)) < 1e-4,
+            "running sequence after the merge"
+        );
+        assert!(
+            diff(&step[1], &single(&b_all)) < 1e-4,
+            "joined sequence after the merge"
+        );
         // The first sequence leaves; the second goes on alone, its padding trimmed away.
         running.retain(&[1]).unwrap();
         running.trim().unwrap();
