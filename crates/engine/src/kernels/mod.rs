@@ -285,9 +285,23 @@ impl PackedMatrix {
         }) {
             return None;
         }
-        let rows = parts.iter().map(|p| p.rows).sum();
+        let rows: usize = parts.iter().map(|p| p.rows).sum();
+        let extra = (rows - parts[0].rows) * cols;
         let mut it = parts.into_iter().map(|p| p.format);
         let mut format = it.next()?;
+        // One allocation for the whole stack.
+        match &mut format {
+            Format::F32(a) => a.reserve(extra),
+            Format::Bf16(a) | Format::F16(a) => a.reserve(extra),
+            Format::Q4 { qs, dm } => {
+                qs.reserve(extra / 2);
+                dm.reserve(extra / BLOCK * 2);
+            }
+            Format::Q8 { qs, dm } => {
+                qs.reserve(extra);
+                dm.reserve(extra / BLOCK * 2);
+            }
+        }
         for next in it {
             match (&mut format, next) {
                 (Format::F32(a), Format::F32(b)) => a.extend(b),
