@@ -130,6 +130,9 @@ struct SamplingArgs {
     /// Stop before this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens until --max-tokens (for timing runs).
+    #[arg(long)]
+    ignore_eos: bool,
 }
 
 #[derive(Args)]
@@ -293,6 +296,7 @@ fn sampling(model: &Model, a: &SamplingArgs) -> SamplingParams {
     }
     p.seed = a.seed;
     p.stop = a.stop.clone();
+    p.ignore_eos = a.ignore_eos;
     p
 }
 

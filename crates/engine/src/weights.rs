@@ -308,16 +308,41 @@ impl Weights {
             }
             Backend::Gguf { .. } => {
                 let (dtype, dims, bytes) = self.gguf_bytes(hf_name)?;
-                match PackedMatrix::from_ggml(dtype, &bytes, &dims) {
+                let packed = match PackedMatrix::from_ggml(dtype, &bytes, &dims) {
                     // No compact kernel for this format (Q2_K, Q3_K, Q6_K): exact float32 instead.
                     Err(PackError::Unsupported(_)) => PackedMatrix::from_dense(
                         &self.gguf_qtensor(hf_name)?.dequantize(&self.device)?,
                     ),
                     other => other,
-                }
+                };
+                drop(bytes);
+                self.release_gguf(hf_name);
+                packed
             }
         }
         .map_err(|e| self.bad(hf_name, e))
+    }
+
+    /// Drops a GGUF tensor's pages from this process once it has been copied into our own format, so loading
+    /// does not hold the file's pages and the packed copy at once (peak memory). The pages stay in the page
+    /// cache; a later read of the range faults them back in.
+    fn release_gguf(&self, hf_name: &str) {
+        #[cfg(unix)]
+        if let Backend::Gguf { content, mmap, .. } = &self.backend {
+            let info = gguf_name(hf_name).and_then(|n| content.tensor_infos.get(&n));
+            if let Some(Ok(range)) = info.map(|i| gguf_range(content, i, mmap.len())) {
+                // SAFETY: a read-only shared mapping of a file: MADV_DONTNEED only unmaps the pages, and any
+                // later access reads the same bytes back from the file. No reference into the range is alive
+                // (the caller's borrow ended above).
+                let _ = unsafe {
+                    mmap.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        range.start,
+                        range.len(),
+                    )
+                };
+            }
+        }
     }
 
     /// Projections that read the same input (q, k and v; gate and up) as one CPU matrix with their rows
