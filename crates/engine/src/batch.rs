@@ -138,19 +138,26 @@ impl Model {
             .zip(params)
             .map(|(row, p)| Seq::new(row, p))
             .collect::<Result<Vec<_>, _>>()?;
-        let rows: Vec<Vec<u32>> = ids.iter().map(|r| left_pad(r, longest, pad)).collect();
-        let mut cache = Cache::with_padding(
-            &self.decoder.cfg,
-            ids.iter().map(|r| longest - r.len()).collect(),
-        );
+        // Each prompt is prefilled on its own (no work spent on padding), then the caches are stacked into one
+        // left-padded batch for decoding.
         let prefill_start = Instant::now();
-        let mut logits = self.decoder.forward(&rows, &mut cache, false)?;
+        let mut caches = Vec::with_capacity(ids.len());
+        let mut first = Vec::with_capacity(ids.len());
+        for row in &ids {
+            let mut c = Cache::new(&self.decoder.cfg, 1);
+            let l = self
+                .decoder
+                .forward(std::slice::from_ref(row), &mut c, false)?;
+            first.push(l.squeeze(0)?.to_vec1::<f32>()?);
+            caches.push(c);
+        }
+        let mut cache = Cache::stack(caches)?;
         let prefill_ms = prefill_start.elapsed().as_secs_f64() * 1000.0;
         let decode_start = Instant::now();
         // Which sequence each row of the batch (and of the cache) is.
         let mut rows_of: Vec<usize> = (0..seqs.len()).collect();
+        let mut all: Vec<Vec<f32>> = first;
         loop {
-            let all: Vec<Vec<f32>> = logits.to_vec2::<f32>()?;
             let mut next = Vec::with_capacity(rows_of.len());
             for (&si, mut row) in rows_of.iter().zip(all) {
                 let (tok, _) = seqs[si].step(self, &mut row)?;
@@ -173,7 +180,10 @@ impl Model {
                 rows_of = keep.iter().map(|&r| rows_of[r]).collect();
             }
             let step: Vec<Vec<u32>> = keep.iter().map(|&r| vec![next[r]]).collect();
-            logits = self.decoder.forward(&step, &mut cache, false)?;
+            all = self
+                .decoder
+                .forward(&step, &mut cache, false)?
+                .to_vec2::<f32>()?;
         }
         let decode_ms = decode_start.elapsed().as_secs_f64() * 1000.0;
         let mut out = Vec::with_capacity(seqs.len());
@@ -193,7 +203,8 @@ impl Model {
                     prefill_ms,
                     first_token_ms: prefill_ms + (prefill_start - started).as_secs_f64() * 1000.0,
                     decode_ms,
-                    prefill_tokens_per_s: longest as f64 / (prefill_ms / 1000.0).max(1e-9),
+                    prefill_tokens_per_s: ids.iter().map(Vec::len).sum::<usize>() as f64
+                        / (prefill_ms / 1000.0).max(1e-9),
                     decode_tokens_per_s: decoded / (decode_ms / 1000.0).max(1e-9),
                 },
                 seed: s.seed,

@@ -160,31 +160,51 @@ impl Cache {
     /// sequences). The shorter of the two is left-padded to the longer one's length; padding is masked, and
     /// positions are counted from each sequence's own start, so every sequence continues exactly where it was.
     pub fn merge(&mut self, other: Cache) -> Result<(), EngineError> {
-        if self.pads.is_empty() {
-            *self = other;
-            return Ok(());
-        }
-        if other.pads.is_empty() {
-            return Ok(());
-        }
-        let len = self.len.max(other.len);
-        let (grow_a, grow_b) = (len - self.len, len - other.len);
-        for (a, b) in self.layers.iter_mut().zip(other.layers) {
-            let (ka, va, kb, vb) = (a.k()?, a.v()?, b.k()?, b.v()?);
-            let (Some(ka), Some(va), Some(kb), Some(vb)) = (ka, va, kb, vb) else {
-                return Err(EngineError::Config(
-                    "merging batches whose caches are empty".into(),
-                ));
-            };
-            let k = Tensor::cat(&[&front_pad(&ka, grow_a)?, &front_pad(&kb, grow_b)?], 0)?;
-            let v = Tensor::cat(&[&front_pad(&va, grow_a)?, &front_pad(&vb, grow_b)?], 0)?;
-            a.reset();
-            a.append(&k, &v)?;
-        }
-        self.pads.iter_mut().for_each(|p| *p += grow_a);
-        self.pads.extend(other.pads.iter().map(|p| p + grow_b));
-        self.len = len;
+        let this = std::mem::replace(
+            self,
+            Cache {
+                layers: Vec::new(),
+                len: 0,
+                pads: Vec::new(),
+            },
+        );
+        *self = Cache::stack(vec![this, other])?;
         Ok(())
+    }
+
+    /// One batch of all the caches' sequences, in order, each left-padded to the longest (see [`Cache::merge`]).
+    /// Prompts prefilled one by one and stacked waste no work on padding in the prefill.
+    pub fn stack(caches: Vec<Cache>) -> Result<Cache, EngineError> {
+        let mut caches: Vec<Cache> = caches.into_iter().filter(|c| !c.pads.is_empty()).collect();
+        if caches.len() <= 1 {
+            return caches
+                .pop()
+                .ok_or_else(|| EngineError::Config("stacking no caches".into()));
+        }
+        let len = caches.iter().map(|c| c.len).max().unwrap_or(0);
+        let n_layers = caches[0].layers.len();
+        let mut layers = Vec::with_capacity(n_layers);
+        for l in 0..n_layers {
+            let (mut ks, mut vs) = (Vec::new(), Vec::new());
+            for c in &caches {
+                let (Some(k), Some(v)) = (c.layers[l].k()?, c.layers[l].v()?) else {
+                    return Err(EngineError::Config("stacking caches that are empty".into()));
+                };
+                ks.push(front_pad(&k, len - c.len)?);
+                vs.push(front_pad(&v, len - c.len)?);
+            }
+            let mut kv = KvCache::new(2, len.max(1).next_multiple_of(256));
+            kv.append(&Tensor::cat(&ks, 0)?, &Tensor::cat(&vs, 0)?)?;
+            layers.push(kv);
+            for c in &mut caches {
+                c.layers[l].reset();
+            }
+        }
+        let pads = caches
+            .iter()
+            .flat_map(|c| c.pads.iter().map(move |p| p + len - c.len))
+            .collect();
+        Ok(Cache { layers, len, pads })
     }
 
     /// Drops the leading positions that are padding for every sequence (after the longest one left the batch),
