@@ -218,10 +218,3 @@ impl Model {
         self.eos_ids.first().copied().unwrap_or(0)
     }
 }
-
-/// `row` with `pad` in front up to `len` tokens.
-pub(crate) fn left_pad(row: &[u32], len: usize, pad: u32) -> Vec<u32> {
-    let mut padded = vec![pad; len - row.len()];
-    padded.extend_from_slice(row);
-    padded
-}

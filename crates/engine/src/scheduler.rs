@@ -2,9 +2,9 @@
 //!
 //! A [`Batcher`] owns a thread and a batched KV cache for one model. Every step decodes one token for each
 //! running sequence in a single forward pass, so the weights are read once per step for all of them. New requests
-//! are prefilled as a group in their own cache, a chunk per step while others are decoding (a long prompt slows
-//! the running streams a little instead of stopping them), and then merged into the running batch
-//! ([`Cache::merge`]). A sequence that ends — end of sequence, stop string, token budget, the context limit, or
+//! are prefilled each in its own cache (no work on padding), `prefill_chunk` tokens per step while others are
+//! decoding (a long prompt slows the running streams a little instead of stopping them), and then merged into the
+//! running batch together ([`Cache::stack`], [`Cache::merge`]). A sequence that ends — end of sequence, stop string, token budget, the context limit, or
 //! its receiver cancelling — leaves at once ([`Cache::retain`]) and the cache drops padding nobody needs
 //! ([`Cache::trim`]).
 //!
@@ -16,7 +16,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::batch::{left_pad, Seq};
+use crate::batch::Seq;
 use crate::generate::{FinishReason, Generation, Timings, Usage};
 use crate::loader::Model;
 use crate::model::Cache;
@@ -214,13 +214,20 @@ impl Live {
     }
 }
 
-/// New sequences being prefilled together, left-padded to the longest prompt.
+/// New sequences being prefilled, each in its own cache (no work spent on padding); they join the running batch
+/// together once all their prompts are in.
 struct Group {
-    live: Vec<Live>,
-    rows: Vec<Vec<u32>>,
+    members: Vec<Member>,
+}
+
+struct Member {
+    live: Live,
+    prompt: Vec<u32>,
     cache: Cache,
     /// Prompt positions already run.
     done: usize,
+    /// Logits after the last prompt position, once the whole prompt is in.
+    last: Option<Vec<f32>>,
 }
 
 struct Loop {
@@ -321,81 +328,94 @@ impl Loop {
         if live.is_empty() {
             return;
         }
-        let longest = live.iter().map(|(_, p)| p.len()).max().unwrap_or(0);
-        let pad = self.model.pad_id();
-        let rows = live
-            .iter()
-            .map(|(_, p)| left_pad(p, longest, pad))
-            .collect();
-        let pads = live.iter().map(|(_, p)| longest - p.len()).collect();
+        let cfg = &self.model.decoder.cfg;
         self.joining = Some(Group {
-            live: live.into_iter().map(|(l, _)| l).collect(),
-            rows,
-            cache: Cache::with_padding(&self.model.decoder.cfg, pads),
-            done: 0,
+            members: live
+                .into_iter()
+                .map(|(live, prompt)| Member {
+                    live,
+                    prompt,
+                    cache: Cache::new(cfg, 1),
+                    done: 0,
+                    last: None,
+                })
+                .collect(),
         });
     }
 
-    /// Runs the next chunk of the joining group's prompts; when they are all in, samples each one's first token
-    /// and merges the group into the running batch.
+    /// Runs the joining prompts: all of them when nothing else is running, else the next `prefill_chunk` tokens.
+    /// When every prompt is in, samples each one's first token and merges the group into the running batch.
     fn prefill_step(&mut self) {
         let Some(mut g) = self.joining.take() else {
             return;
         };
-        let total = g.rows[0].len();
-        let take = if self.running.is_empty() {
-            total - g.done
+        let mut budget = if self.running.is_empty() {
+            usize::MAX
         } else {
-            (self.settings.prefill_chunk / g.rows.len())
-                .max(1)
-                .min(total - g.done)
+            self.settings.prefill_chunk
         };
-        let chunk: Vec<Vec<u32>> = g
-            .rows
-            .iter()
-            .map(|r| r[g.done..g.done + take].to_vec())
-            .collect();
-        let started = Instant::now();
-        let result = self.model.decoder.forward(&chunk, &mut g.cache, false);
-        self.stats.prefill_chunks.fetch_add(1, Ordering::Relaxed);
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        g.live.iter_mut().for_each(|l| l.prefill_ms += ms);
-        g.done += take;
-        let logits = match result.and_then(|l| Ok(l.to_vec2::<f32>()?)) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!("prefill failed: {e}");
-                g.live.into_iter().for_each(|l| l.fail(&e));
-                return;
+        let mut failed = None;
+        for m in g.members.iter_mut().filter(|m| m.last.is_none()) {
+            if budget == 0 {
+                break;
             }
-        };
-        if g.done < total {
+            let take = budget.min(m.prompt.len() - m.done);
+            let started = Instant::now();
+            let result = self
+                .model
+                .decoder
+                .forward(
+                    &[m.prompt[m.done..m.done + take].to_vec()],
+                    &mut m.cache,
+                    false,
+                )
+                .and_then(|l| Ok(l.squeeze(0)?.to_vec1::<f32>()?));
+            self.stats.prefill_chunks.fetch_add(1, Ordering::Relaxed);
+            m.live.prefill_ms += started.elapsed().as_secs_f64() * 1000.0;
+            match result {
+                Ok(logits) => {
+                    m.done += take;
+                    budget -= take;
+                    if m.done == m.prompt.len() {
+                        m.last = Some(logits);
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            tracing::warn!("prefill failed: {e}");
+            g.members.into_iter().for_each(|m| m.live.fail(&e));
+            return;
+        }
+        if g.members.iter().any(|m| m.last.is_none()) {
             self.joining = Some(g);
             return;
         }
-        let mut keep = Vec::new();
         let mut kept = Vec::new();
-        for (i, (mut live, mut row)) in g.live.into_iter().zip(logits).enumerate() {
-            if self.sample(&mut live, &mut row) {
-                keep.push(i);
-                kept.push(live);
+        let mut caches = Vec::new();
+        for mut m in g.members {
+            let mut row = m.last.take().unwrap_or_default();
+            if self.sample(&mut m.live, &mut row) {
+                kept.push(m.live);
+                caches.push(m.cache);
             } else {
-                live.done(&self.model);
+                m.live.done(&self.model);
             }
         }
         if kept.is_empty() {
             return;
         }
-        let merged = g
-            .cache
-            .retain(&keep)
-            .and_then(|_| match self.cache.as_mut() {
-                Some(c) => c.merge(g.cache).and_then(|_| c.trim()),
-                None => {
-                    self.cache = Some(g.cache);
-                    Ok(())
-                }
-            });
+        let merged = Cache::stack(caches).and_then(|group| match self.cache.as_mut() {
+            Some(c) => c.merge(group).and_then(|_| c.trim()),
+            None => {
+                self.cache = Some(group);
+                Ok(())
+            }
+        });
         match merged {
             Ok(()) => self.running.extend(kept),
             Err(e) => {
