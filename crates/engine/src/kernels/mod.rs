@@ -89,19 +89,6 @@ impl PackedMatrix {
             }
             _ => Vec::new(),
         };
-        // Each group of four inputs' block scales and sums, interleaved for the four-input kernels.
-        let groups: Vec<(Vec<f32>, Vec<f32>)> = quantized
-            .chunks_exact(4)
-            .map(|g| {
-                let nb = g[0].sx.len();
-                let (mut sx, mut sum) = (Vec::with_capacity(4 * nb), Vec::with_capacity(4 * nb));
-                for b in 0..nb {
-                    sx.extend(g.iter().map(|q| q.sx[b]));
-                    sum.extend(g.iter().map(|q| q.sum[b]));
-                }
-                (sx, sum)
-            })
-            .collect();
         let kernel = Kernel::detect();
         // Rows per task: enough work to amortise scheduling, enough tasks to balance threads.
         let chunk = (4096 / self.cols.max(1)).clamp(8, 256);
@@ -156,7 +143,6 @@ impl PackedMatrix {
                             r,
                             group.map(xt),
                             group.map(|t| quantized.get(t)),
-                            groups.get(t / 4),
                         );
                         row_out[t..t + 4].copy_from_slice(&v);
                         t += 4;
@@ -210,7 +196,6 @@ impl PackedMatrix {
         r: usize,
         x: [&[f32]; 4],
         xq: [Option<&QuantizedInput>; 4],
-        group: Option<&(Vec<f32>, Vec<f32>)>,
     ) -> [f32; 4] {
         let c = self.cols;
         let nb = c / BLOCK;
@@ -223,29 +208,25 @@ impl PackedMatrix {
                     Format::Bf16(w) => return x86::dot4_bf16(&w[r * c..(r + 1) * c], x),
                     Format::Q4 { qs, dm } => {
                         let xq = xq.map(|q| q.expect("quantized input"));
-                        let (sx, sum) = group.expect("grouped quantized inputs");
                         return x86::dot4_q4(
                             &qs[r * c / 2..(r + 1) * c / 2],
                             &dm[r * nb * 2..(r + 1) * nb * 2],
                             xq,
-                            &x86::Group4 { sx, sum },
                         );
                     }
                     Format::Q8 { qs, dm } => {
                         let xq = xq.map(|q| q.expect("quantized input"));
-                        let (sx, sum) = group.expect("grouped quantized inputs");
                         return x86::dot4_q8(
                             &qs[r * c..(r + 1) * c],
                             &dm[r * nb * 2..(r + 1) * nb * 2],
                             xq,
-                            &x86::Group4 { sx, sum },
                         );
                     }
                     _ => {}
                 }
             }
         }
-        let _ = (nb, group);
+        let _ = nb;
         [0, 1, 2, 3].map(|i| self.row_dot(kernel, r, x[i], xq[i]))
     }
 

@@ -156,99 +156,54 @@ pub unsafe fn dot4_f32(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
     out
 }
 
-/// The four inputs' per-block figures of [`dot4_q4`]/[`dot4_q8`], interleaved: `sx[4b + k]` and `sum[4b + k]`
-/// belong to input `k`, block `b`.
-pub struct Group4<'a> {
-    pub sx: &'a [f32],
-    pub sum: &'a [f32],
-}
-
-/// Block `b`'s four integer dot products (`s[k]`, eight partial lanes each) reduced to one vector, scaled by
-/// `d` and the inputs' scales, and added to `acc`; the offset term `m · sum` goes to `off`.
-#[inline(always)]
-unsafe fn block4(
-    s: [__m256i; 4],
-    d: f32,
-    m: f32,
-    g: &Group4,
-    b: usize,
-    acc: &mut __m256,
-    off: &mut __m128,
-) {
-    // [k0 01, k0 23, k1 01, k1 23 | k0 45, k0 67, k1 45, k1 67], then the same for k2, k3, then their sums:
-    // lane k holds input k's first half, lane 4 + k its second.
-    let h01 = _mm256_hadd_epi32(s[0], s[1]);
-    let h23 = _mm256_hadd_epi32(s[2], s[3]);
-    let h = _mm256_cvtepi32_ps(_mm256_hadd_epi32(h01, h23));
-    let sc = _mm_mul_ps(_mm_loadu_ps(g.sx.as_ptr().add(4 * b)), _mm_set1_ps(d));
-    *acc = _mm256_fmadd_ps(h, _mm256_set_m128(sc, sc), *acc);
-    *off = _mm_fmadd_ps(
-        _mm_loadu_ps(g.sum.as_ptr().add(4 * b)),
-        _mm_set1_ps(m),
-        *off,
-    );
-}
-
-#[inline(always)]
-unsafe fn finish4(acc: __m256, off: __m128) -> [f32; 4] {
-    let v = _mm_add_ps(
-        _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1)),
-        off,
-    );
-    let mut out = [0f32; 4];
-    _mm_storeu_ps(out.as_mut_ptr(), v);
-    out
-}
-
-/// [`dot_q4`] of one weight row with four inputs: the weights are unpacked once per block, and the four
-/// inputs' block sums are reduced and scaled together in one vector.
+/// [`dot_q4`] of one weight row with four inputs, the weights unpacked once per block.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot4_q4(qs: &[u8], dm: &[f32], x: [&QuantizedInput; 4], g: &Group4) -> [f32; 4] {
+pub unsafe fn dot4_q4(qs: &[u8], dm: &[f32], x: [&QuantizedInput; 4]) -> [f32; 4] {
     let nb = x[0].sx.len();
-    debug_assert!(g.sx.len() >= 4 * nb && g.sum.len() >= 4 * nb && qs.len() >= nb * 16);
     let mask = _mm_set1_epi8(0x0F);
-    let mut acc = _mm256_setzero_ps();
-    let mut off = _mm_setzero_ps();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut offset = [0f32; 4];
     let qp = qs.as_ptr();
-    let xp = x.map(|v| v.q.as_ptr());
     for b in 0..nb {
         let q = _mm_loadu_si128(qp.add(b * 16) as *const __m128i);
         let lo = _mm256_cvtepu8_epi16(_mm_and_si128(q, mask));
         let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(q, 4), mask));
-        let s = xp.map(|p| {
-            let p = p.add(b * BLOCK);
-            let xa = _mm256_loadu_si256(p as *const __m256i);
-            let xb = _mm256_loadu_si256(p.add(16) as *const __m256i);
-            _mm256_add_epi32(_mm256_madd_epi16(lo, xa), _mm256_madd_epi16(hi, xb))
-        });
         let (d, m) = (*dm.get_unchecked(2 * b), *dm.get_unchecked(2 * b + 1));
-        block4(s, d, m, g, b, &mut acc, &mut off);
+        for k in 0..4 {
+            let xp = x[k].q.as_ptr().add(b * BLOCK);
+            let xa = _mm256_loadu_si256(xp as *const __m256i);
+            let xb = _mm256_loadu_si256(xp.add(16) as *const __m256i);
+            let s = _mm256_add_epi32(_mm256_madd_epi16(lo, xa), _mm256_madd_epi16(hi, xb));
+            let scale = _mm256_set1_ps(d * *x[k].sx.get_unchecked(b));
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[k]);
+            offset[k] += m * *x[k].sum.get_unchecked(b);
+        }
     }
-    finish4(acc, off)
+    [0, 1, 2, 3].map(|k| hsum(acc[k]) + offset[k])
 }
 
 /// [`dot_q8`] of one weight row with four inputs, the weights widened once per block.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot4_q8(qs: &[i8], dm: &[f32], x: [&QuantizedInput; 4], g: &Group4) -> [f32; 4] {
+pub unsafe fn dot4_q8(qs: &[i8], dm: &[f32], x: [&QuantizedInput; 4]) -> [f32; 4] {
     let nb = x[0].sx.len();
-    debug_assert!(g.sx.len() >= 4 * nb && g.sum.len() >= 4 * nb && qs.len() >= nb * BLOCK);
-    let mut acc = _mm256_setzero_ps();
-    let mut off = _mm_setzero_ps();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut offset = [0f32; 4];
     let qp = qs.as_ptr();
-    let xp = x.map(|v| v.q.as_ptr());
     for b in 0..nb {
         let wa = _mm256_cvtepi8_epi16(_mm_loadu_si128(qp.add(b * BLOCK) as *const __m128i));
         let wb = _mm256_cvtepi8_epi16(_mm_loadu_si128(qp.add(b * BLOCK + 16) as *const __m128i));
-        let s = xp.map(|p| {
-            let p = p.add(b * BLOCK);
-            let xa = _mm256_loadu_si256(p as *const __m256i);
-            let xb = _mm256_loadu_si256(p.add(16) as *const __m256i);
-            _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb))
-        });
         let (d, m) = (*dm.get_unchecked(2 * b), *dm.get_unchecked(2 * b + 1));
-        block4(s, d, m, g, b, &mut acc, &mut off);
+        for k in 0..4 {
+            let xp = x[k].q.as_ptr().add(b * BLOCK);
+            let xa = _mm256_loadu_si256(xp as *const __m256i);
+            let xb = _mm256_loadu_si256(xp.add(16) as *const __m256i);
+            let s = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
+            let scale = _mm256_set1_ps(d * *x[k].sx.get_unchecked(b));
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[k]);
+            offset[k] += m * *x[k].sum.get_unchecked(b);
+        }
     }
-    finish4(acc, off)
+    [0, 1, 2, 3].map(|k| hsum(acc[k]) + offset[k])
 }
 
 /// [`dot4_f32`] for two weight rows at once: each input vector is loaded once for both rows, which halves the
