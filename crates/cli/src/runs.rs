@@ -54,6 +54,10 @@ pub struct WatchArgs {
     /// Conversations decoded together (1: one at a time).
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Round the checkpoints' weights into q8_0, q4_1 or q4_0 as they load (CPU). Answers record it, and the run
+    /// is stored as `<run>+<kind>` unless --name says otherwise, so it never mixes with unquantized answers.
+    #[arg(long)]
+    quantize: Option<vibecheck_engine::kernels::Quantize>,
 }
 
 #[derive(Args)]
@@ -198,7 +202,15 @@ pub fn watch(a: WatchArgs) -> Result<()> {
     let suite = load_suite(a.prompts.as_deref())?;
     let load = LoadOptions {
         device: parse_device(&a.device)?,
+        quantize: a.quantize,
         ..LoadOptions::default()
+    };
+    let name = match (a.name, a.quantize) {
+        (None, Some(q)) => Some(format!(
+            "{}+{q}",
+            vibecheck_checkpoint::run::run_name(&a.run_dir)
+        )),
+        (name, _) => name,
     };
     if !a.run_dir.is_dir() {
         bail!(
@@ -215,12 +227,13 @@ pub fn watch(a: WatchArgs) -> Result<()> {
     }
     let opts = WatchOptions {
         run_dir: a.run_dir.clone(),
-        run_name: a.name,
+        run_name: name,
         suite,
         runner: RunnerSettings {
             samples: a.samples,
             max_tokens_cap: a.max_tokens,
             batch: a.batch.max(1),
+            quantize: a.quantize.map(|q| q.to_string()),
             ..Default::default()
         },
         load,

@@ -25,6 +25,8 @@ pub struct RunnerSettings {
     pub max_tokens_cap: Option<usize>,
     /// Conversations decoded together (1: one at a time).
     pub batch: usize,
+    /// The quantization the model was loaded with (`q8_0`, ...), recorded with every answer.
+    pub quantize: Option<String>,
 }
 
 impl Default for RunnerSettings {
@@ -34,6 +36,7 @@ impl Default for RunnerSettings {
             max_tokens: 256,
             max_tokens_cap: None,
             batch: 8,
+            quantize: None,
         }
     }
 }
@@ -77,11 +80,14 @@ fn short(x: f32) -> f64 {
 
 /// The parameters as stored with the answer, with the batch size it was decoded in (batched float sums may
 /// round differently, so it is part of what reproduces an answer exactly).
-fn params_json(p: &SamplingParams, batch: usize) -> String {
-    json!({"temperature": short(p.temperature), "top_p": short(p.top_p), "top_k": p.top_k, "min_p": short(p.min_p),
-           "repetition_penalty": short(p.repetition_penalty), "max_tokens": p.max_tokens, "seed": p.seed,
-           "batch": batch})
-    .to_string()
+fn params_json(p: &SamplingParams, batch: usize, quantize: Option<&str>) -> String {
+    let mut v = json!({"temperature": short(p.temperature), "top_p": short(p.top_p), "top_k": p.top_k,
+                       "min_p": short(p.min_p), "repetition_penalty": short(p.repetition_penalty),
+                       "max_tokens": p.max_tokens, "seed": p.seed, "batch": batch});
+    if let Some(q) = quantize {
+        v["quantize"] = json!(q);
+    }
+    v.to_string()
 }
 
 /// SHA-256 of the chat template the answers were made with (`none` without one).
@@ -174,7 +180,7 @@ pub fn answer_jobs(
                         turns.push(NewAnswer {
                             turn: turn as u32,
                             text: g.text,
-                            params: params_json(&params[i], active.len()),
+                            params: params_json(&params[i], active.len(), s.quantize.as_deref()),
                             seed: params[i].seed,
                             template_hash: template.clone(),
                             vibecheck_version: env!("CARGO_PKG_VERSION").to_string(),

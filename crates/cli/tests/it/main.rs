@@ -416,3 +416,39 @@ fn watch_and_export_explain_bad_input() {
         "{err}"
     );
 }
+
+/// `watch --quantize` loads every checkpoint quantized, records the kind with each answer, and stores the run under
+/// its own name so quantized answers never mix with (or get skipped as) unquantized ones.
+#[test]
+fn watch_with_quantize_records_it_and_keeps_the_run_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run_dir, suite) = tiny_run(tmp.path(), &[100], 2);
+    let db = tmp.path().join("vibecheck.db");
+    let watch = |extra: &[&str]| {
+        let (ok, _, err) = run(bin()
+            .arg("watch")
+            .arg(&run_dir)
+            .arg("--once")
+            .arg("--prompts")
+            .arg(&suite)
+            .arg("--db")
+            .arg(&db)
+            .args(extra));
+        assert!(ok, "{err}");
+    };
+    watch(&[]);
+    watch(&["--quantize", "q8_0"]);
+    let store = vibecheck_store::Store::open(&db).unwrap();
+    let all = store.all_answers().unwrap();
+    let plain: Vec<_> = all.iter().filter(|a| a.run == "tiny-run").collect();
+    let quant: Vec<_> = all.iter().filter(|a| a.run == "tiny-run+q8_0").collect();
+    // Two prompts, the first with two turns: three answers each way.
+    assert_eq!((plain.len(), quant.len()), (3, 3), "{all:?}");
+    assert!(plain.iter().all(|a| !a.params.contains("quantize")));
+    assert!(
+        quant
+            .iter()
+            .all(|a| a.params.contains("\"quantize\":\"q8_0\"")),
+        "{quant:?}"
+    );
+}
