@@ -4,11 +4,12 @@
 //! running sequence in a single forward pass, so the weights are read once per step for all of them. New requests
 //! are prefilled each in its own cache (no work on padding), `prefill_chunk` tokens per step while others are
 //! decoding (a long prompt slows the running streams a little instead of stopping them), and then merged into the
-//! running batch together ([`Cache::stack`], [`Cache::merge`]). A sequence that ends — end of sequence, stop string, token budget, the context limit, or
-//! its receiver cancelling — leaves at once ([`Cache::retain`]) and the cache drops padding nobody needs
-//! ([`Cache::trim`]).
+//! running batch together ([`Cache::stack`], [`Cache::merge`]). A sequence that ends — end of sequence, stop
+//! string, token budget, the context limit, or its receiver cancelling — leaves at once ([`Cache::retain`]) and
+//! the cache drops padding nobody needs ([`Cache::trim`]).
 //!
-//! A request's answer equals what [`Model::generate`] gives alone, up to float rounding in batched products.
+//! A request's answer equals what [`Model::generate`] gives alone up to float rounding: a batch sums in another
+//! order (padding shifts attention's reductions), so a greedy near-tie can occasionally flip late in an answer.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
