@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vibecheck_engine::{
-    BatchEvent, Batcher, BatcherSettings, ChatMessage, EngineError, FinishReason, Generation,
-    LoadOptions, Model, Prompt, SamplingParams,
+    BatchEvent, Batcher, BatcherSettings, ChatMessage, FinishReason, Generation, LoadOptions,
+    Model, Prompt, SamplingParams,
 };
 
 use crate::fixtures::smollm_gguf;
@@ -239,5 +239,4 @@ fn a_cancelled_request_leaves_and_bad_requests_fail_alone() {
     // Still serving.
     let after = collect(submit(&batcher, p2, SamplingParams::greedy(5), None));
     assert_eq!(after.outcome.unwrap().usage.completion_tokens, 5);
-    let _: Option<EngineError> = None;
 }
