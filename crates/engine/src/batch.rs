@@ -92,10 +92,42 @@ impl Seq {
         Ok((emit, if hit { FinishReason::Stop } else { finish }))
     }
 
-    /// The final text (after [`Seq::close`]).
-    pub(crate) fn text(&mut self) -> String {
-        std::mem::take(&mut self.stops.text)
+    /// The finished generation (after [`Seq::close`]), its rates derived from the caller's clock readings.
+    pub(crate) fn generation(
+        &mut self,
+        model: &Model,
+        finish: FinishReason,
+        t: SeqTimes,
+    ) -> Generation {
+        let decoded = self.out.len().saturating_sub(1) as f64;
+        Generation {
+            text: std::mem::take(&mut self.stops.text),
+            usage: Usage {
+                prompt_tokens: self.prompt_len,
+                completion_tokens: self.out.len(),
+            },
+            token_ids: std::mem::take(&mut self.out),
+            finish_reason: finish,
+            timings: Timings {
+                load_ms: model.load_time.as_secs_f64() * 1000.0,
+                prefill_ms: t.prefill_ms,
+                first_token_ms: t.first_token_ms,
+                decode_ms: t.decode_ms,
+                prefill_tokens_per_s: t.prefill_tokens as f64 / (t.prefill_ms / 1000.0).max(1e-9),
+                decode_tokens_per_s: decoded / (t.decode_ms / 1000.0).max(1e-9),
+            },
+            seed: self.seed,
+        }
     }
+}
+
+/// Clock readings of one sequence, for [`Seq::generation`].
+pub(crate) struct SeqTimes {
+    pub prefill_ms: f64,
+    pub first_token_ms: f64,
+    pub decode_ms: f64,
+    /// Prompt tokens the prefill time covers.
+    pub prefill_tokens: usize,
 }
 
 impl Model {
@@ -187,28 +219,19 @@ impl Model {
         }
         let decode_ms = decode_start.elapsed().as_secs_f64() * 1000.0;
         let mut out = Vec::with_capacity(seqs.len());
+        let prefill_tokens = ids.iter().map(Vec::len).sum();
         for mut s in seqs {
             let (_, finish) = s.close(self)?;
-            let decoded = s.out.len().saturating_sub(1) as f64;
-            out.push(Generation {
-                text: s.text(),
-                usage: Usage {
-                    prompt_tokens: s.prompt_len,
-                    completion_tokens: s.out.len(),
-                },
-                token_ids: s.out,
-                finish_reason: finish,
-                timings: Timings {
-                    load_ms: self.load_time.as_secs_f64() * 1000.0,
+            out.push(s.generation(
+                self,
+                finish,
+                SeqTimes {
                     prefill_ms,
                     first_token_ms: prefill_ms + (prefill_start - started).as_secs_f64() * 1000.0,
                     decode_ms,
-                    prefill_tokens_per_s: ids.iter().map(Vec::len).sum::<usize>() as f64
-                        / (prefill_ms / 1000.0).max(1e-9),
-                    decode_tokens_per_s: decoded / (decode_ms / 1000.0).max(1e-9),
+                    prefill_tokens,
                 },
-                seed: s.seed,
-            });
+            ));
         }
         Ok(out)
     }

@@ -17,8 +17,8 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::batch::Seq;
-use crate::generate::{FinishReason, Generation, Timings, Usage};
+use crate::batch::{Seq, SeqTimes};
+use crate::generate::{FinishReason, Generation};
 use crate::loader::Model;
 use crate::model::Cache;
 use crate::sampling::SamplingParams;
@@ -187,30 +187,16 @@ impl Live {
         }
         let first = self.first_token.unwrap_or_else(Instant::now);
         let decode_ms = first.elapsed().as_secs_f64() * 1000.0;
-        let decoded = self.seq.out.len().saturating_sub(1) as f64;
-        let generation = Generation {
-            text: self.seq.text(),
-            usage: Usage {
-                prompt_tokens: self.seq.prompt_len,
-                completion_tokens: self.seq.out.len(),
-            },
-            token_ids: std::mem::take(&mut self.seq.out),
-            finish_reason: finish,
-            timings: Timings {
-                load_ms: model.load_time.as_secs_f64() * 1000.0,
+        let generation = self.seq.generation(
+            model,
+            finish,
+            SeqTimes {
                 prefill_ms: self.prefill_ms,
                 first_token_ms: (first - self.submitted).as_secs_f64() * 1000.0,
                 decode_ms,
-                prefill_tokens_per_s: self.seq.prompt_len as f64
-                    / (self.prefill_ms / 1000.0).max(1e-9),
-                decode_tokens_per_s: if decoded > 0.0 {
-                    decoded / (decode_ms / 1000.0).max(1e-9)
-                } else {
-                    0.0
-                },
+                prefill_tokens: self.seq.prompt_len,
             },
-            seed: self.seq.seed,
-        };
+        );
         (self.listener)(BatchEvent::Done(generation));
     }
 }

@@ -345,6 +345,23 @@ impl Weights {
         }
     }
 
+    /// A projection weight must be `[out_dim, in_dim]` as config.json implies.
+    fn check_shape(
+        &self,
+        name: &str,
+        dims: &[usize],
+        out_dim: usize,
+        in_dim: usize,
+    ) -> Result<(), EngineError> {
+        if dims != [out_dim, in_dim] {
+            return Err(self.bad(
+                name,
+                format!("has shape {dims:?}, but config.json implies [{out_dim}, {in_dim}]"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Projections that read the same input (q, k and v; gate and up) as one CPU matrix with their rows
     /// stacked in order, so a token needs one parallel pass over them instead of several (and its input is
     /// quantized once). `None` on a GPU, or when the parts are stored in different formats: then the caller
@@ -362,15 +379,7 @@ impl Weights {
         for (prefix, out_dim) in parts {
             let name = format!("{prefix}.weight");
             let m = self.pack(&name)?;
-            if [m.rows, m.cols] != [*out_dim, in_dim] {
-                return Err(self.bad(
-                    &name,
-                    format!(
-                        "has shape {:?}, but config.json implies [{out_dim}, {in_dim}]",
-                        [m.rows, m.cols]
-                    ),
-                ));
-            }
+            self.check_shape(&name, &[m.rows, m.cols], *out_dim, in_dim)?;
             mats.push(m);
         }
         let Some(weight) = PackedMatrix::stack_rows(mats) else {
@@ -419,15 +428,7 @@ impl Weights {
         } else {
             None
         };
-        let check = |dims: &[usize]| {
-            if dims != [out_dim, in_dim] {
-                return Err(self.bad(
-                    &name,
-                    format!("has shape {dims:?}, but config.json implies [{out_dim}, {in_dim}]"),
-                ));
-            }
-            Ok(())
-        };
+        let check = |dims: &[usize]| self.check_shape(&name, dims, out_dim, in_dim);
         if self.device.is_cpu() {
             let weight = self.packed(&name)?;
             check(&[weight.rows, weight.cols])?;

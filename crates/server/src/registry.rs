@@ -255,12 +255,9 @@ impl Registry {
         Ok(self.loaded(entry).await?.0)
     }
 
-    /// The loaded model's running batch (continuous batching: requests join it and leave it).
-    pub async fn batcher(&self, entry: &Arc<Entry>) -> Result<Arc<Batcher>, ApiError> {
-        Ok(self.loaded(entry).await?.1)
-    }
-
-    async fn loaded(&self, entry: &Arc<Entry>) -> Result<(Arc<Model>, Arc<Batcher>), ApiError> {
+    /// The loaded model and its running batch (continuous batching: requests join it and leave it), loading it
+    /// the first time as [`Registry::model`] does.
+    pub async fn loaded(&self, entry: &Arc<Entry>) -> Result<(Arc<Model>, Arc<Batcher>), ApiError> {
         use std::sync::atomic::Ordering;
         let Backend::Local(source) = &entry.backend else {
             return Err(ApiError::internal(format!(

@@ -227,8 +227,14 @@ async fn slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, Api
     permit.map_err(|_| ApiError::internal("the server is shutting down"))
 }
 
-/// Tokenizes the prompt and checks it plus `max_tokens` fits the model's context.
-fn prepare(model: &Model, prompt: &Prompt, max_tokens: usize) -> Result<Vec<u32>, ApiError> {
+/// Tokenizes the prompt and checks it plus `max_tokens` fits the model's context. A `max_tokens` the client did
+/// not set first shrinks to the room the prompt leaves, so the default never pushes a prompt out of the context.
+fn prepare(
+    model: &Model,
+    prompt: &Prompt,
+    max_tokens: &mut usize,
+    client_set: bool,
+) -> Result<Vec<u32>, ApiError> {
     let ids = model
         .prompt_ids(prompt)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
@@ -239,12 +245,17 @@ fn prepare(model: &Model, prompt: &Prompt, max_tokens: usize) -> Result<Vec<u32>
             Some("messages"),
         ));
     }
-    if ids.len() + max_tokens > limit {
+    let room = limit.saturating_sub(ids.len());
+    if !client_set && room > 0 {
+        *max_tokens = (*max_tokens).min(room);
+    }
+    if ids.len() + *max_tokens > limit {
         return Err(ApiError::bad_request(
             format!(
-                "the prompt has {} tokens and max_tokens is {max_tokens}: {} in all, but this model's context holds {limit}",
+                "the prompt has {} tokens and max_tokens is {}: {} in all, but this model's context holds {limit}",
                 ids.len(),
-                ids.len() + max_tokens
+                *max_tokens,
+                ids.len() + *max_tokens
             ),
             Some("max_tokens"),
         ));
@@ -425,18 +436,14 @@ async fn run(
     kind: Kind,
 ) -> Result<Response, ApiError> {
     let entry = state.registry.get(&valid.model)?;
-    let model = state.registry.model(&entry).await?;
+    let (model, batcher) = state.registry.loaded(&entry).await?;
     let mut valid = valid;
-    if !valid.max_tokens_given {
-        // No max_tokens asked for: the default never pushes a prompt out of the context.
-        if let Ok(ids) = model.prompt_ids(&prompt) {
-            let room = model.decoder.max_positions().saturating_sub(ids.len());
-            if room > 0 {
-                valid.params.max_tokens = valid.params.max_tokens.min(room);
-            }
-        }
-    }
-    let ids = prepare(&model, &prompt, valid.params.max_tokens)?;
+    let ids = prepare(
+        &model,
+        &prompt,
+        &mut valid.params.max_tokens,
+        valid.max_tokens_given,
+    )?;
     let permit = slot(&state).await?;
     let id = openai::completion_id(if kind == Kind::Chat {
         "chatcmpl"
@@ -447,7 +454,6 @@ async fn run(
     // Each choice joins the model's running batch; events come back on the batch thread, which must never
     // wait on a slow client: the channel is unbounded (it holds at most this request's text).
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();
-    let batcher = state.registry.batcher(&entry).await?;
     let permit = std::sync::Arc::new(permit);
     for i in 0..valid.n {
         let params = SamplingParams {
