@@ -5,6 +5,7 @@
 //! tokens, and `generate` runs the decode loop. `convert` writes a GGUF file out as a Hugging Face folder.
 //! Nothing here knows about HTTP or SQL.
 
+mod attention;
 mod batch;
 pub mod config;
 pub mod convert;

@@ -581,6 +581,10 @@ impl Decoder {
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let (k, v) = kv.append(&k, &v)?;
         let s = k.dim(2)?;
+        if let Some(out) = self.decode_attention(attn, &q, &k, &v, step)? {
+            let out = Tensor::from_vec(out, (b, t, nh * hd), &self.device)?;
+            return attn.o.forward(&out);
+        }
         let k = k.contiguous()?;
         let v = v.contiguous()?;
 
@@ -602,6 +606,46 @@ impl Decoder {
         let out = probs.matmul(&v)?.reshape((b, nh, t, hd))?;
         let out = out.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         attn.o.forward(&out)
+    }
+
+    /// One decoding step's attention computed in place from the cache (CPU, float32), or `None` where the
+    /// general path applies (prompts, GPU, other dtypes, a padding position as the query).
+    fn decode_attention(
+        &self,
+        attn: &Attention,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        step: &Step,
+    ) -> candle_core::Result<Option<Vec<f32>>> {
+        let masks = &step.masks;
+        if masks.t != 1 || !self.device.is_cpu() || q.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let qpos = masks.start;
+        if masks.pads.iter().any(|&pad| qpos < pad) {
+            return Ok(None);
+        }
+        // The keys the general path's mask leaves visible: from the sequence's first real token (or the start
+        // of the sliding window) up to the query itself.
+        let visible: Vec<_> = masks
+            .pads
+            .iter()
+            .map(|&pad| {
+                let window_start = attn.window.map_or(0, |w| (qpos + 1).saturating_sub(w));
+                pad.max(window_start)..qpos + 1
+            })
+            .collect();
+        let cfg = &self.cfg;
+        let shape = crate::attention::DecodeAttention {
+            heads: cfg.num_heads,
+            kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            scale: cfg.attention_scale() as f32,
+            softcap: cfg.attn_logit_softcapping.map(|c| c as f32),
+        };
+        let q = q.flatten_all()?.to_vec1::<f32>()?;
+        shape.run(&q, k, v, &visible)
     }
 
     fn apply_rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {

@@ -16,7 +16,10 @@
 //!   Q5_K exactly.
 //!
 //! The inner products are selected at run time (AVX2+FMA+F16C on x86-64, a portable loop elsewhere), so one
-//! binary runs everywhere. Rows are split across rayon's threads.
+//! binary runs everywhere. Rows are split across rayon's threads; a lone input meets quantized rows four at a
+//! time (each input block loaded once for four rows, four independent sums, the next rows prefetched), with
+//! every row's arithmetic exactly that of the one-row kernel. `cargo run --release -p vibecheck-engine --example
+//! kernels` measures each format's throughput beside the row-at-a-time kernel.
 
 mod pack;
 mod quantize;
@@ -55,6 +58,15 @@ pub struct PackedMatrix {
     pub format: Format,
 }
 
+/// Whether matrix–vector products use the four-row kernels (on by default); benchmarks switch it off to measure
+/// the row-at-a-time kernels beside them in one process.
+static ROW_GROUPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+#[doc(hidden)]
+pub fn set_row_groups(enabled: bool) {
+    ROW_GROUPS.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Weights per quantization block.
 pub const BLOCK: usize = 32;
 
@@ -90,12 +102,21 @@ impl PackedMatrix {
             _ => Vec::new(),
         };
         let kernel = Kernel::detect();
-        // Rows per task: enough work to amortise scheduling, enough tasks to balance threads.
-        let chunk = (4096 / self.cols.max(1)).clamp(8, 256);
+        // Rows per task: enough work to amortise scheduling, enough tasks to balance threads, whole row groups.
+        let chunk = (4096 / self.cols.max(1)).clamp(8, 256).next_multiple_of(4);
         if m == 1 {
+            let groups = ROW_GROUPS.load(std::sync::atomic::Ordering::Relaxed);
             out.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
                 let r0 = ci * chunk;
-                for (i, v) in o.iter_mut().enumerate() {
+                let mut i = 0;
+                while i + 4 <= o.len() && groups {
+                    match self.rows4_dot(kernel, r0 + i, quantized.first()) {
+                        Some(v) => o[i..i + 4].copy_from_slice(&v),
+                        None => break,
+                    }
+                    i += 4;
+                }
+                for (i, v) in o.iter_mut().enumerate().skip(i) {
                     *v = self.row_dot(kernel, r0 + i, x, quantized.first());
                 }
             });
@@ -157,6 +178,40 @@ impl PackedMatrix {
                 out[t * self.rows + r] = tmp[r * m + t];
             }
         }
+    }
+
+    /// Rows `r..r + 4` against one quantized input, where a kernel for it exists (the quantized formats on AVX2).
+    fn rows4_dot(&self, kernel: Kernel, r: usize, xq: Option<&QuantizedInput>) -> Option<[f32; 4]> {
+        let (c, nb) = (self.cols, self.cols / BLOCK);
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Kernel::Avx2 {
+            // SAFETY: `Kernel::Avx2` is only chosen when the CPU has AVX2, FMA and F16C; the slices hold four rows.
+            unsafe {
+                match &self.format {
+                    Format::Q4 { qs, dm } => {
+                        return Some(x86::dot_q4_rows4(
+                            &qs[r * c / 2..(r + 4) * c / 2],
+                            &dm[r * nb * 2..(r + 4) * nb * 2],
+                            c / 2,
+                            nb * 2,
+                            xq?,
+                        ))
+                    }
+                    Format::Q8 { qs, dm } => {
+                        return Some(x86::dot_q8_rows4(
+                            &qs[r * c..(r + 4) * c],
+                            &dm[r * nb * 2..(r + 4) * nb * 2],
+                            c,
+                            nb * 2,
+                            xq?,
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let _ = (kernel, r, xq, c, nb);
+        None
     }
 
     /// Rows `r` and `r + 1` against four inputs, where a kernel for it exists (float32 and bfloat16 on AVX2).
@@ -411,8 +466,19 @@ impl Kernel {
         }
     }
 
+    /// `y += a · x`.
     #[inline]
-    fn dot_f32(self, w: &[f32], x: &[f32]) -> f32 {
+    pub(crate) fn axpy_f32(self, a: f32, x: &[f32], y: &mut [f32]) {
+        match self {
+            Kernel::Portable => scalar::axpy_f32(a, x, y),
+            // SAFETY: `detect` checked that the CPU has AVX2, FMA and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::axpy_f32(a, x, y) },
+        }
+    }
+
+    #[inline]
+    pub(crate) fn dot_f32(self, w: &[f32], x: &[f32]) -> f32 {
         match self {
             Kernel::Portable => scalar::dot_f32(w, x),
             // SAFETY: `detect` checked that the CPU has AVX2, FMA and F16C.

@@ -354,6 +354,52 @@ mod tests {
         assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
     }
 
+    /// The four-row kernels of a lone input and the four-input kernels of a batch do each row's arithmetic
+    /// exactly as the one-row kernel does, so an answer does not depend on which of them computed it.
+    #[test]
+    fn row_groups_and_batches_compute_each_row_as_one_row_alone() {
+        let kernel = Kernel::detect();
+        for (rows, cols) in [(13usize, 576usize), (9, 1536), (8, 64)] {
+            let w = random(rows, cols, 11);
+            let xs: Vec<f32> = random(5, cols, 12)
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let x = &xs[..cols];
+            for dtype in [
+                GgmlDType::Q4_0,
+                GgmlDType::Q4_1,
+                GgmlDType::Q5_1,
+                GgmlDType::Q8_0,
+            ] {
+                let p = PackedMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap();
+                let xq = crate::kernels::QuantizedInput::new(x);
+                let alone: Vec<f32> = (0..rows)
+                    .map(|r| p.row_dot(kernel, r, x, Some(&xq)))
+                    .collect();
+                for r in (0..rows - 3).step_by(4) {
+                    if let Some(group) = p.rows4_dot(kernel, r, Some(&xq)) {
+                        assert_eq!(group[..], alone[r..r + 4], "{dtype:?} rows {r}..{}", r + 4);
+                    }
+                }
+                let mut single = vec![0f32; rows];
+                p.matmul(x, 1, &mut single);
+                assert_eq!(
+                    single, alone,
+                    "{dtype:?} {rows}x{cols}: matmul of one input"
+                );
+                let mut batch = vec![0f32; 5 * rows];
+                p.matmul(&xs, 5, &mut batch);
+                assert_eq!(
+                    batch[..rows],
+                    alone[..],
+                    "{dtype:?} {rows}x{cols}: first of a batch"
+                );
+            }
+        }
+    }
+
     /// Stacked projections (q, k, v as one matrix) compute exactly what their parts compute, in every format;
     /// parts in different formats are not stacked.
     #[test]

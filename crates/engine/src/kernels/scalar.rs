@@ -16,6 +16,12 @@ pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + wr.iter().zip(xr).map(|(a, b)| a * b).sum::<f32>()
 }
 
+pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
 pub fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
     w.iter()
         .zip(x)

@@ -1,0 +1,214 @@
+//! Attention for one decoding step on the CPU, read in place from the KV cache.
+//!
+//! The general path (any step count, any device) asks candle to make the cache contiguous, multiply, mask and
+//! take the softmax: per layer and token that is a copy of the whole cache, a GEMM call sized for large matrices
+//! and a mask tensor. When each sequence adds one token, every query head needs only a dot product with each
+//! visible key and a weighted sum of the values, which this module computes straight from the cache's storage.
+//! Each (sequence, head) pair is computed the same way whatever the batch around it, so a sequence decoded in a
+//! batch gets the numbers it gets alone.
+
+use candle_core::{Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::kernels::Kernel;
+
+/// What one decoding step's attention needs besides the tensors.
+pub(crate) struct DecodeAttention {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies the queries before the dot products (as the general path does).
+    pub scale: f32,
+    /// Gemma 2's `tanh(s / cap) · cap` on the scores.
+    pub softcap: Option<f32>,
+}
+
+/// Work (multiply-adds) below which one thread does all the heads: splitting costs more than it saves.
+const PARALLEL_WORK: usize = 1 << 15;
+
+impl DecodeAttention {
+    /// `q`: `[batch · heads · head_dim]`, already rotated. `k`, `v`: the cache views `[batch, kv_heads, keys,
+    /// head_dim]` (any strides with a contiguous last dimension). `visible[b]`: the key range sequence `b` may
+    /// attend to. Returns `[batch · heads · head_dim]`, or `None` when the cache is not float32 CPU storage laid
+    /// out as expected (the caller then takes the general path).
+    pub fn run(
+        &self,
+        q: &[f32],
+        k: &Tensor,
+        v: &Tensor,
+        visible: &[std::ops::Range<usize>],
+    ) -> candle_core::Result<Option<Vec<f32>>> {
+        let (kst, kl) = k.storage_and_layout();
+        let (vst, vl) = v.storage_and_layout();
+        let (Storage::Cpu(kc), Storage::Cpu(vc)) = (&*kst, &*vst) else {
+            return Ok(None);
+        };
+        let (Ok(ks), Ok(vs)) = (kc.as_slice::<f32>(), vc.as_slice::<f32>()) else {
+            return Ok(None);
+        };
+        let (b, hd) = (visible.len(), self.head_dim);
+        let dims = [b, self.kv_heads, 0, hd];
+        let shape_ok = |l: &candle_core::Layout| {
+            let d = l.dims();
+            d.len() == 4
+                && d[0] == dims[0]
+                && d[1] == dims[1]
+                && d[3] == dims[3]
+                && l.stride()[3] == 1
+        };
+        if !shape_ok(kl) || !shape_ok(vl) || q.len() != b * self.heads * hd {
+            return Ok(None);
+        }
+        let keys = kl.dims()[2];
+        if keys != vl.dims()[2] || visible.iter().any(|r| r.is_empty() || r.end > keys) {
+            return Ok(None);
+        }
+        let (ko, kstr) = (kl.start_offset(), kl.stride());
+        let (vo, vstr) = (vl.start_offset(), vl.stride());
+        let rep = self.heads / self.kv_heads;
+        let kernel = Kernel::detect();
+        let mut out = vec![0f32; q.len()];
+        let head = |unit: usize, o: &mut [f32]| {
+            let (bi, h) = (unit / self.heads, unit % self.heads);
+            let g = h / rep;
+            let kbase = ko + bi * kstr[0] + g * kstr[1];
+            let vbase = vo + bi * vstr[0] + g * vstr[1];
+            let qh: Vec<f32> = q[unit * hd..(unit + 1) * hd]
+                .iter()
+                .map(|x| x * self.scale)
+                .collect();
+            let range = visible[bi].clone();
+            let mut scores: Vec<f32> = range
+                .clone()
+                .map(|j| {
+                    let at = kbase + j * kstr[2];
+                    kernel.dot_f32(&ks[at..at + hd], &qh)
+                })
+                .collect();
+            if let Some(cap) = self.softcap {
+                scores.iter_mut().for_each(|s| *s = (*s / cap).tanh() * cap);
+            }
+            // Softmax as candle computes it: subtract the maximum, exponentiate, divide by the sum.
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            for (s, j) in scores.iter().zip(range) {
+                let at = vbase + j * vstr[2];
+                kernel.axpy_f32(s / sum, &vs[at..at + hd], o);
+            }
+        };
+        let work: usize = visible.iter().map(|r| r.len()).sum::<usize>() * self.heads * hd;
+        if work >= PARALLEL_WORK {
+            out.par_chunks_mut(hd)
+                .enumerate()
+                .for_each(|(u, o)| head(u, o));
+        } else {
+            out.chunks_mut(hd).enumerate().for_each(|(u, o)| head(u, o));
+        }
+        Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use super::*;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::sampling::Rng::new(seed);
+        (0..n)
+            .map(|_| (rng.next_f64() * 4.0 - 2.0) as f32)
+            .collect()
+    }
+
+    /// Against a float64 softmax-attention over each sequence's visible keys: grouped heads, ranges that skip
+    /// padding or fall outside a window, soft-capping, and cache views whose rows are strided (a cache with room
+    /// to spare, as the real one has).
+    #[test]
+    fn decode_attention_matches_a_plain_softmax_over_the_visible_keys() {
+        let (b, nh, nkv, hd, cap, keys) = (3usize, 6usize, 2usize, 40usize, 16usize, 11usize);
+        let q = random(b * nh * hd, 1);
+        let kfull = Tensor::from_vec(
+            random(b * nkv * cap * hd, 2),
+            (b, nkv, cap, hd),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let vfull = Tensor::from_vec(
+            random(b * nkv * cap * hd, 3),
+            (b, nkv, cap, hd),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (k, v) = (
+            kfull.narrow(2, 0, keys).unwrap(),
+            vfull.narrow(2, 0, keys).unwrap(),
+        );
+        let (kd, vd) = (
+            k.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let visible = vec![0..keys, 4..keys, 7..keys];
+        for softcap in [None, Some(5.0f32)] {
+            let attn = DecodeAttention {
+                heads: nh,
+                kv_heads: nkv,
+                head_dim: hd,
+                scale: 0.125,
+                softcap,
+            };
+            let got = attn
+                .run(&q, &k, &v, &visible)
+                .unwrap()
+                .expect("f32 CPU cache");
+            for bi in 0..b {
+                for h in 0..nh {
+                    let g = h / (nh / nkv);
+                    let at = |j: usize, d: usize| ((bi * nkv + g) * keys + j) * hd + d;
+                    let qh = &q[(bi * nh + h) * hd..(bi * nh + h + 1) * hd];
+                    let scores: Vec<f64> = visible[bi]
+                        .clone()
+                        .map(|j| {
+                            let s: f64 = (0..hd)
+                                .map(|d| (qh[d] * 0.125) as f64 * kd[at(j, d)] as f64)
+                                .sum();
+                            softcap.map_or(s, |c| (s / c as f64).tanh() * c as f64)
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                    for d in 0..hd {
+                        let want: f64 = visible[bi]
+                            .clone()
+                            .zip(&scores)
+                            .map(|(j, s)| (s - max).exp() / total * vd[at(j, d)] as f64)
+                            .sum();
+                        let have = got[(bi * nh + h) * hd + d] as f64;
+                        assert!(
+                            (have - want).abs() < 1e-5,
+                            "b={bi} h={h} d={d} cap={softcap:?}: {have} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        // Not float32, or a range past the cache: the general path takes over.
+        let attn = DecodeAttention {
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+            scale: 1.0,
+            softcap: None,
+        };
+        let kb = k.to_dtype(DType::BF16).unwrap();
+        assert!(attn.run(&q, &kb, &v, &visible).unwrap().is_none());
+        assert!(attn
+            .run(&q, &k, &v, &[0..keys, 0..keys + 1, 0..1])
+            .unwrap()
+            .is_none());
+    }
+}
