@@ -67,6 +67,22 @@ pub fn set_row_groups(enabled: bool) {
     ROW_GROUPS.store(enabled, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Inputs from which [`PackedMatrix::matmul`] multiplies with a GEMM on widened panels: below it, widening each
+/// weight costs more than the GEMM saves (and batched decoding keeps the per-row kernels, whose every row equals
+/// a lone input's).
+pub const GEMM_MIN_INPUTS: usize = 32;
+
+/// A pointer handed to the threads of one product; each writes a disjoint part of what it points to.
+struct SendPtr(*mut f32);
+// SAFETY: see `matmul_gemm`: the panels write disjoint columns.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Weights per quantization block.
 pub const BLOCK: usize = 32;
 
@@ -95,6 +111,10 @@ impl PackedMatrix {
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
         assert_eq!(x.len(), m * self.cols, "input is not m × cols");
         assert_eq!(out.len(), m * self.rows, "output is not m × rows");
+        if m >= GEMM_MIN_INPUTS {
+            self.matmul_gemm(x, m, out);
+            return;
+        }
         let quantized: Vec<QuantizedInput> = match self.format {
             Format::Q4 { .. } | Format::Q8 { .. } if m >= 8 => {
                 x.par_chunks(self.cols).map(QuantizedInput::new).collect()
@@ -181,6 +201,58 @@ impl PackedMatrix {
         out.par_chunks_mut(rows).enumerate().for_each(|(t, o)| {
             for (r, v) in o.iter_mut().enumerate() {
                 *v = tmp[r * m + t];
+            }
+        });
+    }
+
+    /// [`Self::matmul`] for many inputs (a prompt): panels of rows are widened to float32 (exactly: every format
+    /// here is float32-representable) and multiplied by the float32 inputs with candle's GEMM, which runs near
+    /// the cores' multiply-add peak where the one- and four-input kernels above are bound by unpacking each block
+    /// for every few inputs. The inputs are not rounded to 16 bits on this path.
+    fn matmul_gemm(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        // Panels of about 192 KB: one thread's panel stays in its L2 while the GEMM sweeps it.
+        let panel = (49152 / cols.max(1)).clamp(8, 512).next_multiple_of(8);
+        let dst = SendPtr(out.as_mut_ptr());
+        let run = |r0: usize, n: usize, w: &[f32]| {
+            // SAFETY: `w` is `n × cols` (row-major), `x` is `m × cols`, and the destination columns
+            // `r0..r0 + n` of the `m × rows` output belong to this panel alone.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    cols,
+                    dst.get().add(r0),
+                    1,
+                    rows as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    cols as isize,
+                    w.as_ptr(),
+                    cols as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+        };
+        let starts: Vec<usize> = (0..rows).step_by(panel).collect();
+        starts.par_iter().for_each(|&r0| {
+            let n = panel.min(rows - r0);
+            match &self.format {
+                Format::F32(w) => run(r0, n, &w[r0 * cols..(r0 + n) * cols]),
+                _ => {
+                    let mut w = vec![0f32; n * cols];
+                    for (i, row) in w.chunks_mut(cols).enumerate() {
+                        self.row_to_f32(r0 + i, row);
+                    }
+                    run(r0, n, &w);
+                }
             }
         });
     }

@@ -287,6 +287,9 @@ mod tests {
             // Batches of eight and more, odd row counts (the two-row kernels and their remainders).
             (8, 12, 576),
             (13, 9, 96),
+            // Prompts: the GEMM on widened panels (GEMM_MIN_INPUTS and more), rows past one panel.
+            (40, 100, 576),
+            (33, 7, 96),
         ];
         for (m, rows, cols) in shapes {
             let w = random(rows, cols, 2);
