@@ -130,7 +130,14 @@ mod tests {
     /// to spare, as the real one has).
     #[test]
     fn decode_attention_matches_a_plain_softmax_over_the_visible_keys() {
-        let (b, nh, nkv, hd, cap, keys) = (3usize, 6usize, 2usize, 40usize, 16usize, 11usize);
+        // Head sizes of 32, 40 and 64; three and four query heads per KV head; key ranges of one key to 29.
+        for (nh, hd, keys) in [(6, 40, 11), (6, 64, 11), (8, 64, 29), (6, 32, 3)] {
+            check_decode_attention(nh, hd, keys);
+        }
+    }
+
+    fn check_decode_attention(nh: usize, hd: usize, keys: usize) {
+        let (b, nkv, cap) = (3usize, 2usize, 32usize);
         let q = random(b * nh * hd, 1);
         let kfull = Tensor::from_vec(
             random(b * nkv * cap * hd, 2),
@@ -152,7 +159,7 @@ mod tests {
             k.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         );
-        let visible = vec![0..keys, 4..keys, 7..keys];
+        let visible = vec![0..keys, keys / 3..keys, keys - 1..keys];
         for softcap in [None, Some(5.0f32)] {
             let attn = DecodeAttention {
                 heads: nh,
@@ -190,7 +197,7 @@ mod tests {
                         let have = got[(bi * nh + h) * hd + d] as f64;
                         assert!(
                             (have - want).abs() < 1e-5,
-                            "b={bi} h={h} d={d} cap={softcap:?}: {have} vs {want}"
+                            "nh={nh} hd={hd} keys={keys} b={bi} h={h} d={d} cap={softcap:?}: {have} vs {want}"
                         );
                     }
                 }
