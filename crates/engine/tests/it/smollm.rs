@@ -332,3 +332,42 @@ fn quantize_on_load_shrinks_weights_at_a_measured_cost() {
     .to_string();
     assert!(err.contains(".gguf") && err.contains("--quantize"), "{err}");
 }
+
+/// A long prompt prefilled in pieces (the default for prompts over 512 tokens) gives the logits of one pass over
+/// it, to rounding: the pieces attend to the cached keys exactly as the whole would.
+#[test]
+fn a_long_prompt_prefilled_in_pieces_gives_the_logits_of_one_pass() {
+    let model = gguf_model();
+    let text = "Researchers watch their checkpoints train and read what each one says. ".repeat(60);
+    let ids = model.tokenizer.encode(&text, false).unwrap();
+    assert!(ids.len() > 700, "prompt of {} tokens", ids.len());
+    let logits = |chunk: usize| {
+        let mut cache = vibecheck_engine::model::Cache::new(model.config(), 1);
+        model
+            .decoder
+            .forward_in_pieces(std::slice::from_ref(&ids), &mut cache, false, chunk)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (whole, pieces) = (logits(100_000), logits(256));
+    let scale = whole.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = whole
+        .iter()
+        .zip(&pieces)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        worst <= 1e-3 * scale,
+        "largest difference {worst} (logit scale {scale})"
+    );
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0
+    };
+    assert_eq!(argmax(&whole), argmax(&pieces));
+}
