@@ -2,7 +2,8 @@
 """Engine benchmark: vibecheck against llama.cpp (llama-cpp-python) and transformers, same files, same threads,
 same machine, in one run. Prints a table with ratios and writes bench-results/engine.json.
 
-Figures per engine: load time, prefill tok/s on a 128-token prompt, greedy decode tok/s over 128 tokens.
+Figures per engine: load time, prefill tok/s on a 128-token prompt, greedy decode tok/s over 128 tokens; and the
+same after a 1 900-token prompt (a long chat).
 llama.cpp's figures come from its own performance counters (no Python overhead counted against it).
 """
 import argparse
@@ -14,7 +15,7 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TEXT = ("The quick brown fox jumps over the lazy dog while researchers watch their checkpoints train. " * 40)
+TEXT = ("The quick brown fox jumps over the lazy dog while researchers watch their checkpoints train. " * 200)
 
 
 def vibecheck(binary, model, threads, prompt_tokens, decode_tokens):
@@ -30,8 +31,10 @@ def vibecheck(binary, model, threads, prompt_tokens, decode_tokens):
 def llama_cpp(model, threads, prompt_tokens, decode_tokens):
     import llama_cpp
     t0 = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=str(model), n_threads=threads, n_threads_batch=threads, n_ctx=1024, logits_all=False,
-                          n_batch=512, verbose=False)
+    # n_batch = n_ctx keeps a row of logits for every position (llama.cpp still computes in its own micro-batches).
+    n_ctx = max(1024, prompt_tokens + decode_tokens + 64)
+    llm = llama_cpp.Llama(model_path=str(model), n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
+                          logits_all=False, n_batch=n_ctx, verbose=False)
     load = time.perf_counter() - t0
     toks = llm.tokenize(TEXT.encode(), add_bos=False)[:prompt_tokens]
     llm.eval(toks[:8])  # warm-up
@@ -81,6 +84,7 @@ def main():
     ap.add_argument("--gguf", default=str(ROOT / ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--decode-tokens", type=int, default=128)
+    ap.add_argument("--long-prompt-tokens", type=int, default=1900)
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-llama-cpp", action="store_true")
     args = ap.parse_args()
@@ -102,6 +106,10 @@ def main():
         ours = vibecheck(args.binary, gguf, threads, p, n)
         peer = None if args.skip_llama_cpp else llama_cpp(gguf, threads, p, n)
         add(f"Q4_1 GGUF, {threads} thread(s)", "llama.cpp", ours, peer)
+    # A long chat: a 1 900-token context (prefill of the whole prompt, then decoding against its KV cache).
+    ours = vibecheck(args.binary, gguf, 2, args.long_prompt_tokens, n)
+    peer = None if args.skip_llama_cpp else llama_cpp(gguf, 2, args.long_prompt_tokens, n)
+    add(f"Q4_1 GGUF, 2 thr, {args.long_prompt_tokens}-tok ctx", "llama.cpp", ours, peer)
     ours = vibecheck(args.binary, folders["f32"], 2, p, n)
     peer = None if args.skip_transformers else transformers_run(folders["f32"], 2, p, n)
     add("f32 folder, 2 threads", "transformers", ours, peer)
