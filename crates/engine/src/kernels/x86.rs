@@ -166,77 +166,84 @@ pub unsafe fn dot_q8(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
     hsum(acc) + offset
 }
 
-/// [`dot_q4`] for four weight rows (`qs`/`dm` start at the first; rows are `row_q`/`row_dm` apart) against one
-/// input: each input block is loaded once for the four rows, the four rows' sums are independent chains, and
-/// each row's arithmetic is exactly [`dot_q4`]'s.
+/// A 4-bit block's weights as two vectors of 16-bit lanes (weights 0–15 and 16–31).
+#[inline]
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_q4_rows4(
-    qs: &[u8],
-    dm: &[f32],
-    row_q: usize,
-    row_dm: usize,
-    x: &QuantizedInput,
-) -> [f32; 4] {
-    let nb = x.sx.len();
-    debug_assert!(qs.len() >= 3 * row_q + nb * 16 && dm.len() >= 3 * row_dm + nb * 2);
-    let mask = _mm256_set1_epi16(0x0F);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut offset = [0f32; 4];
-    let (qp, dp, xp) = (qs.as_ptr(), dm.as_ptr(), x.q.as_ptr());
-    for b in 0..nb {
-        // The four rows are contiguous but read at four places at once, which the hardware prefetcher does not
-        // follow: fetch the next four rows ahead, one line of each array per block.
-        // (Four rows of a block are 64 bytes of `qs` and 32 of `dm`.)
-        _mm_prefetch::<_MM_HINT_T0>(qp.add(4 * row_q + b * 64) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(dp.add(4 * row_dm + b * 8) as *const i8);
-        let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
-        let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
-        let (sx, sum) = (*x.sx.get_unchecked(b), *x.sum.get_unchecked(b));
-        for r in 0..4 {
-            let (lo, hi) = nibbles(qp.add(r * row_q + b * 16), mask);
-            let s = _mm256_add_epi32(_mm256_madd_epi16(lo, xa), _mm256_madd_epi16(hi, xb));
-            let d = dp.add(r * row_dm + 2 * b);
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(*d * sx), acc[r]);
-            offset[r] += *d.add(1) * sum;
-        }
-    }
-    [0, 1, 2, 3].map(|r| hsum(acc[r]) + offset[r])
+unsafe fn pair_q4(q: *const u8) -> (__m256i, __m256i) {
+    nibbles(q, _mm256_set1_epi16(0x0F))
 }
 
-/// [`dot_q8`] for four weight rows against one input (see [`dot_q4_rows4`]).
+/// A signed 8-bit block's weights as two vectors of 16-bit lanes.
+#[inline]
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_q8_rows4(
-    qs: &[i8],
-    dm: &[f32],
-    row_q: usize,
-    row_dm: usize,
-    x: &QuantizedInput,
-) -> [f32; 4] {
-    let nb = x.sx.len();
-    debug_assert!(qs.len() >= 3 * row_q + nb * BLOCK && dm.len() >= 3 * row_dm + nb * 2);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut offset = [0f32; 4];
-    let (qp, dp, xp) = (qs.as_ptr(), dm.as_ptr(), x.q.as_ptr());
-    for b in 0..nb {
-        // Prefetch as in `dot_q4_rows4`: four rows of a block are 128 bytes of `qs` and 32 of `dm`.
-        _mm_prefetch::<_MM_HINT_T0>(qp.add(4 * row_q + b * 128));
-        _mm_prefetch::<_MM_HINT_T0>(qp.add(4 * row_q + b * 128 + 64));
-        _mm_prefetch::<_MM_HINT_T0>(dp.add(4 * row_dm + b * 8) as *const i8);
-        let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
-        let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
-        let (sx, sum) = (*x.sx.get_unchecked(b), *x.sum.get_unchecked(b));
-        for r in 0..4 {
-            let w = qp.add(r * row_q + b * BLOCK);
-            let wa = _mm256_cvtepi8_epi16(_mm_loadu_si128(w as *const __m128i));
-            let wb = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(16) as *const __m128i));
-            let s = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
-            let d = dp.add(r * row_dm + 2 * b);
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(*d * sx), acc[r]);
-            offset[r] += *d.add(1) * sum;
-        }
-    }
-    [0, 1, 2, 3].map(|r| hsum(acc[r]) + offset[r])
+unsafe fn pair_q8(q: *const i8) -> (__m256i, __m256i) {
+    (
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(q as *const __m128i)),
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(q.add(16) as *const __m128i)),
+    )
 }
+
+/// A quantized format's one-row kernel for four weight rows (`qs`/`dm` start at the first; rows are
+/// `row_q`/`row_dm` apart) against one input: each input block is loaded once for the four rows, the four rows'
+/// sums are independent chains, and each row's arithmetic is exactly the one-row kernel's. A macro, not a generic
+/// function, so each format's loop is compiled as if written out.
+macro_rules! rows4_kernel {
+    ($name:ident, $elem:ty, $bytes:expr, $pair:ident, $doc:literal) => {
+        #[doc = $doc]
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn $name(
+            qs: &[$elem],
+            dm: &[f32],
+            row_q: usize,
+            row_dm: usize,
+            x: &QuantizedInput,
+        ) -> [f32; 4] {
+            let nb = x.sx.len();
+            debug_assert!(qs.len() >= 3 * row_q + nb * $bytes && dm.len() >= 3 * row_dm + nb * 2);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut offset = [0f32; 4];
+            let (qp, dp, xp) = (qs.as_ptr(), dm.as_ptr(), x.q.as_ptr());
+            for b in 0..nb {
+                // The four rows are contiguous but read at four places at once, which the hardware prefetcher
+                // does not follow: fetch the next four rows ahead, the lines this block's four rows take (four
+                // rows of a block are `4 · $bytes` bytes of `qs` and 32 of `dm`).
+                for line in 0..(4 * $bytes) / 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        qp.add(4 * row_q + b * 4 * $bytes + 64 * line) as *const i8
+                    );
+                }
+                _mm_prefetch::<_MM_HINT_T0>(dp.add(4 * row_dm + b * 8) as *const i8);
+                let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+                let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
+                let (sx, sum) = (*x.sx.get_unchecked(b), *x.sum.get_unchecked(b));
+                for r in 0..4 {
+                    let (wa, wb) = $pair(qp.add(r * row_q + b * $bytes));
+                    let s = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
+                    let d = dp.add(r * row_dm + 2 * b);
+                    acc[r] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(*d * sx), acc[r]);
+                    offset[r] += *d.add(1) * sum;
+                }
+            }
+            [0, 1, 2, 3].map(|r| hsum(acc[r]) + offset[r])
+        }
+    };
+}
+
+rows4_kernel!(
+    dot_q4_rows4,
+    u8,
+    16,
+    pair_q4,
+    "[`dot_q4`] for four weight rows against one input."
+);
+rows4_kernel!(
+    dot_q8_rows4,
+    i8,
+    BLOCK,
+    pair_q8,
+    "[`dot_q8`] for four weight rows against one input."
+);
 
 /// [`dot_f32`] of one weight row with four inputs, each weight loaded once.
 #[target_feature(enable = "avx2,fma")]
