@@ -434,6 +434,19 @@ impl Decoder {
                 return self.forward_in_pool(tokens, cache, all_steps);
             }
             // A whole 2 000-token prompt made ~130 MB of scores per layer; in pieces its prefill is ~1.8× faster.
+            // What would fail a later piece fails before the first, so an error leaves the cache as it was.
+            if cache.len + t > self.rope.max_positions {
+                return Err(EngineError::ContextFull {
+                    needed: cache.len + t,
+                    max: self.rope.max_positions,
+                });
+            }
+            let vocab = self.cfg.vocab_size as u32;
+            if let Some(bad) = tokens.iter().flatten().find(|&&id| id >= vocab) {
+                return Err(EngineError::Config(format!(
+                    "token id {bad} is outside the vocabulary of {vocab}"
+                )));
+            }
             let mut start = 0;
             loop {
                 let end = (start + chunk).min(t);

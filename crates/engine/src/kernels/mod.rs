@@ -18,8 +18,10 @@
 //! The inner products are selected at run time (AVX2+FMA+F16C on x86-64, a portable loop elsewhere), so one
 //! binary runs everywhere. Rows are split across rayon's threads; a lone input meets quantized rows four at a
 //! time (each input block loaded once for four rows, four independent sums, the next rows prefetched), with
-//! every row's arithmetic exactly that of the one-row kernel. `cargo run --release -p vibecheck-engine --example
-//! kernels` measures each format's throughput beside the row-at-a-time kernel.
+//! every row's arithmetic exactly that of the one-row kernel, and so do the four-input kernels of a batch; a
+//! prompt ([`GEMM_MIN_INPUTS`] inputs or more) goes through candle's GEMM on rows widened to float32 instead.
+//! `cargo run --release -p vibecheck-engine --example kernels` measures each format's throughput beside the
+//! row-at-a-time kernel.
 
 mod pack;
 mod quantize;
@@ -196,7 +198,7 @@ impl PackedMatrix {
                     }
                 }
             });
-        // The transpose runs in parallel too: serial, it was ~7 % of a long prompt's prefill.
+        // The transpose runs in parallel too (serial, one thread did it while the other waited).
         let rows = self.rows;
         out.par_chunks_mut(rows).enumerate().for_each(|(t, o)| {
             for (r, v) in o.iter_mut().enumerate() {

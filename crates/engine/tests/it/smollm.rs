@@ -370,4 +370,18 @@ fn a_long_prompt_prefilled_in_pieces_gives_the_logits_of_one_pass() {
             .0
     };
     assert_eq!(argmax(&whole), argmax(&pieces));
+    // A prompt beyond the context fails before its first piece: the cache is left as it was.
+    let too_long: Vec<u32> = ids
+        .iter()
+        .cycle()
+        .take(model.decoder.max_positions() + 1)
+        .copied()
+        .collect();
+    let mut cache = vibecheck_engine::model::Cache::new(model.config(), 1);
+    let err = model
+        .decoder
+        .forward_in_pieces(&[too_long], &mut cache, false, 256)
+        .unwrap_err();
+    assert!(err.to_string().contains("positions"), "{err}");
+    assert_eq!(cache.len(), 0);
 }
