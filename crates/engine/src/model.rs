@@ -425,33 +425,22 @@ impl Decoder {
         chunk: usize,
     ) -> Result<Tensor, EngineError> {
         let chunk = chunk.max(1);
+        // Everything that could fail a later piece is checked before the first, so an error leaves the cache as
+        // it was.
+        let t = self.check_input(tokens, cache)?;
         // Run the whole pass on a rayon worker: the kernels' parallel loops then split work inside the pool
         // instead of handing every matmul from an outside thread to the pool and sleeping until it is done
         // (two futex round trips per matmul).
         rayon::scope(|_| {
-            let t = tokens.first().map_or(0, Vec::len);
-            if all_steps || t <= chunk || tokens.iter().any(|r| r.len() != t) {
-                return self.forward_in_pool(tokens, cache, all_steps);
+            if all_steps || t <= chunk {
+                return self.forward_checked(tokens, cache, all_steps);
             }
             // A whole 2 000-token prompt made ~130 MB of scores per layer; in pieces its prefill is ~1.8× faster.
-            // What would fail a later piece fails before the first, so an error leaves the cache as it was.
-            if cache.len + t > self.rope.max_positions {
-                return Err(EngineError::ContextFull {
-                    needed: cache.len + t,
-                    max: self.rope.max_positions,
-                });
-            }
-            let vocab = self.cfg.vocab_size as u32;
-            if let Some(bad) = tokens.iter().flatten().find(|&&id| id >= vocab) {
-                return Err(EngineError::Config(format!(
-                    "token id {bad} is outside the vocabulary of {vocab}"
-                )));
-            }
             let mut start = 0;
             loop {
                 let end = (start + chunk).min(t);
                 let piece: Vec<Vec<u32>> = tokens.iter().map(|r| r[start..end].to_vec()).collect();
-                let logits = self.forward_in_pool(&piece, cache, false)?;
+                let logits = self.forward_checked(&piece, cache, false)?;
                 if end == t {
                     return Ok(logits);
                 }
@@ -460,12 +449,9 @@ impl Decoder {
         })
     }
 
-    fn forward_in_pool(
-        &self,
-        tokens: &[Vec<u32>],
-        cache: &mut Cache,
-        all_steps: bool,
-    ) -> Result<Tensor, EngineError> {
+    /// The steps per row of `tokens`, after checking that the rows match the cache's batch, are of equal,
+    /// non-zero length, fit in the context and hold only ids of the vocabulary.
+    fn check_input(&self, tokens: &[Vec<u32>], cache: &Cache) -> Result<usize, EngineError> {
         let b = tokens.len();
         let t = tokens.first().map_or(0, Vec::len);
         if b == 0 || t == 0 || tokens.iter().any(|r| r.len() != t) || b != cache.batch() {
@@ -474,10 +460,9 @@ impl Decoder {
                 cache.batch()
             )));
         }
-        let start = cache.len;
-        if start + t > self.rope.max_positions {
+        if cache.len + t > self.rope.max_positions {
             return Err(EngineError::ContextFull {
-                needed: start + t,
+                needed: cache.len + t,
                 max: self.rope.max_positions,
             });
         }
@@ -487,6 +472,18 @@ impl Decoder {
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
+        Ok(t)
+    }
+
+    /// One pass over input that [`Self::check_input`] accepted.
+    fn forward_checked(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: &mut Cache,
+        all_steps: bool,
+    ) -> Result<Tensor, EngineError> {
+        let (b, t) = (tokens.len(), tokens[0].len());
+        let start = cache.len;
         let positions: Vec<Vec<u32>> = cache
             .pads
             .iter()
