@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -87,11 +88,16 @@ def main():
     ap.add_argument("--long-prompt-tokens", type=int, default=1900)
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-llama-cpp", action="store_true")
+    ap.add_argument("--skip-folders", action="store_true",
+                    help="only the GGUF rows (no f32/bf16 folders converted from it)")
     args = ap.parse_args()
     gguf = pathlib.Path(args.gguf)
+    # The row label names the file's quantization when its name says it (…Q4_1.gguf, …-Q4_K_M.gguf).
+    kind = re.search(r"(?i)(IQ\d\w*|Q\d_K(?:_[SML])?|Q\d_\d|BF16|F16|F32)(?=\.gguf$)", gguf.name)
+    label = f"{kind.group(1).upper() if kind else ''} GGUF".strip()
     work = ROOT / ".cache/bench"
     folders = {}
-    for dtype in ("f32", "bf16"):
+    for dtype in () if args.skip_folders else ("f32", "bf16"):
         d = work / f"smollm2-{dtype}"
         if not (d / "model.safetensors").exists():
             subprocess.run([args.binary, "convert", str(gguf), str(d), "--dtype", dtype], check=True)
@@ -105,16 +111,18 @@ def main():
     for threads in (1, 2):
         ours = vibecheck(args.binary, gguf, threads, p, n)
         peer = None if args.skip_llama_cpp else llama_cpp(gguf, threads, p, n)
-        add(f"Q4_1 GGUF, {threads} thread(s)", "llama.cpp", ours, peer)
+        add(f"{label}, {threads} thread(s)", "llama.cpp", ours, peer)
     # A long chat: a 1 900-token context (prefill of the whole prompt, then decoding against its KV cache).
-    ours = vibecheck(args.binary, gguf, 2, args.long_prompt_tokens, n)
-    peer = None if args.skip_llama_cpp else llama_cpp(gguf, 2, args.long_prompt_tokens, n)
-    add(f"Q4_1 GGUF, 2 thr, {args.long_prompt_tokens}-tok ctx", "llama.cpp", ours, peer)
-    ours = vibecheck(args.binary, folders["f32"], 2, p, n)
-    peer = None if args.skip_transformers else transformers_run(folders["f32"], 2, p, n)
-    add("f32 folder, 2 threads", "transformers", ours, peer)
-    ours_bf16 = vibecheck(args.binary, folders["bf16"], 2, p, n)
-    add("bf16 folder, 2 threads", "our f32 twin", ours_bf16, ours)
+    if args.long_prompt_tokens > 0:
+        ours = vibecheck(args.binary, gguf, 2, args.long_prompt_tokens, n)
+        peer = None if args.skip_llama_cpp else llama_cpp(gguf, 2, args.long_prompt_tokens, n)
+        add(f"{label}, 2 thr, {args.long_prompt_tokens}-tok ctx", "llama.cpp", ours, peer)
+    if folders:
+        ours = vibecheck(args.binary, folders["f32"], 2, p, n)
+        peer = None if args.skip_transformers else transformers_run(folders["f32"], 2, p, n)
+        add("f32 folder, 2 threads", "transformers", ours, peer)
+        ours_bf16 = vibecheck(args.binary, folders["bf16"], 2, p, n)
+        add("bf16 folder, 2 threads", "our f32 twin", ours_bf16, ours)
 
     print(f"{'case':28} {'metric':14} {'vibecheck':>10} {'peer':>10} {'ratio':>7}  peer")
     for r in rows:

@@ -309,7 +309,7 @@ impl Weights {
             Backend::Gguf { .. } => {
                 let (dtype, dims, bytes) = self.gguf_bytes(hf_name)?;
                 let packed = match PackedMatrix::from_ggml(dtype, &bytes, &dims) {
-                    // No compact kernel for this format (Q2_K, Q3_K, Q6_K): exact float32 instead.
+                    // No compact kernel for this format (Q8_1, Q8_K): exact float32 instead.
                     Err(PackError::Unsupported(_)) => PackedMatrix::from_dense(
                         &self.gguf_qtensor(hf_name)?.dequantize(&self.device)?,
                     ),

@@ -14,6 +14,8 @@
 //!   Q4_K exactly.
 //! - `Q8`: 8-bit signed values with a scale and offset per 32 (`w = d·q + m`), holding Q8_0, Q5_0, Q5_1 and
 //!   Q5_K exactly.
+//! - `Q8Sub`: 8-bit signed values with a scale and offset per 16 (`w = d·q + m`), holding the K-quants whose
+//!   sub-blocks are 16 weights (Q6_K, Q3_K, Q2_K) exactly, at 1.5 bytes per weight.
 //!
 //! The inner products are selected at run time (AVX2+FMA+F16C on x86-64, a portable loop elsewhere), so one
 //! binary runs everywhere. Rows are split across rayon's threads; a lone input meets quantized rows four at a
@@ -47,6 +49,11 @@ pub enum Format {
     },
     /// `qs`: 32 signed bytes per block of 32; `dm`: (d, m) pairs.
     Q8 {
+        qs: Vec<i8>,
+        dm: Vec<f32>,
+    },
+    /// `qs`: 32 signed bytes per block of 32; `dm`: (d, m) of weights 0–15, then (d, m) of weights 16–31.
+    Q8Sub {
         qs: Vec<i8>,
         dm: Vec<f32>,
     },
@@ -96,6 +103,7 @@ impl PackedMatrix {
             Format::F16(_) => "f16",
             Format::Q4 { .. } => "q4",
             Format::Q8 { .. } => "q8",
+            Format::Q8Sub { .. } => "q8/16",
         }
     }
 
@@ -105,7 +113,7 @@ impl PackedMatrix {
             Format::F32(v) => v.len() * 4,
             Format::Bf16(v) | Format::F16(v) => v.len() * 2,
             Format::Q4 { qs, dm } => qs.len() + dm.len() * 4,
-            Format::Q8 { qs, dm } => qs.len() + dm.len() * 4,
+            Format::Q8 { qs, dm } | Format::Q8Sub { qs, dm } => qs.len() + dm.len() * 4,
         }
     }
 
@@ -118,10 +126,10 @@ impl PackedMatrix {
             return;
         }
         let quantized: Vec<QuantizedInput> = match self.format {
-            Format::Q4 { .. } | Format::Q8 { .. } if m >= 8 => {
+            Format::Q4 { .. } | Format::Q8 { .. } | Format::Q8Sub { .. } if m >= 8 => {
                 x.par_chunks(self.cols).map(QuantizedInput::new).collect()
             }
-            Format::Q4 { .. } | Format::Q8 { .. } => {
+            Format::Q4 { .. } | Format::Q8 { .. } | Format::Q8Sub { .. } => {
                 x.chunks(self.cols).map(QuantizedInput::new).collect()
             }
             _ => Vec::new(),
@@ -285,6 +293,15 @@ impl PackedMatrix {
                             xq?,
                         ))
                     }
+                    Format::Q8Sub { qs, dm } => {
+                        return Some(x86::dot_q8sub_rows4(
+                            &qs[r * c..(r + 4) * c],
+                            &dm[r * nb * 4..(r + 4) * nb * 4],
+                            c,
+                            nb * 4,
+                            xq?,
+                        ))
+                    }
                     _ => {}
                 }
             }
@@ -356,6 +373,14 @@ impl PackedMatrix {
                             xq,
                         );
                     }
+                    Format::Q8Sub { qs, dm } => {
+                        let xq = xq.map(|q| q.expect("quantized input"));
+                        return x86::dot4_q8sub(
+                            &qs[r * c..(r + 1) * c],
+                            &dm[r * nb * 4..(r + 1) * nb * 4],
+                            xq,
+                        );
+                    }
                     _ => {}
                 }
             }
@@ -388,6 +413,14 @@ impl PackedMatrix {
                     xq,
                 )
             }
+            Format::Q8Sub { qs, dm } => {
+                let xq = xq.expect("quantized input");
+                kernel.dot_q8sub(
+                    &qs[r * c..(r + 1) * c],
+                    &dm[r * nb * 4..(r + 1) * nb * 4],
+                    xq,
+                )
+            }
         }
     }
 
@@ -416,6 +449,10 @@ impl PackedMatrix {
                 qs.reserve(extra);
                 dm.reserve(extra / BLOCK * 2);
             }
+            Format::Q8Sub { qs, dm } => {
+                qs.reserve(extra);
+                dm.reserve(extra / BLOCK * 4);
+            }
         }
         for next in it {
             match (&mut format, next) {
@@ -427,7 +464,8 @@ impl PackedMatrix {
                     qs.extend(q2);
                     dm.extend(d2);
                 }
-                (Format::Q8 { qs, dm }, Format::Q8 { qs: q2, dm: d2 }) => {
+                (Format::Q8 { qs, dm }, Format::Q8 { qs: q2, dm: d2 })
+                | (Format::Q8Sub { qs, dm }, Format::Q8Sub { qs: q2, dm: d2 }) => {
                     qs.extend(q2);
                     dm.extend(d2);
                 }
@@ -470,6 +508,17 @@ impl PackedMatrix {
                     }
                 }
             }
+            Format::Q8Sub { qs, dm } => {
+                for b in 0..nb {
+                    for h in 0..2 {
+                        let at = (r * nb + b) * BLOCK + 16 * h;
+                        let (d, m) = (dm[at / 8], dm[at / 8 + 1]);
+                        for (o, &q) in out[b * BLOCK + 16 * h..][..16].iter_mut().zip(&qs[at..]) {
+                            *o = d * q as f32 + m;
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -491,6 +540,8 @@ pub struct QuantizedInput {
     pub sx: Vec<f32>,
     /// Exact float32 sum of each block (the offset term of `d·q + m` needs only these).
     pub sum: Vec<f32>,
+    /// Float32 sums of each block's two halves (weights 0–15, 16–31), for formats with an offset per 16.
+    pub half_sum: Vec<f32>,
 }
 
 impl QuantizedInput {
@@ -499,6 +550,7 @@ impl QuantizedInput {
         let mut q = Vec::with_capacity(x.len());
         let mut sx = Vec::with_capacity(nb);
         let mut sum = Vec::with_capacity(nb);
+        let mut half_sum = Vec::with_capacity(2 * nb);
         for block in x.chunks_exact(BLOCK) {
             let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
             let scale = amax / 32767.0;
@@ -506,8 +558,14 @@ impl QuantizedInput {
             q.extend(block.iter().map(|v| (v * inv).round() as i16));
             sx.push(scale);
             sum.push(block.iter().sum());
+            half_sum.extend(block.chunks_exact(16).map(|h| h.iter().sum::<f32>()));
         }
-        Self { q, sx, sum }
+        Self {
+            q,
+            sx,
+            sum,
+            half_sum,
+        }
     }
 }
 
@@ -599,6 +657,15 @@ impl Kernel {
             Kernel::Portable => scalar::dot_q8(qs, dm, x),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { x86::dot_q8(qs, dm, x) },
+        }
+    }
+
+    #[inline]
+    fn dot_q8sub(self, qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
+        match self {
+            Kernel::Portable => scalar::dot_q8sub(qs, dm, x),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::dot_q8sub(qs, dm, x) },
         }
     }
 }

@@ -41,6 +41,24 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
+/// The sixteen 6-bit scales of a Q3_K superblock (stored with an offset of 32), unpacked from its 12 bytes.
+fn q3k_scales(s: &[u8]) -> [u8; 16] {
+    let word = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (a0, a1, high) = (word(0), word(1), word(2));
+    let (low4, high2) = (0x0f0f_0f0fu32, 0x0303_0303u32);
+    let words = [
+        (a0 & low4) | ((high & high2) << 4),
+        (a1 & low4) | (((high >> 2) & high2) << 4),
+        ((a0 >> 4) & low4) | (((high >> 4) & high2) << 4),
+        ((a1 >> 4) & low4) | (((high >> 6) & high2) << 4),
+    ];
+    let mut out = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        out[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
 /// Packs 32 four-bit values as the kernel expects: byte `i` holds value `i` (low) and value `i + 16` (high).
 pub(super) fn push_q4(qs: &mut Vec<u8>, v: &[u8; 32]) {
     for i in 0..16 {
@@ -155,6 +173,73 @@ impl PackedMatrix {
                 }
                 Format::Q8 { qs, dm }
             }
+            GgmlDType::Q6K => {
+                let mut qs = Vec::with_capacity(blocks * BLOCK);
+                let mut dm = Vec::with_capacity(blocks * 4);
+                for b in data.chunks_exact(210) {
+                    let (ql, qh, sc, d) = (&b[..128], &b[128..192], &b[192..208], f16(b, 208));
+                    for half in 0..2 {
+                        let (ql, qh, sc) = (&ql[64 * half..], &qh[32 * half..], &sc[8 * half..]);
+                        for k in 0..4 {
+                            for s in 0..2 {
+                                dm.extend([d * sc[2 * k + s] as i8 as f32, 0.0]);
+                            }
+                            for l in 0..32 {
+                                let (low, high) = match k {
+                                    0 => (ql[l] & 0xF, qh[l] & 3),
+                                    1 => (ql[l + 32] & 0xF, (qh[l] >> 2) & 3),
+                                    2 => (ql[l] >> 4, (qh[l] >> 4) & 3),
+                                    _ => (ql[l + 32] >> 4, (qh[l] >> 6) & 3),
+                                };
+                                qs.push((low | (high << 4)) as i8 - 32);
+                            }
+                        }
+                    }
+                }
+                Format::Q8Sub { qs, dm }
+            }
+            GgmlDType::Q3K => {
+                let mut qs = Vec::with_capacity(blocks * BLOCK);
+                let mut dm = Vec::with_capacity(blocks * 4);
+                for b in data.chunks_exact(110) {
+                    let (hmask, q, d) = (&b[..32], &b[32..96], f16(b, 108));
+                    let scales = q3k_scales(&b[96..108]);
+                    for half in 0..2 {
+                        let q = &q[32 * half..32 * half + 32];
+                        for shift in 0..4 {
+                            let chunk = 4 * half + shift;
+                            let bit = 1u8 << chunk;
+                            for s in 0..2 {
+                                dm.extend([d * (scales[2 * chunk + s] as f32 - 32.0), 0.0]);
+                            }
+                            for i in 0..32 {
+                                let low = ((q[i] >> (2 * shift)) & 3) as i8;
+                                qs.push(low - if hmask[i] & bit == 0 { 4 } else { 0 });
+                            }
+                        }
+                    }
+                }
+                Format::Q8Sub { qs, dm }
+            }
+            GgmlDType::Q2K => {
+                let mut qs = Vec::with_capacity(blocks * BLOCK);
+                let mut dm = Vec::with_capacity(blocks * 4);
+                for b in data.chunks_exact(84) {
+                    let (scales, q, d, dmin) = (&b[..16], &b[16..80], f16(b, 80), f16(b, 82));
+                    for half in 0..2 {
+                        let q = &q[32 * half..32 * half + 32];
+                        for shift in 0..4 {
+                            let chunk = 4 * half + shift;
+                            for s in 0..2 {
+                                let sc = scales[2 * chunk + s];
+                                dm.extend([d * (sc & 0xF) as f32, -(dmin * (sc >> 4) as f32)]);
+                            }
+                            qs.extend(q.iter().map(|v| ((v >> (2 * shift)) & 3) as i8));
+                        }
+                    }
+                }
+                Format::Q8Sub { qs, dm }
+            }
             GgmlDType::F32 => Format::F32(
                 data.chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -252,6 +337,9 @@ mod tests {
             (GgmlDType::Q8_0, 576),
             (GgmlDType::Q4K, 512),
             (GgmlDType::Q5K, 768),
+            (GgmlDType::Q6K, 512),
+            (GgmlDType::Q3K, 768),
+            (GgmlDType::Q2K, 512),
         ] {
             let q = QTensor::quantize(&random(24, cols, 1), dtype).unwrap();
             let reference = q
@@ -290,6 +378,10 @@ mod tests {
             // Prompts: the GEMM on widened panels (GEMM_MIN_INPUTS and more), rows past one panel.
             (40, 100, 576),
             (33, 7, 96),
+            // K-quant rows (multiples of 256): one input, a batch, a prompt.
+            (1, 20, 512),
+            (6, 9, 768),
+            (34, 11, 256),
         ];
         for (m, rows, cols) in shapes {
             let w = random(rows, cols, 2);
@@ -311,7 +403,13 @@ mod tests {
                 );
             }
             if cols % 256 == 0 {
-                for dtype in [GgmlDType::Q4K, GgmlDType::Q5K] {
+                for dtype in [
+                    GgmlDType::Q4K,
+                    GgmlDType::Q5K,
+                    GgmlDType::Q6K,
+                    GgmlDType::Q3K,
+                    GgmlDType::Q2K,
+                ] {
                     mats.push(
                         PackedMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap(),
                     );
@@ -344,17 +442,37 @@ mod tests {
     /// The portable loops agree with the SIMD ones (each is also checked against the reference above).
     #[test]
     fn portable_and_detected_kernels_agree() {
-        let w = random(4, 576, 5);
-        let x: Vec<f32> = random(1, 576, 6).flatten_all().unwrap().to_vec1().unwrap();
-        let p =
-            PackedMatrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q4_1).unwrap()).unwrap();
-        let Format::Q4 { qs, dm } = &p.format else {
-            unreachable!()
-        };
+        let w = random(4, 512, 5);
+        let x: Vec<f32> = random(1, 512, 6).flatten_all().unwrap().to_vec1().unwrap();
         let xq = crate::kernels::QuantizedInput::new(&x);
-        let a = scalar::dot_q4(&qs[..288], &dm[..36], &xq);
-        let b = Kernel::detect().dot_q4(&qs[..288], &dm[..36], &xq);
-        assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
+        let kernel = Kernel::detect();
+        for dtype in [
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q6K,
+            GgmlDType::Q2K,
+        ] {
+            let p = PackedMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap();
+            let (a, b) = match &p.format {
+                Format::Q4 { qs, dm } => (
+                    scalar::dot_q4(&qs[..256], &dm[..32], &xq),
+                    kernel.dot_q4(&qs[..256], &dm[..32], &xq),
+                ),
+                Format::Q8 { qs, dm } => (
+                    scalar::dot_q8(&qs[..512], &dm[..32], &xq),
+                    kernel.dot_q8(&qs[..512], &dm[..32], &xq),
+                ),
+                Format::Q8Sub { qs, dm } => (
+                    scalar::dot_q8sub(&qs[..512], &dm[..64], &xq),
+                    kernel.dot_q8sub(&qs[..512], &dm[..64], &xq),
+                ),
+                _ => unreachable!(),
+            };
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+                "{dtype:?}: {a} vs {b}"
+            );
+        }
     }
 
     /// The four-row kernels of a lone input and the four-input kernels of a batch do each row's arithmetic
@@ -362,7 +480,7 @@ mod tests {
     #[test]
     fn row_groups_and_batches_compute_each_row_as_one_row_alone() {
         let kernel = Kernel::detect();
-        for (rows, cols) in [(13usize, 576usize), (9, 1536), (8, 64)] {
+        for (rows, cols) in [(13usize, 576usize), (9, 1536), (8, 64), (11, 512)] {
             let w = random(rows, cols, 11);
             let xs: Vec<f32> = random(5, cols, 12)
                 .flatten_all()
@@ -370,12 +488,23 @@ mod tests {
                 .to_vec1()
                 .unwrap();
             let x = &xs[..cols];
-            for dtype in [
+            let k_quants: &[GgmlDType] = if cols % 256 == 0 {
+                &[
+                    GgmlDType::Q4K,
+                    GgmlDType::Q6K,
+                    GgmlDType::Q3K,
+                    GgmlDType::Q2K,
+                ]
+            } else {
+                &[]
+            };
+            let simple = [
                 GgmlDType::Q4_0,
                 GgmlDType::Q4_1,
                 GgmlDType::Q5_1,
                 GgmlDType::Q8_0,
-            ] {
+            ];
+            for &dtype in simple.iter().chain(k_quants) {
                 let p = PackedMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap();
                 let xq = crate::kernels::QuantizedInput::new(x);
                 let alone: Vec<f32> = (0..rows)

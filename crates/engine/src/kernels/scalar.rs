@@ -65,3 +65,20 @@ pub fn dot_q8(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
     }
     total
 }
+
+pub fn dot_q8sub(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
+    let mut total = 0f32;
+    for b in 0..x.sx.len() {
+        for h in 0..2 {
+            let at = b * BLOCK + 16 * h;
+            let s: i32 = qs[at..at + 16]
+                .iter()
+                .zip(&x.q[at..at + 16])
+                .map(|(&a, &v)| i32::from(a) * i32::from(v))
+                .sum();
+            let (d, m) = (dm[4 * b + 2 * h], dm[4 * b + 2 * h + 1]);
+            total += d * x.sx[b] * s as f32 + m * x.half_sum[2 * b + h];
+        }
+    }
+    total
+}

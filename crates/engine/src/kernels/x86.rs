@@ -245,6 +245,120 @@ rows4_kernel!(
     "[`dot_q8`] for four weight rows against one input."
 );
 
+/// One block of the 16-weight-scaled format: each half's integer sum scaled on its own (`d` points at the
+/// block's (d, m, d, m), `hs` at the input block's two half sums).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q8sub_block(
+    (wa, wb): (__m256i, __m256i),
+    xa: __m256i,
+    xb: __m256i,
+    d: *const f32,
+    sx: f32,
+    hs: *const f32,
+    acc: __m256,
+    offset: f32,
+) -> (__m256, f32) {
+    let lo = _mm256_cvtepi32_ps(_mm256_madd_epi16(wa, xa));
+    let hi = _mm256_cvtepi32_ps(_mm256_madd_epi16(wb, xb));
+    let acc = _mm256_fmadd_ps(lo, _mm256_set1_ps(*d * sx), acc);
+    let acc = _mm256_fmadd_ps(hi, _mm256_set1_ps(*d.add(2) * sx), acc);
+    (acc, offset + (*d.add(1) * *hs + *d.add(3) * *hs.add(1)))
+}
+
+/// As [`dot_q8`] with a scale and offset per 16 weights (`dm`: four floats per block).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_q8sub(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
+    let nb = x.sx.len();
+    debug_assert!(qs.len() >= nb * BLOCK && dm.len() >= nb * 4 && x.q.len() >= nb * BLOCK);
+    let mut acc = _mm256_setzero_ps();
+    let mut offset = 0f32;
+    let (qp, dp, xp, hp) = (qs.as_ptr(), dm.as_ptr(), x.q.as_ptr(), x.half_sum.as_ptr());
+    for b in 0..nb {
+        let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+        let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
+        (acc, offset) = q8sub_block(
+            pair_q8(qp.add(b * BLOCK)),
+            xa,
+            xb,
+            dp.add(4 * b),
+            *x.sx.get_unchecked(b),
+            hp.add(2 * b),
+            acc,
+            offset,
+        );
+    }
+    hsum(acc) + offset
+}
+
+/// [`dot_q8sub`] for four weight rows against one input (see `rows4_kernel!`: shared input loads, the next
+/// rows prefetched, each row's arithmetic exactly the one-row kernel's).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_q8sub_rows4(
+    qs: &[i8],
+    dm: &[f32],
+    row_q: usize,
+    row_dm: usize,
+    x: &QuantizedInput,
+) -> [f32; 4] {
+    let nb = x.sx.len();
+    debug_assert!(qs.len() >= 3 * row_q + nb * BLOCK && dm.len() >= 3 * row_dm + nb * 4);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut offset = [0f32; 4];
+    let (qp, dp, xp, hp) = (qs.as_ptr(), dm.as_ptr(), x.q.as_ptr(), x.half_sum.as_ptr());
+    for b in 0..nb {
+        for line in 0..2 {
+            _mm_prefetch::<_MM_HINT_T0>(qp.add(4 * row_q + b * 4 * BLOCK + 64 * line));
+        }
+        _mm_prefetch::<_MM_HINT_T0>(dp.add(4 * row_dm + b * 16) as *const i8);
+        let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+        let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
+        let sx = *x.sx.get_unchecked(b);
+        for r in 0..4 {
+            (acc[r], offset[r]) = q8sub_block(
+                pair_q8(qp.add(r * row_q + b * BLOCK)),
+                xa,
+                xb,
+                dp.add(r * row_dm + 4 * b),
+                sx,
+                hp.add(2 * b),
+                acc[r],
+                offset[r],
+            );
+        }
+    }
+    [0, 1, 2, 3].map(|r| hsum(acc[r]) + offset[r])
+}
+
+/// [`dot_q8sub`] of one weight row with four inputs, the weights widened once per block.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot4_q8sub(qs: &[i8], dm: &[f32], x: [&QuantizedInput; 4]) -> [f32; 4] {
+    let nb = x[0].sx.len();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut offset = [0f32; 4];
+    let (qp, dp) = (qs.as_ptr(), dm.as_ptr());
+    for b in 0..nb {
+        let w = pair_q8(qp.add(b * BLOCK));
+        for k in 0..4 {
+            let xp = x[k].q.as_ptr().add(b * BLOCK);
+            let xa = _mm256_loadu_si256(xp as *const __m256i);
+            let xb = _mm256_loadu_si256(xp.add(16) as *const __m256i);
+            (acc[k], offset[k]) = q8sub_block(
+                w,
+                xa,
+                xb,
+                dp.add(4 * b),
+                *x[k].sx.get_unchecked(b),
+                x[k].half_sum.as_ptr().add(2 * b),
+                acc[k],
+                offset[k],
+            );
+        }
+    }
+    [0, 1, 2, 3].map(|k| hsum(acc[k]) + offset[k])
+}
+
 /// [`dot_f32`] of one weight row with four inputs, each weight loaded once.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot4_f32(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {

@@ -385,3 +385,105 @@ fn a_long_prompt_prefilled_in_pieces_gives_the_logits_of_one_pass() {
     assert!(err.to_string().contains("positions"), "{err}");
     assert_eq!(cache.len(), 0);
 }
+
+/// A GGUF whose matrices are K-quants with 16-weight sub-blocks (Q6_K, Q3_K, Q2_K, as llama.cpp's Q4_K_M,
+/// Q3_K_M and Q2_K files hold them) keeps them compact (1.5 bytes per weight, not float32) and computes what
+/// their dequantized weights compute, for a prompt (four-input kernels) and a decoding step (four-row kernels).
+#[test]
+fn k_quant_matrices_stay_compact_and_compute_their_dequantized_weights() {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use candle_core::Device;
+    let mut file = std::fs::File::open(smollm_gguf()).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let kinds = [GgmlDType::Q6K, GgmlDType::Q3K, GgmlDType::Q2K];
+    let mut names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    names.sort();
+    let (mut quant, mut dense, mut k_weights) = (Vec::new(), Vec::new(), 0usize);
+    for name in &names {
+        let t = content.tensor(&mut file, name, &Device::Cpu).unwrap();
+        let layer = name
+            .strip_prefix("blk.")
+            .and_then(|r| r.strip_suffix(".ffn_down.weight"));
+        match layer {
+            Some(layer) => {
+                let kind = kinds[layer.parse::<usize>().unwrap() % 3];
+                let q = QTensor::quantize(&t.dequantize(&Device::Cpu).unwrap(), kind).unwrap();
+                let d = q.dequantize(&Device::Cpu).unwrap();
+                k_weights += d.elem_count();
+                dense.push((name, QTensor::quantize(&d, GgmlDType::F32).unwrap()));
+                quant.push((name, q));
+            }
+            None => {
+                dense.push((name, content.tensor(&mut file, name, &Device::Cpu).unwrap()));
+                quant.push((name, t));
+            }
+        }
+    }
+    assert_eq!(k_weights, 30 * 576 * 1536, "every layer's ffn_down");
+    let tmp = tempfile::tempdir().unwrap();
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let write = |file_name: &str, tensors: &[(&String, QTensor)]| {
+        let path = tmp.path().join(file_name);
+        let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut out = std::fs::File::create(&path).unwrap();
+        gguf_file::write(&mut out, &metadata, &refs).unwrap();
+        Model::load(path.to_str().unwrap(), &LoadOptions::default()).unwrap()
+    };
+    let (kq, f32s) = (
+        write("k-quants.gguf", &quant),
+        write("dequantized.gguf", &dense),
+    );
+    // Float32 is 4 bytes a weight, the 16-weight-scaled format 1 + 16/32 bytes: nothing fell back to float32.
+    assert_eq!(
+        f32s.packed_bytes - kq.packed_bytes,
+        k_weights * 5 / 2,
+        "packed sizes {} vs {}",
+        kq.packed_bytes,
+        f32s.packed_bytes
+    );
+    let ids = kq
+        .tokenizer
+        .encode(
+            "The lighthouse keeper climbed the stairs every evening and wrote the weather into the logbook.",
+            false,
+        )
+        .unwrap();
+    let run = |model: &Model| {
+        let mut cache = vibecheck_engine::model::Cache::new(model.config(), 1);
+        let logits = |t: candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let prompt = logits(
+            model
+                .decoder
+                .forward(std::slice::from_ref(&ids), &mut cache, false)
+                .unwrap(),
+        );
+        let step = logits(
+            model
+                .decoder
+                .forward(&[vec![ids[3]]], &mut cache, false)
+                .unwrap(),
+        );
+        (prompt, step)
+    };
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0
+    };
+    let (got, want) = (run(&kq), run(&f32s));
+    for (what, a, b) in [("prompt", &got.0, &want.0), ("step", &got.1, &want.1)] {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            worst <= 1e-3 * scale,
+            "{what}: largest difference {worst} (logit scale {scale})"
+        );
+        assert_eq!(argmax(a), argmax(b), "{what}");
+    }
+}
