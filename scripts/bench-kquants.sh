@@ -4,17 +4,8 @@
 # BENCH_PYTHON) plus llama.cpp's conversion script from the llama-cpp-python source package.
 # Usage: scripts/bench-kquants.sh [TYPE...]   (types: Q4_K_M Q5_K_M Q6_K Q3_K_M Q2_K)
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-scripts/fetch-model.sh
-cargo build --release -p vibecheck-cli
-py="${BENCH_PYTHON:-}"
-if [ -z "$py" ]; then
-  venv=.cache/bench-venv
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  py="$venv/bin/python"
-fi
-"$py" -m pip install --quiet --disable-pip-version-check llama-cpp-python==0.3.36 torch transformers sentencepiece gguf
+extra_packages="sentencepiece gguf"
+source "$(dirname "$0")/bench-setup.sh"
 work=.cache/bench/kquants
 src="$work/llama-cpp-python-src"
 if [ ! -f "$src/vendor/llama.cpp/convert_hf_to_gguf.py" ]; then
