@@ -24,6 +24,18 @@ fn matrix(kind: &str, rows: usize, cols: usize, seed: &mut u64) -> PackedMatrix 
             qs: (0..n).map(|_| lcg(seed) as i8).collect(),
             dm: (0..n / BLOCK * 2).map(|_| f(seed) * 0.01).collect(),
         },
+        "q4h" => Format::Q4H {
+            qs: (0..n / 2).map(|_| lcg(seed) as u8).collect(),
+            dm: (0..n / BLOCK * 2)
+                .map(|_| half::f16::from_f32(f(seed) * 0.01).to_bits())
+                .collect(),
+        },
+        "q8h" => Format::Q8H {
+            qs: (0..n).map(|_| lcg(seed) as i8).collect(),
+            dm: (0..n / BLOCK * 2)
+                .map(|_| half::f16::from_f32(f(seed) * 0.01).to_bits())
+                .collect(),
+        },
         _ => unreachable!(),
     };
     PackedMatrix { rows, cols, format }
@@ -31,7 +43,7 @@ fn matrix(kind: &str, rows: usize, cols: usize, seed: &mut u64) -> PackedMatrix 
 
 fn main() {
     let mut seed = 7u64;
-    // Optional arguments name the formats to run (f32, bf16, q8, q4); none runs all.
+    // Optional arguments name the formats to run (f32, bf16, q8, q8h, q4, q4h); none runs all.
     let filter: Vec<String> = std::env::args().skip(1).collect();
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
@@ -43,7 +55,7 @@ fn main() {
             .num_threads(threads)
             .build()
             .unwrap();
-        for kind in ["f32", "bf16", "q8", "q4"] {
+        for kind in ["f32", "bf16", "q8", "q8h", "q4", "q4h"] {
             if !filter.is_empty() && !filter.iter().any(|f| f == kind) {
                 continue;
             }

@@ -14,6 +14,9 @@
 //!   Q4_K exactly.
 //! - `Q8`: 8-bit signed values with a scale and offset per 32 (`w = d·q + m`), holding Q8_0, Q5_0, Q5_1 and
 //!   Q5_K exactly.
+//! - `Q4H`, `Q8H`: `Q4` and `Q8` with (d, m) as float16, as the files store them (20 and 36 bytes per 32
+//!   weights instead of 24 and 40), holding Q4_0, Q4_1, Q8_0, Q5_0 and Q5_1 exactly (a file whose offsets do not
+//!   fit float16 keeps the float32 formats).
 //! - `Q8Sub`: 8-bit signed values with a scale and offset per 16 (`w = d·q + m`), holding the K-quants whose
 //!   sub-blocks are 16 weights (Q6_K, Q3_K, Q2_K) exactly, at 1.5 bytes per weight.
 //!
@@ -51,6 +54,16 @@ pub enum Format {
     Q8 {
         qs: Vec<i8>,
         dm: Vec<f32>,
+    },
+    /// `Q4` with (d, m) as float16 bits.
+    Q4H {
+        qs: Vec<u8>,
+        dm: Vec<u16>,
+    },
+    /// `Q8` with (d, m) as float16 bits.
+    Q8H {
+        qs: Vec<i8>,
+        dm: Vec<u16>,
     },
     /// `qs`: 32 signed bytes per block of 32; `dm`: (d, m) of weights 0–15, then (d, m) of weights 16–31.
     Q8Sub {
@@ -104,7 +117,17 @@ impl PackedMatrix {
             Format::Q4 { .. } => "q4",
             Format::Q8 { .. } => "q8",
             Format::Q8Sub { .. } => "q8/16",
+            Format::Q4H { .. } => "q4h",
+            Format::Q8H { .. } => "q8h",
         }
+    }
+
+    /// Whether products round the inputs to 16-bit integers (the quantized formats).
+    pub fn is_quantized(&self) -> bool {
+        !matches!(
+            self.format,
+            Format::F32(_) | Format::Bf16(_) | Format::F16(_)
+        )
     }
 
     /// Bytes of weight data read by one matrix–vector product.
@@ -114,6 +137,8 @@ impl PackedMatrix {
             Format::Bf16(v) | Format::F16(v) => v.len() * 2,
             Format::Q4 { qs, dm } => qs.len() + dm.len() * 4,
             Format::Q8 { qs, dm } | Format::Q8Sub { qs, dm } => qs.len() + dm.len() * 4,
+            Format::Q4H { qs, dm } => qs.len() + dm.len() * 2,
+            Format::Q8H { qs, dm } => qs.len() + dm.len() * 2,
         }
     }
 
@@ -126,13 +151,9 @@ impl PackedMatrix {
             return;
         }
         let quantized: Vec<QuantizedInput> = match self.format {
-            Format::Q4 { .. } | Format::Q8 { .. } | Format::Q8Sub { .. } if m >= 8 => {
-                x.par_chunks(self.cols).map(QuantizedInput::new).collect()
-            }
-            Format::Q4 { .. } | Format::Q8 { .. } | Format::Q8Sub { .. } => {
-                x.chunks(self.cols).map(QuantizedInput::new).collect()
-            }
-            _ => Vec::new(),
+            _ if !self.is_quantized() => Vec::new(),
+            _ if m >= 8 => x.par_chunks(self.cols).map(QuantizedInput::new).collect(),
+            _ => x.chunks(self.cols).map(QuantizedInput::new).collect(),
         };
         let kernel = Kernel::detect();
         // Rows per task: enough work to amortise scheduling, enough tasks to balance threads, whole row groups.
@@ -293,6 +314,24 @@ impl PackedMatrix {
                             xq?,
                         ))
                     }
+                    Format::Q4H { qs, dm } => {
+                        return Some(x86::dot_q4h_rows4(
+                            &qs[r * c / 2..(r + 4) * c / 2],
+                            &dm[r * nb * 2..(r + 4) * nb * 2],
+                            c / 2,
+                            nb * 2,
+                            xq?,
+                        ))
+                    }
+                    Format::Q8H { qs, dm } => {
+                        return Some(x86::dot_q8h_rows4(
+                            &qs[r * c..(r + 4) * c],
+                            &dm[r * nb * 2..(r + 4) * nb * 2],
+                            c,
+                            nb * 2,
+                            xq?,
+                        ))
+                    }
                     Format::Q8Sub { qs, dm } => {
                         return Some(x86::dot_q8sub_rows4(
                             &qs[r * c..(r + 4) * c],
@@ -373,6 +412,22 @@ impl PackedMatrix {
                             xq,
                         );
                     }
+                    Format::Q4H { qs, dm } => {
+                        let xq = xq.map(|q| q.expect("quantized input"));
+                        return x86::dot4_q4h(
+                            &qs[r * c / 2..(r + 1) * c / 2],
+                            &dm[r * nb * 2..(r + 1) * nb * 2],
+                            xq,
+                        );
+                    }
+                    Format::Q8H { qs, dm } => {
+                        let xq = xq.map(|q| q.expect("quantized input"));
+                        return x86::dot4_q8h(
+                            &qs[r * c..(r + 1) * c],
+                            &dm[r * nb * 2..(r + 1) * nb * 2],
+                            xq,
+                        );
+                    }
                     Format::Q8Sub { qs, dm } => {
                         let xq = xq.map(|q| q.expect("quantized input"));
                         return x86::dot4_q8sub(
@@ -408,6 +463,22 @@ impl PackedMatrix {
             Format::Q8 { qs, dm } => {
                 let xq = xq.expect("quantized input");
                 kernel.dot_q8(
+                    &qs[r * c..(r + 1) * c],
+                    &dm[r * nb * 2..(r + 1) * nb * 2],
+                    xq,
+                )
+            }
+            Format::Q4H { qs, dm } => {
+                let xq = xq.expect("quantized input");
+                kernel.dot_q4h(
+                    &qs[r * c / 2..(r + 1) * c / 2],
+                    &dm[r * nb * 2..(r + 1) * nb * 2],
+                    xq,
+                )
+            }
+            Format::Q8H { qs, dm } => {
+                let xq = xq.expect("quantized input");
+                kernel.dot_q8h(
                     &qs[r * c..(r + 1) * c],
                     &dm[r * nb * 2..(r + 1) * nb * 2],
                     xq,
@@ -453,6 +524,14 @@ impl PackedMatrix {
                 qs.reserve(extra);
                 dm.reserve(extra / BLOCK * 4);
             }
+            Format::Q4H { qs, dm } => {
+                qs.reserve(extra / 2);
+                dm.reserve(extra / BLOCK * 2);
+            }
+            Format::Q8H { qs, dm } => {
+                qs.reserve(extra);
+                dm.reserve(extra / BLOCK * 2);
+            }
         }
         for next in it {
             match (&mut format, next) {
@@ -466,6 +545,14 @@ impl PackedMatrix {
                 }
                 (Format::Q8 { qs, dm }, Format::Q8 { qs: q2, dm: d2 })
                 | (Format::Q8Sub { qs, dm }, Format::Q8Sub { qs: q2, dm: d2 }) => {
+                    qs.extend(q2);
+                    dm.extend(d2);
+                }
+                (Format::Q4H { qs, dm }, Format::Q4H { qs: q2, dm: d2 }) => {
+                    qs.extend(q2);
+                    dm.extend(d2);
+                }
+                (Format::Q8H { qs, dm }, Format::Q8H { qs: q2, dm: d2 }) => {
                     qs.extend(q2);
                     dm.extend(d2);
                 }
@@ -489,25 +576,10 @@ impl PackedMatrix {
                 .iter_mut()
                 .zip(&w[r * c..(r + 1) * c])
                 .for_each(|(o, &v)| *o = half::f16::from_bits(v).to_f32()),
-            Format::Q4 { qs, dm } => {
-                for b in 0..nb {
-                    let (d, m) = (dm[(r * nb + b) * 2], dm[(r * nb + b) * 2 + 1]);
-                    let q = &qs[(r * nb + b) * 16..(r * nb + b + 1) * 16];
-                    for j in 0..16 {
-                        out[b * BLOCK + j] = d * (q[j] & 0x0F) as f32 + m;
-                        out[b * BLOCK + j + 16] = d * (q[j] >> 4) as f32 + m;
-                    }
-                }
-            }
-            Format::Q8 { qs, dm } => {
-                for b in 0..nb {
-                    let (d, m) = (dm[(r * nb + b) * 2], dm[(r * nb + b) * 2 + 1]);
-                    let q = &qs[(r * nb + b) * BLOCK..(r * nb + b + 1) * BLOCK];
-                    for j in 0..BLOCK {
-                        out[b * BLOCK + j] = d * q[j] as f32 + m;
-                    }
-                }
-            }
+            Format::Q4 { qs, dm } => unpack_q4(qs, r, nb, out, |i| dm[i]),
+            Format::Q4H { qs, dm } => unpack_q4(qs, r, nb, out, |i| f16_to_f32(dm[i])),
+            Format::Q8 { qs, dm } => unpack_q8(qs, r, nb, out, |i| dm[i]),
+            Format::Q8H { qs, dm } => unpack_q8(qs, r, nb, out, |i| f16_to_f32(dm[i])),
             Format::Q8Sub { qs, dm } => {
                 for b in 0..nb {
                     for h in 0..2 {
@@ -532,6 +604,33 @@ impl PackedMatrix {
     }
 }
 
+fn f16_to_f32(v: u16) -> f32 {
+    half::f16::from_bits(v).to_f32()
+}
+
+/// Row `r` of a 4-bit format as float32; `dm(i)` is the `i`-th scale or offset (d, m pairs per block).
+fn unpack_q4(qs: &[u8], r: usize, nb: usize, out: &mut [f32], dm: impl Fn(usize) -> f32) {
+    for b in 0..nb {
+        let (d, m) = (dm((r * nb + b) * 2), dm((r * nb + b) * 2 + 1));
+        let q = &qs[(r * nb + b) * 16..(r * nb + b + 1) * 16];
+        for j in 0..16 {
+            out[b * BLOCK + j] = d * (q[j] & 0x0F) as f32 + m;
+            out[b * BLOCK + j + 16] = d * (q[j] >> 4) as f32 + m;
+        }
+    }
+}
+
+/// Row `r` of an 8-bit format with one (d, m) per block as float32.
+fn unpack_q8(qs: &[i8], r: usize, nb: usize, out: &mut [f32], dm: impl Fn(usize) -> f32) {
+    for b in 0..nb {
+        let (d, m) = (dm((r * nb + b) * 2), dm((r * nb + b) * 2 + 1));
+        let q = &qs[(r * nb + b) * BLOCK..(r * nb + b + 1) * BLOCK];
+        for j in 0..BLOCK {
+            out[b * BLOCK + j] = d * q[j] as f32 + m;
+        }
+    }
+}
+
 /// One input row rounded to 16-bit integers per block of 32, for the quantized formats.
 #[derive(Debug, Clone)]
 pub struct QuantizedInput {
@@ -542,6 +641,8 @@ pub struct QuantizedInput {
     pub sum: Vec<f32>,
     /// Float32 sums of each block's two halves (weights 0–15, 16–31), for formats with an offset per 16.
     pub half_sum: Vec<f32>,
+    /// (sx, sum) of each block side by side, for kernels that scale a block's (d, m) in one vector product.
+    pub ss: Vec<f32>,
 }
 
 impl QuantizedInput {
@@ -560,11 +661,13 @@ impl QuantizedInput {
             sum.push(block.iter().sum());
             half_sum.extend(block.chunks_exact(16).map(|h| h.iter().sum::<f32>()));
         }
+        let ss = sx.iter().zip(&sum).flat_map(|(&a, &b)| [a, b]).collect();
         Self {
             q,
             sx,
             sum,
             half_sum,
+            ss,
         }
     }
 }
@@ -657,6 +760,24 @@ impl Kernel {
             Kernel::Portable => scalar::dot_q8(qs, dm, x),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { x86::dot_q8(qs, dm, x) },
+        }
+    }
+
+    #[inline]
+    fn dot_q4h(self, qs: &[u8], dm: &[u16], x: &QuantizedInput) -> f32 {
+        match self {
+            Kernel::Portable => scalar::dot_q4h(qs, dm, x),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::dot_q4h(qs, dm, x) },
+        }
+    }
+
+    #[inline]
+    fn dot_q8h(self, qs: &[i8], dm: &[u16], x: &QuantizedInput) -> f32 {
+        match self {
+            Kernel::Portable => scalar::dot_q8h(qs, dm, x),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::dot_q8h(qs, dm, x) },
         }
     }
 

@@ -29,6 +29,16 @@ fn f16(bytes: &[u8], at: usize) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
 }
 
+/// The values as float16 bits, if every one of them is a float16 value.
+fn halves(v: &[f32]) -> Option<Vec<u16>> {
+    v.iter()
+        .map(|&x| {
+            let h = half::f16::from_f32(x);
+            (h.to_f32().to_bits() == x.to_bits()).then_some(h.to_bits())
+        })
+        .collect()
+}
+
 /// The 6-bit scale and minimum of sub-block `j` in a K-quant superblock.
 fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
@@ -249,6 +259,19 @@ impl PackedMatrix {
             GgmlDType::BF16 => Format::Bf16(u16s(data)),
             other => return Err(PackError::Unsupported(other)),
         };
+        // Scales and offsets that float16 holds exactly (those of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, barring
+        // overflow) are kept as float16: a sixth fewer bytes to read for a 4-bit block, a tenth for an 8-bit one.
+        let format = match format {
+            Format::Q4 { qs, dm } => match halves(&dm) {
+                Some(dm) => Format::Q4H { qs, dm },
+                None => Format::Q4 { qs, dm },
+            },
+            Format::Q8 { qs, dm } => match halves(&dm) {
+                Some(dm) => Format::Q8H { qs, dm },
+                None => Format::Q8 { qs, dm },
+            },
+            other => other,
+        };
         Ok(Self { rows, cols, format })
     }
 
@@ -449,6 +472,8 @@ mod tests {
         for dtype in [
             GgmlDType::Q4_1,
             GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
             GgmlDType::Q6K,
             GgmlDType::Q2K,
         ] {
@@ -466,6 +491,14 @@ mod tests {
                     scalar::dot_q8sub(&qs[..512], &dm[..64], &xq),
                     kernel.dot_q8sub(&qs[..512], &dm[..64], &xq),
                 ),
+                Format::Q4H { qs, dm } => (
+                    scalar::dot_q4h(&qs[..256], &dm[..32], &xq),
+                    kernel.dot_q4h(&qs[..256], &dm[..32], &xq),
+                ),
+                Format::Q8H { qs, dm } => (
+                    scalar::dot_q8h(&qs[..512], &dm[..32], &xq),
+                    kernel.dot_q8h(&qs[..512], &dm[..32], &xq),
+                ),
                 _ => unreachable!(),
             };
             assert!(
@@ -473,6 +506,37 @@ mod tests {
                 "{dtype:?}: {a} vs {b}"
             );
         }
+    }
+
+    /// Formats whose scales and offsets float16 holds keep them as float16; the others, and a file whose
+    /// offsets overflow float16, keep float32 (same values either way).
+    #[test]
+    fn float16_scales_where_exact_float32_otherwise() {
+        let w = random(8, 512, 9);
+        for (dtype, name) in [
+            (GgmlDType::Q4_0, "q4h"),
+            (GgmlDType::Q4_1, "q4h"),
+            (GgmlDType::Q5_0, "q8h"),
+            (GgmlDType::Q5_1, "q8h"),
+            (GgmlDType::Q8_0, "q8h"),
+            (GgmlDType::Q4K, "q4"),
+            (GgmlDType::Q5K, "q8"),
+            (GgmlDType::Q6K, "q8/16"),
+        ] {
+            let p = PackedMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap();
+            assert_eq!(p.format_name(), name, "{dtype:?}");
+        }
+        // A Q4_0 block with d = 60000: its offset −8·d is beyond float16's range.
+        let mut block = half::f16::from_f32(60000.0)
+            .to_bits()
+            .to_le_bytes()
+            .to_vec();
+        block.extend((0..16u8).map(|i| i | ((15 - i) << 4)));
+        let p = PackedMatrix::from_ggml(GgmlDType::Q4_0, &block, &[1, 32]).unwrap();
+        assert_eq!(p.format_name(), "q4");
+        let values = p.to_f32();
+        assert_eq!(values[0], -8.0 * 60000.0);
+        assert_eq!(values[16], 7.0 * 60000.0);
     }
 
     /// The four-row kernels of a lone input and the four-input kernels of a batch do each row's arithmetic
@@ -489,8 +553,10 @@ mod tests {
                 .unwrap();
             let x = &xs[..cols];
             let k_quants: &[GgmlDType] = if cols % 256 == 0 {
+                // Q4_K and Q5_K keep float32 scales: the float32 `Q4` and `Q8` kernels.
                 &[
                     GgmlDType::Q4K,
+                    GgmlDType::Q5K,
                     GgmlDType::Q6K,
                     GgmlDType::Q3K,
                     GgmlDType::Q2K,

@@ -66,11 +66,7 @@ impl PackedMatrix {
     /// These weights rounded into `kind`. Already-quantized matrices, and rows whose length is not a multiple
     /// of 32, are returned unchanged (`None`).
     pub fn quantized(&self, kind: Quantize) -> Option<PackedMatrix> {
-        if matches!(
-            self.format,
-            Format::Q4 { .. } | Format::Q8 { .. } | Format::Q8Sub { .. }
-        ) || !self.cols.is_multiple_of(BLOCK)
-        {
+        if self.is_quantized() || !self.cols.is_multiple_of(BLOCK) {
             return None;
         }
         let blocks = self.rows * self.cols / BLOCK;

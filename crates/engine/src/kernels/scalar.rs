@@ -82,3 +82,35 @@ pub fn dot_q8sub(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
     }
     total
 }
+
+fn half(v: u16) -> f32 {
+    half::f16::from_bits(v).to_f32()
+}
+
+pub fn dot_q4h(qs: &[u8], dm: &[u16], x: &QuantizedInput) -> f32 {
+    let mut total = 0f32;
+    for b in 0..x.sx.len() {
+        let q = &qs[b * 16..b * 16 + 16];
+        let xb = &x.q[b * BLOCK..(b + 1) * BLOCK];
+        let mut s = 0i32;
+        for j in 0..16 {
+            s += i32::from(q[j] & 0x0F) * i32::from(xb[j])
+                + i32::from(q[j] >> 4) * i32::from(xb[j + 16]);
+        }
+        total += half(dm[2 * b]) * x.sx[b] * s as f32 + half(dm[2 * b + 1]) * x.sum[b];
+    }
+    total
+}
+
+pub fn dot_q8h(qs: &[i8], dm: &[u16], x: &QuantizedInput) -> f32 {
+    let mut total = 0f32;
+    for b in 0..x.sx.len() {
+        let s: i32 = qs[b * BLOCK..(b + 1) * BLOCK]
+            .iter()
+            .zip(&x.q[b * BLOCK..(b + 1) * BLOCK])
+            .map(|(&a, &v)| i32::from(a) * i32::from(v))
+            .sum();
+        total += half(dm[2 * b]) * x.sx[b] * s as f32 + half(dm[2 * b + 1]) * x.sum[b];
+    }
+    total
+}

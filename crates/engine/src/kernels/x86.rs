@@ -245,6 +245,111 @@ rows4_kernel!(
     "[`dot_q8`] for four weight rows against one input."
 );
 
+/// Lane 0: `d·sx`, lane 1: `m·sum` of one block of a format with float16 scales (`dm`: the block's (d, m) as
+/// float16) against one input (`xs`: its (sx, sum)). Both products are the float32 ones the float32-scaled
+/// kernels form, so the block's arithmetic is theirs.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn half_scales(dm: *const u16, xs: *const f32) -> __m128 {
+    let h = _mm_cvtsi32_si128((dm as *const i32).read_unaligned());
+    let xs = _mm_castpd_ps(_mm_load_sd(xs as *const f64));
+    _mm_mul_ps(_mm_cvtph_ps(h), xs)
+}
+
+/// The one-row, four-row and four-input kernels of a quantized format whose (d, m) are float16 (`Q4H`, `Q8H`):
+/// the float32-scaled kernels' loops with [`half_scales`] in place of the scalar scale and offset. Each row's
+/// arithmetic is the same in all three.
+macro_rules! half_kernels {
+    ($dot:ident, $rows4:ident, $dot4:ident, $elem:ty, $bytes:expr, $pair:ident, $what:literal) => {
+        #[doc = concat!("Σ_b d_b·sx_b·(Σ q·x16) + m_b·sum_b over ", $what, " weights with float16 (d, m).")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $dot(qs: &[$elem], dm: &[u16], x: &QuantizedInput) -> f32 {
+            let nb = x.sx.len();
+            debug_assert!(qs.len() >= nb * $bytes && dm.len() >= nb * 2 && x.ss.len() >= nb * 2);
+            let mut acc = _mm256_setzero_ps();
+            let mut offset = 0f32;
+            let (qp, dp, xp, sp) = (qs.as_ptr(), dm.as_ptr(), x.q.as_ptr(), x.ss.as_ptr());
+            for b in 0..nb {
+                let (wa, wb) = $pair(qp.add(b * $bytes));
+                let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+                let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
+                let s = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
+                let p = half_scales(dp.add(2 * b), sp.add(2 * b));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcastss_ps(p), acc);
+                offset += _mm_cvtss_f32(_mm_movehdup_ps(p));
+            }
+            hsum(acc) + offset
+        }
+
+        #[doc = concat!("[`", stringify!($dot), "`] for four weight rows against one input (see `rows4_kernel!`).")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $rows4(
+            qs: &[$elem],
+            dm: &[u16],
+            row_q: usize,
+            row_dm: usize,
+            x: &QuantizedInput,
+        ) -> [f32; 4] {
+            let nb = x.sx.len();
+            debug_assert!(qs.len() >= 3 * row_q + nb * $bytes && dm.len() >= 3 * row_dm + nb * 2);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut offset = [0f32; 4];
+            let (qp, dp, xp, sp) = (qs.as_ptr(), dm.as_ptr(), x.q.as_ptr(), x.ss.as_ptr());
+            for b in 0..nb {
+                for line in 0..(4 * $bytes) / 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        qp.add(4 * row_q + b * 4 * $bytes + 64 * line) as *const i8
+                    );
+                }
+                _mm_prefetch::<_MM_HINT_T0>(dp.add(4 * row_dm + b * 8) as *const i8);
+                let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+                let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
+                for r in 0..4 {
+                    let (wa, wb) = $pair(qp.add(r * row_q + b * $bytes));
+                    let s = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
+                    let p = half_scales(dp.add(r * row_dm + 2 * b), sp.add(2 * b));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcastss_ps(p), acc[r]);
+                    offset[r] += _mm_cvtss_f32(_mm_movehdup_ps(p));
+                }
+            }
+            [0, 1, 2, 3].map(|r| hsum(acc[r]) + offset[r])
+        }
+
+        #[doc = concat!("[`", stringify!($dot), "`] of one weight row with four inputs, the weights unpacked once per block.")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $dot4(qs: &[$elem], dm: &[u16], x: [&QuantizedInput; 4]) -> [f32; 4] {
+            let nb = x[0].sx.len();
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut offset = [0f32; 4];
+            let (qp, dp) = (qs.as_ptr(), dm.as_ptr());
+            for b in 0..nb {
+                let (wa, wb) = $pair(qp.add(b * $bytes));
+                for k in 0..4 {
+                    let xp = x[k].q.as_ptr().add(b * BLOCK);
+                    let xa = _mm256_loadu_si256(xp as *const __m256i);
+                    let xb = _mm256_loadu_si256(xp.add(16) as *const __m256i);
+                    let s = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
+                    let p = half_scales(dp.add(2 * b), x[k].ss.as_ptr().add(2 * b));
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcastss_ps(p), acc[k]);
+                    offset[k] += _mm_cvtss_f32(_mm_movehdup_ps(p));
+                }
+            }
+            [0, 1, 2, 3].map(|k| hsum(acc[k]) + offset[k])
+        }
+    };
+}
+
+half_kernels!(dot_q4h, dot_q4h_rows4, dot4_q4h, u8, 16, pair_q4, "4-bit");
+half_kernels!(
+    dot_q8h,
+    dot_q8h_rows4,
+    dot4_q8h,
+    i8,
+    BLOCK,
+    pair_q8,
+    "signed 8-bit"
+);
+
 /// One block of the 16-weight-scaled format: each half's integer sum scaled on its own (`d` points at the
 /// block's (d, m, d, m), `hs` at the input block's two half sums).
 #[inline]
