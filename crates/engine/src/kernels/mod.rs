@@ -17,6 +17,9 @@
 //! - `Q4H`, `Q8H`: `Q4` and `Q8` with (d, m) as float16, as the files store them (20 and 36 bytes per 32
 //!   weights instead of 24 and 40), holding Q4_0, Q4_1, Q8_0, Q5_0 and Q5_1 exactly (a file whose offsets do not
 //!   fit float16 keeps the float32 formats).
+//! - `Q4K`: Q4_K as the file has it but for the nibble order: 4-bit values, the 6-bit scale and minimum of each
+//!   32 weights, (d, dmin) per 256 as float32 (19 bytes per 32 weights; the file's 18), each block's scale formed
+//!   in the kernel as ggml forms it.
 //! - `Q8Sub`: 8-bit signed values with a scale and offset per 16 (`w = d·q + m`), holding the K-quants whose
 //!   sub-blocks are 16 weights (Q6_K, Q3_K, Q2_K) exactly, at 1.5 bytes per weight.
 //!
@@ -64,6 +67,13 @@ pub enum Format {
     Q8H {
         qs: Vec<i8>,
         dm: Vec<u16>,
+    },
+    /// Q4_K superblocks of 256: `qs` as in `Q4`; `sm`: per superblock the eight blocks' 6-bit scales, then their
+    /// eight 6-bit minimums; `d`: (d, dmin) per superblock (`w = d·sc·q − dmin·mn`).
+    Q4K {
+        qs: Vec<u8>,
+        sm: Vec<u8>,
+        d: Vec<f32>,
     },
     /// `qs`: 32 signed bytes per block of 32; `dm`: (d, m) of weights 0–15, then (d, m) of weights 16–31.
     Q8Sub {
@@ -118,6 +128,7 @@ impl PackedMatrix {
             Format::Q8 { .. } => "q8",
             Format::Q8Sub { .. } => "q8/16",
             Format::Q4H { .. } => "q4h",
+            Format::Q4K { .. } => "q4k",
             Format::Q8H { .. } => "q8h",
         }
     }
@@ -138,6 +149,7 @@ impl PackedMatrix {
             Format::Q4 { qs, dm } => qs.len() + dm.len() * 4,
             Format::Q8 { qs, dm } | Format::Q8Sub { qs, dm } => qs.len() + dm.len() * 4,
             Format::Q4H { qs, dm } => qs.len() + dm.len() * 2,
+            Format::Q4K { qs, sm, d } => qs.len() + sm.len() + d.len() * 4,
             Format::Q8H { qs, dm } => qs.len() + dm.len() * 2,
         }
     }
@@ -314,6 +326,18 @@ impl PackedMatrix {
                             xq?,
                         ))
                     }
+                    Format::Q4K { qs, sm, d } => {
+                        let ns = nb / 8;
+                        return Some(x86::dot_q4k_rows4(
+                            &qs[r * c / 2..(r + 4) * c / 2],
+                            &sm[r * ns * 16..(r + 4) * ns * 16],
+                            &d[r * ns * 2..(r + 4) * ns * 2],
+                            c / 2,
+                            ns * 16,
+                            ns * 2,
+                            xq?,
+                        ));
+                    }
                     Format::Q4H { qs, dm } => {
                         return Some(x86::dot_q4h_rows4(
                             &qs[r * c / 2..(r + 4) * c / 2],
@@ -412,6 +436,15 @@ impl PackedMatrix {
                             xq,
                         );
                     }
+                    Format::Q4K { qs, sm, d } => {
+                        let (xq, ns) = (xq.map(|q| q.expect("quantized input")), nb / 8);
+                        return x86::dot4_q4k(
+                            &qs[r * c / 2..(r + 1) * c / 2],
+                            &sm[r * ns * 16..(r + 1) * ns * 16],
+                            &d[r * ns * 2..(r + 1) * ns * 2],
+                            xq,
+                        );
+                    }
                     Format::Q4H { qs, dm } => {
                         let xq = xq.map(|q| q.expect("quantized input"));
                         return x86::dot4_q4h(
@@ -465,6 +498,15 @@ impl PackedMatrix {
                 kernel.dot_q8(
                     &qs[r * c..(r + 1) * c],
                     &dm[r * nb * 2..(r + 1) * nb * 2],
+                    xq,
+                )
+            }
+            Format::Q4K { qs, sm, d } => {
+                let (xq, ns) = (xq.expect("quantized input"), nb / 8);
+                kernel.dot_q4k(
+                    &qs[r * c / 2..(r + 1) * c / 2],
+                    &sm[r * ns * 16..(r + 1) * ns * 16],
+                    &d[r * ns * 2..(r + 1) * ns * 2],
                     xq,
                 )
             }
@@ -528,6 +570,11 @@ impl PackedMatrix {
                 qs.reserve(extra / 2);
                 dm.reserve(extra / BLOCK * 2);
             }
+            Format::Q4K { qs, sm, d } => {
+                qs.reserve(extra / 2);
+                sm.reserve(extra / BLOCK * 2);
+                d.reserve(extra / 128);
+            }
             Format::Q8H { qs, dm } => {
                 qs.reserve(extra);
                 dm.reserve(extra / BLOCK * 2);
@@ -551,6 +598,18 @@ impl PackedMatrix {
                 (Format::Q4H { qs, dm }, Format::Q4H { qs: q2, dm: d2 }) => {
                     qs.extend(q2);
                     dm.extend(d2);
+                }
+                (
+                    Format::Q4K { qs, sm, d },
+                    Format::Q4K {
+                        qs: q2,
+                        sm: s2,
+                        d: d2,
+                    },
+                ) => {
+                    qs.extend(q2);
+                    sm.extend(s2);
+                    d.extend(d2);
                 }
                 (Format::Q8H { qs, dm }, Format::Q8H { qs: q2, dm: d2 }) => {
                     qs.extend(q2);
@@ -578,6 +637,18 @@ impl PackedMatrix {
                 .for_each(|(o, &v)| *o = half::f16::from_bits(v).to_f32()),
             Format::Q4 { qs, dm } => unpack_q4(qs, r, nb, out, |i| dm[i]),
             Format::Q4H { qs, dm } => unpack_q4(qs, r, nb, out, |i| f16_to_f32(dm[i])),
+            Format::Q4K { qs, sm, d } => {
+                // ggml's order: d1 = d·sc, m1 = dmin·mn, w = d1·q − m1.
+                let at = |i: usize| {
+                    let (sb, j) = (i / 2 / 8, i / 2 % 8);
+                    if i.is_multiple_of(2) {
+                        d[2 * sb] * sm[16 * sb + j] as f32
+                    } else {
+                        -(d[2 * sb + 1] * sm[16 * sb + 8 + j] as f32)
+                    }
+                };
+                unpack_q4(qs, r, nb, out, at)
+            }
             Format::Q8 { qs, dm } => unpack_q8(qs, r, nb, out, |i| dm[i]),
             Format::Q8H { qs, dm } => unpack_q8(qs, r, nb, out, |i| f16_to_f32(dm[i])),
             Format::Q8Sub { qs, dm } => {
@@ -760,6 +831,15 @@ impl Kernel {
             Kernel::Portable => scalar::dot_q8(qs, dm, x),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { x86::dot_q8(qs, dm, x) },
+        }
+    }
+
+    #[inline]
+    fn dot_q4k(self, qs: &[u8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32 {
+        match self {
+            Kernel::Portable => scalar::dot_q4k(qs, sm, d, x),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::dot_q4k(qs, sm, d, x) },
         }
     }
 

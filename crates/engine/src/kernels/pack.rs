@@ -146,13 +146,17 @@ impl PackedMatrix {
             }
             GgmlDType::Q4K => {
                 let mut qs = Vec::with_capacity(blocks * 16);
+                let mut sm = Vec::with_capacity(blocks * 2);
+                let mut d = Vec::with_capacity(blocks / 4);
                 for b in data.chunks_exact(144) {
-                    let (d, dmin, scales, q) = (f16(b, 0), f16(b, 2), &b[4..16], &b[16..144]);
+                    let (scales, q) = (&b[4..16], &b[16..144]);
+                    d.extend([f16(b, 0), f16(b, 2)]);
+                    let pairs: Vec<(u8, u8)> = (0..8).map(|j| scale_min_k4(j, scales)).collect();
+                    sm.extend(pairs.iter().map(|p| p.0));
+                    sm.extend(pairs.iter().map(|p| p.1));
                     for chunk in 0..4 {
                         let q = &q[chunk * 32..chunk * 32 + 32];
-                        for (half, shift) in [(0, 0), (1, 4)] {
-                            let (sc, m) = scale_min_k4(2 * chunk + half, scales);
-                            dm.extend([d * sc as f32, -(dmin * m as f32)]);
+                        for shift in [0, 4] {
                             let mut v = [0u8; 32];
                             for l in 0..32 {
                                 v[l] = (q[l] >> shift) & 0x0F;
@@ -161,7 +165,7 @@ impl PackedMatrix {
                         }
                     }
                 }
-                Format::Q4 { qs, dm }
+                Format::Q4K { qs, sm, d }
             }
             GgmlDType::Q5K => {
                 let mut qs = Vec::with_capacity(blocks * BLOCK);
@@ -491,6 +495,10 @@ mod tests {
                     scalar::dot_q8sub(&qs[..512], &dm[..64], &xq),
                     kernel.dot_q8sub(&qs[..512], &dm[..64], &xq),
                 ),
+                Format::Q4K { qs, sm, d } => (
+                    scalar::dot_q4k(&qs[..256], &sm[..32], &d[..4], &xq),
+                    kernel.dot_q4k(&qs[..256], &sm[..32], &d[..4], &xq),
+                ),
                 Format::Q4H { qs, dm } => (
                     scalar::dot_q4h(&qs[..256], &dm[..32], &xq),
                     kernel.dot_q4h(&qs[..256], &dm[..32], &xq),
@@ -519,7 +527,7 @@ mod tests {
             (GgmlDType::Q5_0, "q8h"),
             (GgmlDType::Q5_1, "q8h"),
             (GgmlDType::Q8_0, "q8h"),
-            (GgmlDType::Q4K, "q4"),
+            (GgmlDType::Q4K, "q4k"),
             (GgmlDType::Q5K, "q8"),
             (GgmlDType::Q6K, "q8/16"),
         ] {
@@ -553,7 +561,7 @@ mod tests {
                 .unwrap();
             let x = &xs[..cols];
             let k_quants: &[GgmlDType] = if cols % 256 == 0 {
-                // Q4_K and Q5_K keep float32 scales: the float32 `Q4` and `Q8` kernels.
+                // Q5_K keeps float32 scales: the float32 `Q8` kernels.
                 &[
                     GgmlDType::Q4K,
                     GgmlDType::Q5K,

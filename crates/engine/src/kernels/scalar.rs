@@ -114,3 +114,21 @@ pub fn dot_q8h(qs: &[i8], dm: &[u16], x: &QuantizedInput) -> f32 {
     }
     total
 }
+
+pub fn dot_q4k(qs: &[u8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32 {
+    let mut total = 0f32;
+    for b in 0..x.sx.len() {
+        let (sb, i) = (b / 8, b % 8);
+        let d1 = d[2 * sb] * sm[16 * sb + i] as f32;
+        let m1 = d[2 * sb + 1] * sm[16 * sb + 8 + i] as f32;
+        let q = &qs[b * 16..b * 16 + 16];
+        let xb = &x.q[b * BLOCK..(b + 1) * BLOCK];
+        let mut s = 0i32;
+        for j in 0..16 {
+            s += i32::from(q[j] & 0x0F) * i32::from(xb[j])
+                + i32::from(q[j] >> 4) * i32::from(xb[j + 16]);
+        }
+        total += d1 * x.sx[b] * s as f32 - m1 * x.sum[b];
+    }
+    total
+}

@@ -350,6 +350,150 @@ half_kernels!(
     "signed 8-bit"
 );
 
+/// One Q4_K superblock's eight block scales `d·sc·sx` and offset terms `dmin·mn·sum` against one input (`sm`: the
+/// superblock's eight 6-bit scales then eight 6-bit minimums, `d`: its (d, dmin), `sx`/`sum`: the input's eight
+/// blocks). `d·sc` and `dmin·mn` are the float32 products ggml's dequantization forms.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q4k_scales(
+    sm: *const u8,
+    d: *const f32,
+    sx: *const f32,
+    sum: *const f32,
+) -> (__m256, __m256) {
+    let widen = |p: *const u8| {
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+    };
+    let d1 = _mm256_mul_ps(_mm256_set1_ps(*d), widen(sm));
+    let m1 = _mm256_mul_ps(_mm256_set1_ps(*d.add(1)), widen(sm.add(8)));
+    (
+        _mm256_mul_ps(d1, _mm256_loadu_ps(sx)),
+        _mm256_mul_ps(m1, _mm256_loadu_ps(sum)),
+    )
+}
+
+/// Σ over Q4_K superblocks kept compact (`Format::Q4K`: 4-bit values, the 6-bit scales and minimums, (d, dmin)):
+/// eight blocks' scales formed in one vector per superblock, each block as in [`dot_q4`].
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_q4k(qs: &[u8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32 {
+    let ns = x.sx.len() / 8;
+    debug_assert!(qs.len() >= ns * 128 && sm.len() >= ns * 16 && d.len() >= ns * 2);
+    let mask = _mm256_set1_epi16(0x0F);
+    let (mut acc, mut off) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let (qp, xp) = (qs.as_ptr(), x.q.as_ptr());
+    let mut scale = [0f32; 8];
+    for sb in 0..ns {
+        let (sc, mn) = q4k_scales(
+            sm.as_ptr().add(16 * sb),
+            d.as_ptr().add(2 * sb),
+            x.sx.as_ptr().add(8 * sb),
+            x.sum.as_ptr().add(8 * sb),
+        );
+        off = _mm256_sub_ps(off, mn);
+        _mm256_storeu_ps(scale.as_mut_ptr(), sc);
+        for (i, scale) in scale.iter().enumerate() {
+            let b = 8 * sb + i;
+            let (lo, hi) = nibbles(qp.add(b * 16), mask);
+            let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+            let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
+            let s = _mm256_add_epi32(_mm256_madd_epi16(lo, xa), _mm256_madd_epi16(hi, xb));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcast_ss(scale), acc);
+        }
+    }
+    hsum(acc) + hsum(off)
+}
+
+/// [`dot_q4k`] for four weight rows (`row_q`, `row_sm`, `row_d` apart) against one input, the next four rows
+/// prefetched; each row's arithmetic is the one-row kernel's.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub unsafe fn dot_q4k_rows4(
+    qs: &[u8],
+    sm: &[u8],
+    d: &[f32],
+    row_q: usize,
+    row_sm: usize,
+    row_d: usize,
+    x: &QuantizedInput,
+) -> [f32; 4] {
+    let ns = x.sx.len() / 8;
+    debug_assert!(qs.len() >= 3 * row_q + ns * 128 && sm.len() >= 3 * row_sm + ns * 16);
+    let mask = _mm256_set1_epi16(0x0F);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut off = [_mm256_setzero_ps(); 4];
+    let (qp, xp) = (qs.as_ptr(), x.q.as_ptr());
+    let mut scale = [[0f32; 8]; 4];
+    for sb in 0..ns {
+        for r in 0..4 {
+            let (sc, mn) = q4k_scales(
+                sm.as_ptr().add(r * row_sm + 16 * sb),
+                d.as_ptr().add(r * row_d + 2 * sb),
+                x.sx.as_ptr().add(8 * sb),
+                x.sum.as_ptr().add(8 * sb),
+            );
+            off[r] = _mm256_sub_ps(off[r], mn);
+            _mm256_storeu_ps(scale[r].as_mut_ptr(), sc);
+        }
+        for i in 0..8 {
+            let b = 8 * sb + i;
+            // The next four rows' lines for this block (four rows of a block are 64 bytes of `qs`).
+            _mm_prefetch::<_MM_HINT_T0>(qp.add(4 * row_q + b * 64) as *const i8);
+            let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+            let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
+            for r in 0..4 {
+                let (lo, hi) = nibbles(qp.add(r * row_q + b * 16), mask);
+                let s = _mm256_add_epi32(_mm256_madd_epi16(lo, xa), _mm256_madd_epi16(hi, xb));
+                acc[r] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(s),
+                    _mm256_broadcast_ss(&scale[r][i]),
+                    acc[r],
+                );
+            }
+        }
+    }
+    [0, 1, 2, 3].map(|r| hsum(acc[r]) + hsum(off[r]))
+}
+
+/// [`dot_q4k`] of one weight row with four inputs, the weights unpacked once per block.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)]
+pub unsafe fn dot4_q4k(qs: &[u8], sm: &[u8], d: &[f32], x: [&QuantizedInput; 4]) -> [f32; 4] {
+    let ns = x[0].sx.len() / 8;
+    let mask = _mm256_set1_epi16(0x0F);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut off = [_mm256_setzero_ps(); 4];
+    let qp = qs.as_ptr();
+    let mut scale = [[0f32; 8]; 4];
+    for sb in 0..ns {
+        for k in 0..4 {
+            let (sc, mn) = q4k_scales(
+                sm.as_ptr().add(16 * sb),
+                d.as_ptr().add(2 * sb),
+                x[k].sx.as_ptr().add(8 * sb),
+                x[k].sum.as_ptr().add(8 * sb),
+            );
+            off[k] = _mm256_sub_ps(off[k], mn);
+            _mm256_storeu_ps(scale[k].as_mut_ptr(), sc);
+        }
+        for i in 0..8 {
+            let b = 8 * sb + i;
+            let (lo, hi) = nibbles(qp.add(b * 16), mask);
+            for k in 0..4 {
+                let xp = x[k].q.as_ptr().add(b * BLOCK);
+                let xa = _mm256_loadu_si256(xp as *const __m256i);
+                let xb = _mm256_loadu_si256(xp.add(16) as *const __m256i);
+                let s = _mm256_add_epi32(_mm256_madd_epi16(lo, xa), _mm256_madd_epi16(hi, xb));
+                acc[k] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(s),
+                    _mm256_broadcast_ss(&scale[k][i]),
+                    acc[k],
+                );
+            }
+        }
+    }
+    [0, 1, 2, 3].map(|k| hsum(acc[k]) + hsum(off[k]))
+}
+
 /// One block of the 16-weight-scaled format: each half's integer sum scaled on its own (`d` points at the
 /// block's (d, m, d, m), `hs` at the input block's two half sums).
 #[inline]
