@@ -20,8 +20,10 @@
 //! - `Q4K`: Q4_K as the file has it but for the nibble order: 4-bit values, the 6-bit scale and minimum of each
 //!   32 weights, (d, dmin) per 256 as float32 (19 bytes per 32 weights; the file's 18), each block's scale formed
 //!   in the kernel as ggml forms it.
-//! - `Q8Sub`: 8-bit signed values with a scale and offset per 16 (`w = d·q + m`), holding the K-quants whose
-//!   sub-blocks are 16 weights (Q6_K, Q3_K, Q2_K) exactly, at 1.5 bytes per weight.
+//! - `Q8X16`: 8-bit signed values, an 8-bit scale per 16 and a float32 scale per 256 (`w = d·sc·q`), holding
+//!   Q6_K and Q3_K exactly at 1.08 bytes per weight (Q6_K's own: 0.82).
+//! - `Q8Sub`: 8-bit signed values with a float32 scale and offset per 16 (`w = d·q + m`), holding Q2_K (whose
+//!   16-weight blocks have minimums) exactly, at 1.5 bytes per weight.
 //!
 //! The inner products are selected at run time (AVX2+FMA+F16C on x86-64, a portable loop elsewhere), so one
 //! binary runs everywhere. Rows are split across rayon's threads; a lone input meets quantized rows four at a
@@ -73,6 +75,13 @@ pub enum Format {
     Q4K {
         qs: Vec<u8>,
         sm: Vec<u8>,
+        d: Vec<f32>,
+    },
+    /// Superblocks of 256: `qs` as in `Q8`; `sc`: an 8-bit scale per 16 weights; `d`: a float32 scale per
+    /// superblock (`w = d·sc·q`).
+    Q8X16 {
+        qs: Vec<i8>,
+        sc: Vec<i8>,
         d: Vec<f32>,
     },
     /// `qs`: 32 signed bytes per block of 32; `dm`: (d, m) of weights 0–15, then (d, m) of weights 16–31.
@@ -129,6 +138,7 @@ impl PackedMatrix {
             Format::Q8Sub { .. } => "q8/16",
             Format::Q4H { .. } => "q4h",
             Format::Q4K { .. } => "q4k",
+            Format::Q8X16 { .. } => "q8x16",
             Format::Q8H { .. } => "q8h",
         }
     }
@@ -150,6 +160,7 @@ impl PackedMatrix {
             Format::Q8 { qs, dm } | Format::Q8Sub { qs, dm } => qs.len() + dm.len() * 4,
             Format::Q4H { qs, dm } => qs.len() + dm.len() * 2,
             Format::Q4K { qs, sm, d } => qs.len() + sm.len() + d.len() * 4,
+            Format::Q8X16 { qs, sc, d } => qs.len() + sc.len() + d.len() * 4,
             Format::Q8H { qs, dm } => qs.len() + dm.len() * 2,
         }
     }
@@ -326,6 +337,18 @@ impl PackedMatrix {
                             xq?,
                         ))
                     }
+                    Format::Q8X16 { qs, sc, d } => {
+                        let ns = nb / 8;
+                        return Some(x86::dot_q8x16_rows4(
+                            &qs[r * c..(r + 4) * c],
+                            &sc[r * ns * 16..(r + 4) * ns * 16],
+                            &d[r * ns..(r + 4) * ns],
+                            c,
+                            ns * 16,
+                            ns,
+                            xq?,
+                        ));
+                    }
                     Format::Q4K { qs, sm, d } => {
                         let ns = nb / 8;
                         return Some(x86::dot_q4k_rows4(
@@ -436,6 +459,15 @@ impl PackedMatrix {
                             xq,
                         );
                     }
+                    Format::Q8X16 { qs, sc, d } => {
+                        let (xq, ns) = (xq.map(|q| q.expect("quantized input")), nb / 8);
+                        return x86::dot4_q8x16(
+                            &qs[r * c..(r + 1) * c],
+                            &sc[r * ns * 16..(r + 1) * ns * 16],
+                            &d[r * ns..(r + 1) * ns],
+                            xq,
+                        );
+                    }
                     Format::Q4K { qs, sm, d } => {
                         let (xq, ns) = (xq.map(|q| q.expect("quantized input")), nb / 8);
                         return x86::dot4_q4k(
@@ -498,6 +530,15 @@ impl PackedMatrix {
                 kernel.dot_q8(
                     &qs[r * c..(r + 1) * c],
                     &dm[r * nb * 2..(r + 1) * nb * 2],
+                    xq,
+                )
+            }
+            Format::Q8X16 { qs, sc, d } => {
+                let (xq, ns) = (xq.expect("quantized input"), nb / 8);
+                kernel.dot_q8x16(
+                    &qs[r * c..(r + 1) * c],
+                    &sc[r * ns * 16..(r + 1) * ns * 16],
+                    &d[r * ns..(r + 1) * ns],
                     xq,
                 )
             }
@@ -575,6 +616,11 @@ impl PackedMatrix {
                 sm.reserve(extra / BLOCK * 2);
                 d.reserve(extra / 128);
             }
+            Format::Q8X16 { qs, sc, d } => {
+                qs.reserve(extra);
+                sc.reserve(extra / 16);
+                d.reserve(extra / 256);
+            }
             Format::Q8H { qs, dm } => {
                 qs.reserve(extra);
                 dm.reserve(extra / BLOCK * 2);
@@ -609,6 +655,18 @@ impl PackedMatrix {
                 ) => {
                     qs.extend(q2);
                     sm.extend(s2);
+                    d.extend(d2);
+                }
+                (
+                    Format::Q8X16 { qs, sc, d },
+                    Format::Q8X16 {
+                        qs: q2,
+                        sc: s2,
+                        d: d2,
+                    },
+                ) => {
+                    qs.extend(q2);
+                    sc.extend(s2);
                     d.extend(d2);
                 }
                 (Format::Q8H { qs, dm }, Format::Q8H { qs: q2, dm: d2 }) => {
@@ -651,6 +709,18 @@ impl PackedMatrix {
             }
             Format::Q8 { qs, dm } => unpack_q8(qs, r, nb, out, |i| dm[i]),
             Format::Q8H { qs, dm } => unpack_q8(qs, r, nb, out, |i| f16_to_f32(dm[i])),
+            Format::Q8X16 { qs, sc, d } => {
+                for b in 0..nb {
+                    for h in 0..2 {
+                        let at = (r * nb + b) * BLOCK + 16 * h;
+                        // ggml's order: d·sc first, then times the value.
+                        let scale = d[at / 256] * sc[at / 16] as f32;
+                        for (o, &q) in out[b * BLOCK + 16 * h..][..16].iter_mut().zip(&qs[at..]) {
+                            *o = scale * q as f32;
+                        }
+                    }
+                }
+            }
             Format::Q8Sub { qs, dm } => {
                 for b in 0..nb {
                     for h in 0..2 {
@@ -831,6 +901,15 @@ impl Kernel {
             Kernel::Portable => scalar::dot_q8(qs, dm, x),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { x86::dot_q8(qs, dm, x) },
+        }
+    }
+
+    #[inline]
+    fn dot_q8x16(self, qs: &[i8], sc: &[i8], d: &[f32], x: &QuantizedInput) -> f32 {
+        match self {
+            Kernel::Portable => scalar::dot_q8x16(qs, sc, d, x),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::dot_q8x16(qs, sc, d, x) },
         }
     }
 

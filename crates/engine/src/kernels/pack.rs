@@ -189,15 +189,16 @@ impl PackedMatrix {
             }
             GgmlDType::Q6K => {
                 let mut qs = Vec::with_capacity(blocks * BLOCK);
-                let mut dm = Vec::with_capacity(blocks * 4);
+                let mut scales = Vec::with_capacity(blocks * 2);
+                let mut ds = Vec::with_capacity(blocks / 8);
                 for b in data.chunks_exact(210) {
                     let (ql, qh, sc, d) = (&b[..128], &b[128..192], &b[192..208], f16(b, 208));
+                    // The sixteen scales are already in the order of the 16-weight runs below.
+                    scales.extend(sc.iter().map(|&v| v as i8));
+                    ds.push(d);
                     for half in 0..2 {
-                        let (ql, qh, sc) = (&ql[64 * half..], &qh[32 * half..], &sc[8 * half..]);
+                        let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
                         for k in 0..4 {
-                            for s in 0..2 {
-                                dm.extend([d * sc[2 * k + s] as i8 as f32, 0.0]);
-                            }
                             for l in 0..32 {
                                 let (low, high) = match k {
                                     0 => (ql[l] & 0xF, qh[l] & 3),
@@ -210,22 +211,26 @@ impl PackedMatrix {
                         }
                     }
                 }
-                Format::Q8Sub { qs, dm }
+                Format::Q8X16 {
+                    qs,
+                    sc: scales,
+                    d: ds,
+                }
             }
             GgmlDType::Q3K => {
                 let mut qs = Vec::with_capacity(blocks * BLOCK);
-                let mut dm = Vec::with_capacity(blocks * 4);
+                let mut sc = Vec::with_capacity(blocks * 2);
+                let mut ds = Vec::with_capacity(blocks / 8);
                 for b in data.chunks_exact(110) {
                     let (hmask, q, d) = (&b[..32], &b[32..96], f16(b, 108));
-                    let scales = q3k_scales(&b[96..108]);
+                    // Stored with an offset of 32; in the order of the 16-weight runs below.
+                    sc.extend(q3k_scales(&b[96..108]).iter().map(|&v| v as i8 - 32));
+                    ds.push(d);
                     for half in 0..2 {
                         let q = &q[32 * half..32 * half + 32];
                         for shift in 0..4 {
                             let chunk = 4 * half + shift;
                             let bit = 1u8 << chunk;
-                            for s in 0..2 {
-                                dm.extend([d * (scales[2 * chunk + s] as f32 - 32.0), 0.0]);
-                            }
                             for i in 0..32 {
                                 let low = ((q[i] >> (2 * shift)) & 3) as i8;
                                 qs.push(low - if hmask[i] & bit == 0 { 4 } else { 0 });
@@ -233,7 +238,7 @@ impl PackedMatrix {
                         }
                     }
                 }
-                Format::Q8Sub { qs, dm }
+                Format::Q8X16 { qs, sc, d: ds }
             }
             GgmlDType::Q2K => {
                 let mut qs = Vec::with_capacity(blocks * BLOCK);
@@ -495,6 +500,10 @@ mod tests {
                     scalar::dot_q8sub(&qs[..512], &dm[..64], &xq),
                     kernel.dot_q8sub(&qs[..512], &dm[..64], &xq),
                 ),
+                Format::Q8X16 { qs, sc, d } => (
+                    scalar::dot_q8x16(&qs[..512], &sc[..32], &d[..2], &xq),
+                    kernel.dot_q8x16(&qs[..512], &sc[..32], &d[..2], &xq),
+                ),
                 Format::Q4K { qs, sm, d } => (
                     scalar::dot_q4k(&qs[..256], &sm[..32], &d[..4], &xq),
                     kernel.dot_q4k(&qs[..256], &sm[..32], &d[..4], &xq),
@@ -529,7 +538,9 @@ mod tests {
             (GgmlDType::Q8_0, "q8h"),
             (GgmlDType::Q4K, "q4k"),
             (GgmlDType::Q5K, "q8"),
-            (GgmlDType::Q6K, "q8/16"),
+            (GgmlDType::Q6K, "q8x16"),
+            (GgmlDType::Q3K, "q8x16"),
+            (GgmlDType::Q2K, "q8/16"),
         ] {
             let p = PackedMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap();
             assert_eq!(p.format_name(), name, "{dtype:?}");

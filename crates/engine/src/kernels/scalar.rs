@@ -132,3 +132,19 @@ pub fn dot_q4k(qs: &[u8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32 {
     }
     total
 }
+
+pub fn dot_q8x16(qs: &[i8], sc: &[i8], d: &[f32], x: &QuantizedInput) -> f32 {
+    let mut total = 0f32;
+    for b in 0..x.sx.len() {
+        for h in 0..2 {
+            let at = b * BLOCK + 16 * h;
+            let s: i32 = qs[at..at + 16]
+                .iter()
+                .zip(&x.q[at..at + 16])
+                .map(|(&a, &v)| i32::from(a) * i32::from(v))
+                .sum();
+            total += d[b / 8] * sc[2 * b + h] as f32 * x.sx[b] * s as f32;
+        }
+    }
+    total
+}

@@ -494,6 +494,143 @@ pub unsafe fn dot4_q4k(qs: &[u8], sm: &[u8], d: &[f32], x: [&QuantizedInput; 4])
     [0, 1, 2, 3].map(|k| hsum(acc[k]) + hsum(off[k]))
 }
 
+/// The sixteen 16-weight scales `d·sc·sx` of one superblock of `Format::Q8X16` against one input, into `out`
+/// (`sc`: the sixteen 8-bit scales, `d`: the superblock's scale, `sx`: the input's eight block scales). `d·sc`
+/// is the float32 product ggml's dequantization forms.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q8x16_scales(sc: *const i8, d: f32, sx: *const f32, out: &mut [f32; 16]) {
+    let widen = |p: *const i8| {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+    };
+    let sx = _mm256_loadu_ps(sx);
+    let dv = _mm256_set1_ps(d);
+    let lo = _mm256_permutevar8x32_ps(sx, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+    let hi = _mm256_permutevar8x32_ps(sx, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7));
+    _mm256_storeu_ps(
+        out.as_mut_ptr(),
+        _mm256_mul_ps(_mm256_mul_ps(dv, widen(sc)), lo),
+    );
+    _mm256_storeu_ps(
+        out.as_mut_ptr().add(8),
+        _mm256_mul_ps(_mm256_mul_ps(dv, widen(sc.add(8))), hi),
+    );
+}
+
+/// One 32-weight block of `Format::Q8X16`: each half's integer sum scaled by its own scale (`s`: the two).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q8x16_block(
+    (wa, wb): (__m256i, __m256i),
+    xa: __m256i,
+    xb: __m256i,
+    s: &[f32],
+    acc: __m256,
+) -> __m256 {
+    let lo = _mm256_cvtepi32_ps(_mm256_madd_epi16(wa, xa));
+    let hi = _mm256_cvtepi32_ps(_mm256_madd_epi16(wb, xb));
+    let acc = _mm256_fmadd_ps(lo, _mm256_broadcast_ss(&s[0]), acc);
+    _mm256_fmadd_ps(hi, _mm256_broadcast_ss(&s[1]), acc)
+}
+
+/// Σ over superblocks of `Format::Q8X16` (Q6_K, Q3_K): 8-bit values, an 8-bit scale per 16 weights and a
+/// float32 scale per 256.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)]
+pub unsafe fn dot_q8x16(qs: &[i8], sc: &[i8], d: &[f32], x: &QuantizedInput) -> f32 {
+    let ns = x.sx.len() / 8;
+    debug_assert!(qs.len() >= ns * 256 && sc.len() >= ns * 16 && d.len() >= ns);
+    let mut acc = _mm256_setzero_ps();
+    let (qp, xp) = (qs.as_ptr(), x.q.as_ptr());
+    let mut scale = [0f32; 16];
+    for sb in 0..ns {
+        q8x16_scales(
+            sc.as_ptr().add(16 * sb),
+            d[sb],
+            x.sx.as_ptr().add(8 * sb),
+            &mut scale,
+        );
+        for (i, s) in scale.chunks_exact(2).enumerate() {
+            let b = 8 * sb + i;
+            let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+            let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
+            acc = q8x16_block(pair_q8(qp.add(b * BLOCK)), xa, xb, s, acc);
+        }
+    }
+    hsum(acc)
+}
+
+/// [`dot_q8x16`] for four weight rows against one input, the next four rows prefetched; each row's arithmetic is
+/// the one-row kernel's.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub unsafe fn dot_q8x16_rows4(
+    qs: &[i8],
+    sc: &[i8],
+    d: &[f32],
+    row_q: usize,
+    row_sc: usize,
+    row_d: usize,
+    x: &QuantizedInput,
+) -> [f32; 4] {
+    let ns = x.sx.len() / 8;
+    debug_assert!(qs.len() >= 3 * row_q + ns * 256 && sc.len() >= 3 * row_sc + ns * 16);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (qp, xp) = (qs.as_ptr(), x.q.as_ptr());
+    let mut scale = [[0f32; 16]; 4];
+    for sb in 0..ns {
+        for (r, scale) in scale.iter_mut().enumerate() {
+            let (sc, d) = (sc.as_ptr().add(r * row_sc + 16 * sb), d[r * row_d + sb]);
+            q8x16_scales(sc, d, x.sx.as_ptr().add(8 * sb), scale);
+        }
+        for i in 0..8 {
+            let b = 8 * sb + i;
+            // The next four rows' lines for this block (four rows of a block are 128 bytes of `qs`).
+            for line in 0..2 {
+                _mm_prefetch::<_MM_HINT_T0>(qp.add(4 * row_q + b * 128 + 64 * line));
+            }
+            let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+            let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
+            for r in 0..4 {
+                let w = pair_q8(qp.add(r * row_q + b * BLOCK));
+                acc[r] = q8x16_block(w, xa, xb, &scale[r][2 * i..], acc[r]);
+            }
+        }
+    }
+    acc.map(|a| hsum(a))
+}
+
+/// [`dot_q8x16`] of one weight row with four inputs, the weights widened once per block.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)]
+pub unsafe fn dot4_q8x16(qs: &[i8], sc: &[i8], d: &[f32], x: [&QuantizedInput; 4]) -> [f32; 4] {
+    let ns = x[0].sx.len() / 8;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let qp = qs.as_ptr();
+    let mut scale = [[0f32; 16]; 4];
+    for sb in 0..ns {
+        for (k, scale) in scale.iter_mut().enumerate() {
+            q8x16_scales(
+                sc.as_ptr().add(16 * sb),
+                d[sb],
+                x[k].sx.as_ptr().add(8 * sb),
+                scale,
+            );
+        }
+        for i in 0..8 {
+            let b = 8 * sb + i;
+            let w = pair_q8(qp.add(b * BLOCK));
+            for k in 0..4 {
+                let xp = x[k].q.as_ptr().add(b * BLOCK);
+                let xa = _mm256_loadu_si256(xp as *const __m256i);
+                let xb = _mm256_loadu_si256(xp.add(16) as *const __m256i);
+                acc[k] = q8x16_block(w, xa, xb, &scale[k][2 * i..], acc[k]);
+            }
+        }
+    }
+    acc.map(|a| hsum(a))
+}
+
 /// One block of the 16-weight-scaled format: each half's integer sum scaled on its own (`d` points at the
 /// block's (d, m, d, m), `hs` at the input block's two half sums).
 #[inline]
