@@ -71,9 +71,11 @@ fn q3k_scales(s: &[u8]) -> [u8; 16] {
 
 /// Packs 32 four-bit values as the kernel expects: byte `i` holds value `i` (low) and value `i + 16` (high).
 pub(super) fn push_q4(qs: &mut Vec<u8>, v: &[u8; 32]) {
-    for i in 0..16 {
-        qs.push(v[i] | (v[i + 16] << 4));
+    let mut packed = [0u8; 16];
+    for (i, p) in packed.iter_mut().enumerate() {
+        *p = v[i] | (v[i + 16] << 4);
     }
+    qs.extend_from_slice(&packed);
 }
 
 impl PackedMatrix {
@@ -151,7 +153,7 @@ impl PackedMatrix {
                 for b in data.chunks_exact(144) {
                     let (scales, q) = (&b[4..16], &b[16..144]);
                     d.extend([f16(b, 0), f16(b, 2)]);
-                    let pairs: Vec<(u8, u8)> = (0..8).map(|j| scale_min_k4(j, scales)).collect();
+                    let pairs: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, scales));
                     sm.extend(pairs.iter().map(|p| p.0));
                     sm.extend(pairs.iter().map(|p| p.1));
                     for chunk in 0..4 {
@@ -198,16 +200,16 @@ impl PackedMatrix {
                     ds.push(d);
                     for half in 0..2 {
                         let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+                        // Run k of 32 takes its low four bits from `ql` (bytes 0–31 or 32–63, low or high
+                        // nibble) and its top two from bits 2k of `qh`.
                         for k in 0..4 {
-                            for l in 0..32 {
-                                let (low, high) = match k {
-                                    0 => (ql[l] & 0xF, qh[l] & 3),
-                                    1 => (ql[l + 32] & 0xF, (qh[l] >> 2) & 3),
-                                    2 => (ql[l] >> 4, (qh[l] >> 4) & 3),
-                                    _ => (ql[l + 32] >> 4, (qh[l] >> 6) & 3),
-                                };
-                                qs.push((low | (high << 4)) as i8 - 32);
+                            let (low, nibble) = (&ql[32 * (k % 2)..32 * (k % 2) + 32], 4 * (k / 2));
+                            let mut run = [0i8; 32];
+                            for ((v, &l), &h) in run.iter_mut().zip(low).zip(&qh[..32]) {
+                                *v = (((l >> nibble) & 0xF) | (((h >> (2 * k)) & 3) << 4)) as i8
+                                    - 32;
                             }
+                            qs.extend_from_slice(&run);
                         }
                     }
                 }
