@@ -20,6 +20,8 @@
 //! - `Q4K`: Q4_K as the file has it but for the nibble order: 4-bit values, the 6-bit scale and minimum of each
 //!   32 weights, (d, dmin) per 256 as float32 (19 bytes per 32 weights; the file's 18), each block's scale formed
 //!   in the kernel as ggml forms it.
+//! - `Q5K`: Q5_K with its 5-bit values in bytes, the 6-bit scales and minimums, (d, dmin) per 256 as float32
+//!   (35 bytes per 32 weights; the file's 22), each block's scale formed in the kernel as ggml forms it.
 //! - `Q8X16`: 8-bit signed values, an 8-bit scale per 16 and a float32 scale per 256 (`w = d·sc·q`), holding
 //!   Q6_K and Q3_K exactly at 1.08 bytes per weight (Q6_K's own: 0.82).
 //! - `Q8Sub`: 8-bit signed values with a float32 scale and offset per 16 (`w = d·q + m`), holding Q2_K (whose
@@ -74,6 +76,12 @@ pub enum Format {
     /// eight 6-bit minimums; `d`: (d, dmin) per superblock (`w = d·sc·q − dmin·mn`).
     Q4K {
         qs: Vec<u8>,
+        sm: Vec<u8>,
+        d: Vec<f32>,
+    },
+    /// Q5_K superblocks of 256: `qs` as in `Q8` (values 0–31); `sm` and `d` as in `Q4K`.
+    Q5K {
+        qs: Vec<i8>,
         sm: Vec<u8>,
         d: Vec<f32>,
     },
@@ -138,6 +146,7 @@ impl PackedMatrix {
             Format::Q8Sub { .. } => "q8/16",
             Format::Q4H { .. } => "q4h",
             Format::Q4K { .. } => "q4k",
+            Format::Q5K { .. } => "q5k",
             Format::Q8X16 { .. } => "q8x16",
             Format::Q8H { .. } => "q8h",
         }
@@ -160,6 +169,7 @@ impl PackedMatrix {
             Format::Q8 { qs, dm } | Format::Q8Sub { qs, dm } => qs.len() + dm.len() * 4,
             Format::Q4H { qs, dm } => qs.len() + dm.len() * 2,
             Format::Q4K { qs, sm, d } => qs.len() + sm.len() + d.len() * 4,
+            Format::Q5K { qs, sm, d } => qs.len() + sm.len() + d.len() * 4,
             Format::Q8X16 { qs, sc, d } => qs.len() + sc.len() + d.len() * 4,
             Format::Q8H { qs, dm } => qs.len() + dm.len() * 2,
         }
@@ -349,6 +359,18 @@ impl PackedMatrix {
                             xq?,
                         ));
                     }
+                    Format::Q5K { qs, sm, d } => {
+                        let ns = nb / 8;
+                        return Some(x86::dot_q5k_rows4(
+                            &qs[r * c..(r + 4) * c],
+                            &sm[r * ns * 16..(r + 4) * ns * 16],
+                            &d[r * ns * 2..(r + 4) * ns * 2],
+                            c,
+                            ns * 16,
+                            ns * 2,
+                            xq?,
+                        ));
+                    }
                     Format::Q4K { qs, sm, d } => {
                         let ns = nb / 8;
                         return Some(x86::dot_q4k_rows4(
@@ -468,6 +490,15 @@ impl PackedMatrix {
                             xq,
                         );
                     }
+                    Format::Q5K { qs, sm, d } => {
+                        let (xq, ns) = (xq.map(|q| q.expect("quantized input")), nb / 8);
+                        return x86::dot4_q5k(
+                            &qs[r * c..(r + 1) * c],
+                            &sm[r * ns * 16..(r + 1) * ns * 16],
+                            &d[r * ns * 2..(r + 1) * ns * 2],
+                            xq,
+                        );
+                    }
                     Format::Q4K { qs, sm, d } => {
                         let (xq, ns) = (xq.map(|q| q.expect("quantized input")), nb / 8);
                         return x86::dot4_q4k(
@@ -539,6 +570,15 @@ impl PackedMatrix {
                     &qs[r * c..(r + 1) * c],
                     &sc[r * ns * 16..(r + 1) * ns * 16],
                     &d[r * ns..(r + 1) * ns],
+                    xq,
+                )
+            }
+            Format::Q5K { qs, sm, d } => {
+                let (xq, ns) = (xq.expect("quantized input"), nb / 8);
+                kernel.dot_q5k(
+                    &qs[r * c..(r + 1) * c],
+                    &sm[r * ns * 16..(r + 1) * ns * 16],
+                    &d[r * ns * 2..(r + 1) * ns * 2],
                     xq,
                 )
             }
@@ -616,6 +656,11 @@ impl PackedMatrix {
                 sm.reserve(extra / BLOCK * 2);
                 d.reserve(extra / 128);
             }
+            Format::Q5K { qs, sm, d } => {
+                qs.reserve(extra);
+                sm.reserve(extra / BLOCK * 2);
+                d.reserve(extra / 128);
+            }
             Format::Q8X16 { qs, sc, d } => {
                 qs.reserve(extra);
                 sc.reserve(extra / 16);
@@ -669,6 +714,18 @@ impl PackedMatrix {
                     sc.extend(s2);
                     d.extend(d2);
                 }
+                (
+                    Format::Q5K { qs, sm, d },
+                    Format::Q5K {
+                        qs: q2,
+                        sm: s2,
+                        d: d2,
+                    },
+                ) => {
+                    qs.extend(q2);
+                    sm.extend(s2);
+                    d.extend(d2);
+                }
                 (Format::Q8H { qs, dm }, Format::Q8H { qs: q2, dm: d2 }) => {
                     qs.extend(q2);
                     dm.extend(d2);
@@ -695,18 +752,8 @@ impl PackedMatrix {
                 .for_each(|(o, &v)| *o = half::f16::from_bits(v).to_f32()),
             Format::Q4 { qs, dm } => unpack_q4(qs, r, nb, out, |i| dm[i]),
             Format::Q4H { qs, dm } => unpack_q4(qs, r, nb, out, |i| f16_to_f32(dm[i])),
-            Format::Q4K { qs, sm, d } => {
-                // ggml's order: d1 = d·sc, m1 = dmin·mn, w = d1·q − m1.
-                let at = |i: usize| {
-                    let (sb, j) = (i / 2 / 8, i / 2 % 8);
-                    if i.is_multiple_of(2) {
-                        d[2 * sb] * sm[16 * sb + j] as f32
-                    } else {
-                        -(d[2 * sb + 1] * sm[16 * sb + 8 + j] as f32)
-                    }
-                };
-                unpack_q4(qs, r, nb, out, at)
-            }
+            Format::Q4K { qs, sm, d } => unpack_q4(qs, r, nb, out, |i| kquant_dm(sm, d, i)),
+            Format::Q5K { qs, sm, d } => unpack_q8(qs, r, nb, out, |i| kquant_dm(sm, d, i)),
             Format::Q8 { qs, dm } => unpack_q8(qs, r, nb, out, |i| dm[i]),
             Format::Q8H { qs, dm } => unpack_q8(qs, r, nb, out, |i| f16_to_f32(dm[i])),
             Format::Q8X16 { qs, sc, d } => {
@@ -742,6 +789,17 @@ impl PackedMatrix {
             self.row_to_f32(r, row);
         }
         out
+    }
+}
+
+/// The `i`-th of the (scale, offset) pairs of a K-quant with 6-bit scales and minimums per 32 weights, formed in
+/// ggml's order: `d·sc` and `−(dmin·mn)`.
+fn kquant_dm(sm: &[u8], d: &[f32], i: usize) -> f32 {
+    let (sb, j) = (i / 2 / 8, i / 2 % 8);
+    if i.is_multiple_of(2) {
+        d[2 * sb] * sm[16 * sb + j] as f32
+    } else {
+        -(d[2 * sb + 1] * sm[16 * sb + 8 + j] as f32)
     }
 }
 
@@ -910,6 +968,15 @@ impl Kernel {
             Kernel::Portable => scalar::dot_q8x16(qs, sc, d, x),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { x86::dot_q8x16(qs, sc, d, x) },
+        }
+    }
+
+    #[inline]
+    fn dot_q5k(self, qs: &[i8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32 {
+        match self {
+            Kernel::Portable => scalar::dot_q5k(qs, sm, d, x),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::dot_q5k(qs, sm, d, x) },
         }
     }
 

@@ -171,23 +171,28 @@ impl PackedMatrix {
             }
             GgmlDType::Q5K => {
                 let mut qs = Vec::with_capacity(blocks * BLOCK);
+                let mut sm = Vec::with_capacity(blocks * 2);
+                let mut d = Vec::with_capacity(blocks / 4);
                 for b in data.chunks_exact(176) {
-                    let (d, dmin, scales, qh, ql) =
-                        (f16(b, 0), f16(b, 2), &b[4..16], &b[16..48], &b[48..176]);
+                    let (scales, qh, ql) = (&b[4..16], &b[16..48], &b[48..176]);
+                    d.extend([f16(b, 0), f16(b, 2)]);
+                    let pairs: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, scales));
+                    sm.extend(pairs.iter().map(|p| p.0));
+                    sm.extend(pairs.iter().map(|p| p.1));
                     for chunk in 0..4 {
                         let ql = &ql[chunk * 32..chunk * 32 + 32];
                         for (half, shift) in [(0usize, 0u8), (1, 4)] {
-                            let (sc, m) = scale_min_k4(2 * chunk + half, scales);
-                            dm.extend([d * sc as f32, -(dmin * m as f32)]);
                             let bit = 1u8 << (2 * chunk + half);
-                            for l in 0..32 {
-                                let hi = if qh[l] & bit != 0 { 16 } else { 0 };
-                                qs.push((((ql[l] >> shift) & 0x0F) + hi) as i8);
+                            let mut run = [0i8; 32];
+                            for ((v, &l), &h) in run.iter_mut().zip(ql).zip(qh) {
+                                let high = if h & bit != 0 { 16 } else { 0 };
+                                *v = (((l >> shift) & 0x0F) + high) as i8;
                             }
+                            qs.extend_from_slice(&run);
                         }
                     }
                 }
-                Format::Q8 { qs, dm }
+                Format::Q5K { qs, sm, d }
             }
             GgmlDType::Q6K => {
                 let mut qs = Vec::with_capacity(blocks * BLOCK);
@@ -506,6 +511,10 @@ mod tests {
                     scalar::dot_q8x16(&qs[..512], &sc[..32], &d[..2], &xq),
                     kernel.dot_q8x16(&qs[..512], &sc[..32], &d[..2], &xq),
                 ),
+                Format::Q5K { qs, sm, d } => (
+                    scalar::dot_q5k(&qs[..512], &sm[..32], &d[..4], &xq),
+                    kernel.dot_q5k(&qs[..512], &sm[..32], &d[..4], &xq),
+                ),
                 Format::Q4K { qs, sm, d } => (
                     scalar::dot_q4k(&qs[..256], &sm[..32], &d[..4], &xq),
                     kernel.dot_q4k(&qs[..256], &sm[..32], &d[..4], &xq),
@@ -539,7 +548,7 @@ mod tests {
             (GgmlDType::Q5_1, "q8h"),
             (GgmlDType::Q8_0, "q8h"),
             (GgmlDType::Q4K, "q4k"),
-            (GgmlDType::Q5K, "q8"),
+            (GgmlDType::Q5K, "q5k"),
             (GgmlDType::Q6K, "q8x16"),
             (GgmlDType::Q3K, "q8x16"),
             (GgmlDType::Q2K, "q8/16"),
@@ -574,7 +583,6 @@ mod tests {
                 .unwrap();
             let x = &xs[..cols];
             let k_quants: &[GgmlDType] = if cols % 256 == 0 {
-                // Q5_K keeps float32 scales: the float32 `Q8` kernels.
                 &[
                     GgmlDType::Q4K,
                     GgmlDType::Q5K,
@@ -591,8 +599,26 @@ mod tests {
                 GgmlDType::Q5_1,
                 GgmlDType::Q8_0,
             ];
-            for &dtype in simple.iter().chain(k_quants) {
-                let p = PackedMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap();
+            let mut mats: Vec<(String, PackedMatrix)> = simple
+                .iter()
+                .chain(k_quants)
+                .map(|&dtype| {
+                    let q = QTensor::quantize(&w, dtype).unwrap();
+                    (
+                        format!("{dtype:?}"),
+                        PackedMatrix::from_qtensor(&q).unwrap(),
+                    )
+                })
+                .collect();
+            // Quantized on load: the float32-scaled `Q8` and `Q4`.
+            for kind in [
+                crate::kernels::Quantize::Q8_0,
+                crate::kernels::Quantize::Q4_1,
+            ] {
+                let dense = PackedMatrix::from_dense(&w).unwrap();
+                mats.push((kind.to_string(), dense.quantized(kind).unwrap()));
+            }
+            for (dtype, p) in &mats {
                 let xq = crate::kernels::QuantizedInput::new(x);
                 let alone: Vec<f32> = (0..rows)
                     .map(|r| p.row_dot(kernel, r, x, Some(&xq)))

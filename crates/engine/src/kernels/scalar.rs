@@ -148,3 +148,19 @@ pub fn dot_q8x16(qs: &[i8], sc: &[i8], d: &[f32], x: &QuantizedInput) -> f32 {
     }
     total
 }
+
+pub fn dot_q5k(qs: &[i8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32 {
+    let mut total = 0f32;
+    for b in 0..x.sx.len() {
+        let (sb, i) = (b / 8, b % 8);
+        let d1 = d[2 * sb] * sm[16 * sb + i] as f32;
+        let m1 = d[2 * sb + 1] * sm[16 * sb + 8 + i] as f32;
+        let s: i32 = qs[b * BLOCK..(b + 1) * BLOCK]
+            .iter()
+            .zip(&x.q[b * BLOCK..(b + 1) * BLOCK])
+            .map(|(&a, &v)| i32::from(a) * i32::from(v))
+            .sum();
+        total += d1 * x.sx[b] * s as f32 - m1 * x.sum[b];
+    }
+    total
+}

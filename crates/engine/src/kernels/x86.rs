@@ -372,13 +372,16 @@ unsafe fn q4k_scales(
     )
 }
 
-/// Σ over Q4_K superblocks kept compact (`Format::Q4K`: 4-bit values, the 6-bit scales and minimums, (d, dmin)):
-/// eight blocks' scales formed in one vector per superblock, each block as in [`dot_q4`].
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_q4k(qs: &[u8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32 {
+/// The one-row, four-row and four-input kernels of a K-quant kept with its 6-bit scales and minimums per 32 weights
+/// and (d, dmin) per 256 (`Q4K`: 4-bit values; `Q5K`: 5-bit values in bytes). A macro for the reason given at
+/// `rows4_kernel!`.
+macro_rules! kquant_kernels {
+    ($dot:ident, $rows4:ident, $dot4:ident, $elem:ty, $bytes:expr, $pair:ident, $what:literal) => {
+        #[doc = concat!("Σ over ", $what, " superblocks kept compact (values, the 6-bit scales and minimums, (d, dmin)): eight blocks' scales formed in one vector per superblock, each block as in the one-row kernels.")]
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn $dot(qs: &[$elem], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32 {
     let ns = x.sx.len() / 8;
-    debug_assert!(qs.len() >= ns * 128 && sm.len() >= ns * 16 && d.len() >= ns * 2);
-    let mask = _mm256_set1_epi16(0x0F);
+    debug_assert!(qs.len() >= ns * 8 * $bytes && sm.len() >= ns * 16 && d.len() >= ns * 2);
     let (mut acc, mut off) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let (qp, xp) = (qs.as_ptr(), x.q.as_ptr());
     let mut scale = [0f32; 8];
@@ -393,7 +396,7 @@ pub unsafe fn dot_q4k(qs: &[u8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f3
         _mm256_storeu_ps(scale.as_mut_ptr(), sc);
         for (i, scale) in scale.iter().enumerate() {
             let b = 8 * sb + i;
-            let (lo, hi) = nibbles(qp.add(b * 16), mask);
+            let (lo, hi) = $pair(qp.add(b * $bytes));
             let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
             let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
             let s = _mm256_add_epi32(_mm256_madd_epi16(lo, xa), _mm256_madd_epi16(hi, xb));
@@ -403,12 +406,11 @@ pub unsafe fn dot_q4k(qs: &[u8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f3
     hsum(acc) + hsum(off)
 }
 
-/// [`dot_q4k`] for four weight rows (`row_q`, `row_sm`, `row_d` apart) against one input, the next four rows
-/// prefetched; each row's arithmetic is the one-row kernel's.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-pub unsafe fn dot_q4k_rows4(
-    qs: &[u8],
+        #[doc = concat!("[`", stringify!($dot), "`] for four weight rows (`row_q`, `row_sm`, `row_d` apart) against one input, the next four rows prefetched; each row's arithmetic is the one-row kernel's.")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+        pub unsafe fn $rows4(
+    qs: &[$elem],
     sm: &[u8],
     d: &[f32],
     row_q: usize,
@@ -417,8 +419,7 @@ pub unsafe fn dot_q4k_rows4(
     x: &QuantizedInput,
 ) -> [f32; 4] {
     let ns = x.sx.len() / 8;
-    debug_assert!(qs.len() >= 3 * row_q + ns * 128 && sm.len() >= 3 * row_sm + ns * 16);
-    let mask = _mm256_set1_epi16(0x0F);
+    debug_assert!(qs.len() >= 3 * row_q + ns * 8 * $bytes && sm.len() >= 3 * row_sm + ns * 16);
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut off = [_mm256_setzero_ps(); 4];
     let (qp, xp) = (qs.as_ptr(), x.q.as_ptr());
@@ -436,12 +437,14 @@ pub unsafe fn dot_q4k_rows4(
         }
         for i in 0..8 {
             let b = 8 * sb + i;
-            // The next four rows' lines for this block (four rows of a block are 64 bytes of `qs`).
-            _mm_prefetch::<_MM_HINT_T0>(qp.add(4 * row_q + b * 64) as *const i8);
+            // The next four rows' lines for this block (four rows of a block are `4 · $bytes` bytes).
+            for line in 0..(4 * $bytes) / 64 {
+                _mm_prefetch::<_MM_HINT_T0>(qp.add(4 * row_q + b * 4 * $bytes + 64 * line) as *const i8);
+            }
             let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
             let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
             for r in 0..4 {
-                let (lo, hi) = nibbles(qp.add(r * row_q + b * 16), mask);
+                let (lo, hi) = $pair(qp.add(r * row_q + b * $bytes));
                 let s = _mm256_add_epi32(_mm256_madd_epi16(lo, xa), _mm256_madd_epi16(hi, xb));
                 acc[r] = _mm256_fmadd_ps(
                     _mm256_cvtepi32_ps(s),
@@ -454,12 +457,11 @@ pub unsafe fn dot_q4k_rows4(
     [0, 1, 2, 3].map(|r| hsum(acc[r]) + hsum(off[r]))
 }
 
-/// [`dot_q4k`] of one weight row with four inputs, the weights unpacked once per block.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::needless_range_loop)]
-pub unsafe fn dot4_q4k(qs: &[u8], sm: &[u8], d: &[f32], x: [&QuantizedInput; 4]) -> [f32; 4] {
+        #[doc = concat!("[`", stringify!($dot), "`] of one weight row with four inputs, the weights unpacked once per block.")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::needless_range_loop)]
+        pub unsafe fn $dot4(qs: &[$elem], sm: &[u8], d: &[f32], x: [&QuantizedInput; 4]) -> [f32; 4] {
     let ns = x[0].sx.len() / 8;
-    let mask = _mm256_set1_epi16(0x0F);
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut off = [_mm256_setzero_ps(); 4];
     let qp = qs.as_ptr();
@@ -477,7 +479,7 @@ pub unsafe fn dot4_q4k(qs: &[u8], sm: &[u8], d: &[f32], x: [&QuantizedInput; 4])
         }
         for i in 0..8 {
             let b = 8 * sb + i;
-            let (lo, hi) = nibbles(qp.add(b * 16), mask);
+            let (lo, hi) = $pair(qp.add(b * $bytes));
             for k in 0..4 {
                 let xp = x[k].q.as_ptr().add(b * BLOCK);
                 let xa = _mm256_loadu_si256(xp as *const __m256i);
@@ -493,6 +495,12 @@ pub unsafe fn dot4_q4k(qs: &[u8], sm: &[u8], d: &[f32], x: [&QuantizedInput; 4])
     }
     [0, 1, 2, 3].map(|k| hsum(acc[k]) + hsum(off[k]))
 }
+
+    };
+}
+
+kquant_kernels!(dot_q4k, dot_q4k_rows4, dot4_q4k, u8, 16, pair_q4, "Q4_K");
+kquant_kernels!(dot_q5k, dot_q5k_rows4, dot4_q5k, i8, BLOCK, pair_q8, "Q5_K");
 
 /// The sixteen 16-weight scales `d·sc·sx` of one superblock of `Format::Q8X16` against one input, into `out`
 /// (`sc`: the sixteen 8-bit scales, `d`: the superblock's scale, `sx`: the input's eight block scales). `d·sc`
