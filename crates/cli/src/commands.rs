@@ -79,6 +79,10 @@ struct ServeArgs {
     /// Round safetensors checkpoints' weights into q8_0, q4_1 or q4_0 as they load (CPU).
     #[arg(long)]
     quantize: Option<vibecheck_engine::kernels::Quantize>,
+    /// KV cache precision: f32 (default on CPU: the compute dtype) or f16 (half the memory and reading per token
+    /// of a long context, ~3 significant digits per key and value, as llama.cpp's default).
+    #[arg(long, value_parser = parse_kv_cache)]
+    kv_cache: Option<vibecheck_engine::DType>,
     /// Keep loaded models under this size (e.g. 8G, 512M), unloading the least recently used.
     #[arg(long, value_parser = parse_size)]
     memory_budget: Option<u64>,
@@ -104,6 +108,10 @@ struct ModelArgs {
     /// quant-eval` measures the quality cost).
     #[arg(long)]
     quantize: Option<vibecheck_engine::kernels::Quantize>,
+    /// KV cache precision: f32 (default on CPU: the compute dtype) or f16 (half the memory and reading per token
+    /// of a long context, ~3 significant digits per key and value, as llama.cpp's default).
+    #[arg(long, value_parser = parse_kv_cache)]
+    kv_cache: Option<vibecheck_engine::DType>,
 }
 
 #[derive(Args, Clone)]
@@ -237,6 +245,7 @@ fn load(args: &ModelArgs) -> Result<Model> {
         device: parse_device(&args.device)?,
         dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
         quantize: args.quantize,
+        kv_cache: args.kv_cache,
         ..LoadOptions::default()
     };
     Model::load(&args.model, &opts).with_context(|| format!("loading {}", args.model))
@@ -488,6 +497,17 @@ fn parse_size(text: &str) -> std::result::Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+/// `--kv-cache`: float32 or float16.
+fn parse_kv_cache(name: &str) -> Result<vibecheck_engine::DType, String> {
+    match name.to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(vibecheck_engine::DType::F32),
+        "f16" | "float16" => Ok(vibecheck_engine::DType::F16),
+        other => Err(format!(
+            "unknown KV cache precision {other:?}; use f32 or f16"
+        )),
+    }
+}
+
 fn parse_remote(spec: &str) -> Result<vibecheck_server::RemoteEndpoint, String> {
     vibecheck_server::RemoteEndpoint::parse(spec)
 }
@@ -499,6 +519,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     let opts = LoadOptions {
         device: parse_device(&a.device)?,
         quantize: a.quantize,
+        kv_cache: a.kv_cache,
         ..LoadOptions::default()
     };
     let registry = vibecheck_server::Registry::from_sources(&a.sources, opts)

@@ -23,14 +23,32 @@ pub(crate) struct DecodeAttention {
     pub softcap: Option<f32>,
 }
 
+/// A KV cache's storage as this module reads it: float32, or float16 (`--kv-cache f16`) as bits.
+#[derive(Clone, Copy)]
+enum Cached<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
+}
+
+impl<'a> Cached<'a> {
+    fn of(storage: &'a candle_core::CpuStorage) -> Option<Self> {
+        use half::slice::HalfFloatSliceExt;
+        match storage {
+            candle_core::CpuStorage::F32(v) => Some(Cached::F32(v)),
+            candle_core::CpuStorage::F16(v) => Some(Cached::F16(v.reinterpret_cast())),
+            _ => None,
+        }
+    }
+}
+
 /// Work (multiply-adds) below which one thread does all the heads: splitting costs more than it saves.
 const PARALLEL_WORK: usize = 1 << 15;
 
 impl DecodeAttention {
     /// `q`: `[batch · heads · head_dim]`, already rotated. `k`, `v`: the cache views `[batch, kv_heads, keys,
     /// head_dim]` (any strides with a contiguous last dimension). `visible[b]`: the key range sequence `b` may
-    /// attend to. Returns `[batch · heads · head_dim]`, or `None` when the cache is not float32 CPU storage laid
-    /// out as expected (the caller then takes the general path).
+    /// attend to. Returns `[batch · heads · head_dim]`, or `None` when the cache is not float32 or float16 CPU
+    /// storage laid out as expected (the caller then takes the general path).
     pub fn run(
         &self,
         q: &[f32],
@@ -43,7 +61,7 @@ impl DecodeAttention {
         let (Storage::Cpu(kc), Storage::Cpu(vc)) = (&*kst, &*vst) else {
             return Ok(None);
         };
-        let (Ok(ks), Ok(vs)) = (kc.as_slice::<f32>(), vc.as_slice::<f32>()) else {
+        let (Some(ks), Some(vs)) = (Cached::of(kc), Cached::of(vc)) else {
             return Ok(None);
         };
         let (b, hd) = (visible.len(), self.head_dim);
@@ -82,7 +100,10 @@ impl DecodeAttention {
                 .clone()
                 .map(|j| {
                     let at = kbase + j * kstr[2];
-                    kernel.dot_f32(&ks[at..at + hd], &qh)
+                    match ks {
+                        Cached::F32(ks) => kernel.dot_f32(&ks[at..at + hd], &qh),
+                        Cached::F16(ks) => kernel.dot_f16(&ks[at..at + hd], &qh),
+                    }
                 })
                 .collect();
             if let Some(cap) = self.softcap {
@@ -97,7 +118,10 @@ impl DecodeAttention {
             }
             for (s, j) in scores.iter().zip(range) {
                 let at = vbase + j * vstr[2];
-                kernel.axpy_f32(s / sum, &vs[at..at + hd], o);
+                match vs {
+                    Cached::F32(vs) => kernel.axpy_f32(s / sum, &vs[at..at + hd], o),
+                    Cached::F16(vs) => kernel.axpy_f16(s / sum, &vs[at..at + hd], o),
+                }
             }
         };
         let work: usize = visible.iter().map(|r| r.len()).sum::<usize>() * self.heads * hd;
@@ -127,16 +151,18 @@ mod tests {
 
     /// Against a float64 softmax-attention over each sequence's visible keys: grouped heads, ranges that skip
     /// padding or fall outside a window, soft-capping, and cache views whose rows are strided (a cache with room
-    /// to spare, as the real one has).
+    /// to spare, as the real one has); float32 and float16 caches (the reference reads the same rounded values).
     #[test]
     fn decode_attention_matches_a_plain_softmax_over_the_visible_keys() {
         // Head sizes of 32, 40 and 64; three and four query heads per KV head; key ranges of one key to 29.
         for (nh, hd, keys) in [(6, 40, 11), (6, 64, 11), (8, 64, 29), (6, 32, 3)] {
-            check_decode_attention(nh, hd, keys);
+            for dtype in [DType::F32, DType::F16] {
+                check_decode_attention(nh, hd, keys, dtype);
+            }
         }
     }
 
-    fn check_decode_attention(nh: usize, hd: usize, keys: usize) {
+    fn check_decode_attention(nh: usize, hd: usize, keys: usize, dtype: DType) {
         let (b, nkv, cap) = (3usize, 2usize, 32usize);
         let q = random(b * nh * hd, 1);
         let kfull = Tensor::from_vec(
@@ -151,14 +177,19 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
+        let (kfull, vfull) = (
+            kfull.to_dtype(dtype).unwrap(),
+            vfull.to_dtype(dtype).unwrap(),
+        );
         let (k, v) = (
             kfull.narrow(2, 0, keys).unwrap(),
             vfull.narrow(2, 0, keys).unwrap(),
         );
-        let (kd, vd) = (
-            k.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        );
+        let widened = |t: &Tensor| {
+            let t = t.to_dtype(DType::F32).unwrap();
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let (kd, vd) = (widened(&k), widened(&v));
         let visible = vec![0..keys, keys / 3..keys, keys - 1..keys];
         for softcap in [None, Some(5.0f32)] {
             let attn = DecodeAttention {
@@ -171,7 +202,7 @@ mod tests {
             let got = attn
                 .run(&q, &k, &v, &visible)
                 .unwrap()
-                .expect("f32 CPU cache");
+                .expect("f32 or f16 CPU cache");
             for bi in 0..b {
                 for h in 0..nh {
                     let g = h / (nh / nkv);
@@ -203,7 +234,7 @@ mod tests {
                 }
             }
         }
-        // Not float32, or a range past the cache: the general path takes over.
+        // bfloat16, or a range past the cache: the general path takes over.
         let attn = DecodeAttention {
             heads: nh,
             kv_heads: nkv,

@@ -130,6 +130,16 @@ impl Cache {
         self.len == 0
     }
 
+    /// Bytes the cached keys and values of the tokens so far take (room reserved ahead not counted).
+    pub fn bytes(&self) -> usize {
+        let size = |t: candle_core::Result<Option<Tensor>>| {
+            t.ok()
+                .flatten()
+                .map_or(0, |t| t.elem_count() * t.dtype().size_in_bytes())
+        };
+        self.layers.iter().map(|l| size(l.k()) + size(l.v())).sum()
+    }
+
     /// Keeps only the sequences at `keep` (indices into the batch, in order): a batch drops sequences that are
     /// done so the next steps compute only for the ones still running.
     pub fn retain(&mut self, keep: &[usize]) -> Result<(), EngineError> {
@@ -246,6 +256,8 @@ pub struct Decoder {
     rope: RopeTables,
     dtype: DType,
     device: Device,
+    /// The KV cache's dtype where it differs from the compute dtype (`--kv-cache f16` on the CPU).
+    kv_dtype: Option<DType>,
 }
 
 impl Decoder {
@@ -290,8 +302,21 @@ impl Decoder {
             rope,
             dtype: w.dtype,
             device: w.device.clone(),
+            kv_dtype: None,
             cfg,
         })
+    }
+
+    /// Keeps the KV cache in `dtype` (float16 halves what a long context reads per token and holds, at ~3
+    /// significant digits per key and value); `None` or the compute dtype keeps it as computed.
+    pub fn with_kv_cache(mut self, dtype: Option<DType>) -> Self {
+        self.kv_dtype = dtype.filter(|&d| d != self.dtype);
+        self
+    }
+
+    /// The KV cache's dtype.
+    pub fn kv_cache_dtype(&self) -> DType {
+        self.kv_dtype.unwrap_or(self.dtype)
     }
 
     fn load_layer(cfg: &ModelConfig, w: &Weights, i: usize) -> Result<Layer, EngineError> {
@@ -619,14 +644,18 @@ impl Decoder {
         let q = self.apply_rope(&q.transpose(1, 2)?.contiguous()?, &step.cos, &step.sin)?;
         let k = self.apply_rope(&k.transpose(1, 2)?.contiguous()?, &step.cos, &step.sin)?;
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let (k, v) = kv.append(&k, &v)?;
+        let (k, v) = match self.kv_dtype {
+            Some(d) => kv.append(&k.to_dtype(d)?, &v.to_dtype(d)?)?,
+            None => kv.append(&k, &v)?,
+        };
         let s = k.dim(2)?;
         if let Some(out) = self.decode_attention(attn, &q, &k, &v, step)? {
             let out = Tensor::from_vec(out, (b, t, nh * hd), &self.device)?;
             return attn.o.forward(&out);
         }
-        let k = k.contiguous()?;
-        let v = v.contiguous()?;
+        // A cache kept in another dtype is widened back for the general path (prompts).
+        let k = k.to_dtype(q.dtype())?.contiguous()?;
+        let v = v.to_dtype(q.dtype())?.contiguous()?;
 
         // Grouped-query attention without copying K/V: the `rep` query heads that share a KV head are stacked
         // along the time axis.

@@ -916,6 +916,17 @@ impl Kernel {
         }
     }
 
+    /// `y += a · x`, `x` in float16.
+    #[inline]
+    pub(crate) fn axpy_f16(self, a: f32, x: &[u16], y: &mut [f32]) {
+        match self {
+            Kernel::Portable => scalar::axpy_f16(a, x, y),
+            // SAFETY: `detect` checked that the CPU has AVX2, FMA and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::axpy_f16(a, x, y) },
+        }
+    }
+
     #[inline]
     pub(crate) fn dot_f32(self, w: &[f32], x: &[f32]) -> f32 {
         match self {
@@ -936,7 +947,7 @@ impl Kernel {
     }
 
     #[inline]
-    fn dot_f16(self, w: &[u16], x: &[f32]) -> f32 {
+    pub(crate) fn dot_f16(self, w: &[u16], x: &[f32]) -> f32 {
         match self {
             Kernel::Portable => scalar::dot_f16(w, x),
             #[cfg(target_arch = "x86_64")]

@@ -22,6 +22,12 @@ pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+pub fn axpy_f16(a: f32, x: &[u16], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * half::f16::from_bits(x).to_f32();
+    }
+}
+
 pub fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
     w.iter()
         .zip(x)

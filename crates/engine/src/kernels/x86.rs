@@ -59,6 +59,27 @@ pub unsafe fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `y += a · x` with `x` in float16 (attention's weighted sum of a float16 value cache).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy_f16(a: f32, x: &[u16], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        let xv = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i) as *const __m128i));
+        _mm256_storeu_ps(
+            yp.add(i),
+            _mm256_fmadd_ps(av, xv, _mm256_loadu_ps(yp.add(i))),
+        );
+        i += 8;
+    }
+    while i < n {
+        y[i] = a.mul_add(half::f16::from_bits(x[i]).to_f32(), y[i]);
+        i += 1;
+    }
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn load_bf16(p: *const u16) -> __m256 {
