@@ -19,10 +19,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 TEXT = ("The quick brown fox jumps over the lazy dog while researchers watch their checkpoints train. " * 200)
 
 
-def vibecheck(binary, model, threads, prompt_tokens, decode_tokens):
+def vibecheck(binary, model, threads, prompt_tokens, decode_tokens, extra=()):
     out = subprocess.run(
         [binary, "bench", str(model), "--threads", str(threads), "--prompt-tokens", str(prompt_tokens),
-         "--decode-tokens", str(decode_tokens), "--json"],
+         "--decode-tokens", str(decode_tokens), "--json", *extra],
         check=True, capture_output=True, text=True).stdout
     r = json.loads(out)
     return {"load_s": r["load_s"], "prefill": r["prefill_tok_s"], "decode": r["decode_tok_s"],
@@ -117,6 +117,9 @@ def main():
         ours = vibecheck(args.binary, gguf, 2, args.long_prompt_tokens, n)
         peer = None if args.skip_llama_cpp else llama_cpp(gguf, 2, args.long_prompt_tokens, n)
         add(f"{label}, 2 thr, {args.long_prompt_tokens}-tok ctx", "llama.cpp", ours, peer)
+        # The same with our cache in float16, as llama.cpp keeps its own by default.
+        ours = vibecheck(args.binary, gguf, 2, args.long_prompt_tokens, n, ["--kv-cache", "f16"])
+        add(f"{label}, 2 thr, {args.long_prompt_tokens}-tok ctx, f16 KV", "llama.cpp", ours, peer)
     if folders:
         ours = vibecheck(args.binary, folders["f32"], 2, p, n)
         peer = None if args.skip_transformers else transformers_run(folders["f32"], 2, p, n)
@@ -124,14 +127,14 @@ def main():
         ours_bf16 = vibecheck(args.binary, folders["bf16"], 2, p, n)
         add("bf16 folder, 2 threads", "our f32 twin", ours_bf16, ours)
 
-    print(f"{'case':28} {'metric':14} {'vibecheck':>10} {'peer':>10} {'ratio':>7}  peer")
+    print(f"{'case':40} {'metric':14} {'vibecheck':>10} {'peer':>10} {'ratio':>7}  peer")
     for r in rows:
         for metric, key in (("load s", "load_s"), ("prefill tok/s", "prefill"), ("decode tok/s", "decode")):
             ours = r["vibecheck"][key]
             peer = r["peer_figures"][key] if r["peer_figures"] else None
             ratio = "" if peer is None else (f"{peer / ours:.2f}x" if key == "load_s" else f"{ours / peer:.2f}x")
             peer_s = "" if peer is None else f"{peer:10.2f}"
-            print(f"{r['case']:28} {metric:14} {ours:10.2f} {peer_s:>10} {ratio:>7}  {r['peer']}")
+            print(f"{r['case']:40} {metric:14} {ours:10.2f} {peer_s:>10} {ratio:>7}  {r['peer']}")
     print("(ratio: vibecheck ÷ peer for speeds, peer ÷ vibecheck for load time; >1 means vibecheck is better)")
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)
