@@ -323,98 +323,81 @@ impl PackedMatrix {
 
     /// Rows `r..r + 4` against one quantized input, where a kernel for it exists (the quantized formats on AVX2).
     fn rows4_dot(&self, kernel: Kernel, r: usize, xq: Option<&QuantizedInput>) -> Option<[f32; 4]> {
-        let (c, nb) = (self.cols, self.cols / BLOCK);
+        let (c, nb, ns) = (self.cols, self.cols / BLOCK, self.cols / 256);
         #[cfg(target_arch = "x86_64")]
         if kernel == Kernel::Avx2 {
+            let x = xq?;
+            // Each kernel takes the four rows' slices and how far apart the rows are in each.
             // SAFETY: `Kernel::Avx2` is only chosen when the CPU has AVX2, FMA and F16C; the slices hold four rows.
-            unsafe {
+            return unsafe {
                 match &self.format {
-                    Format::Q4 { qs, dm } => {
-                        return Some(x86::dot_q4_rows4(
-                            &qs[r * c / 2..(r + 4) * c / 2],
-                            &dm[r * nb * 2..(r + 4) * nb * 2],
-                            c / 2,
-                            nb * 2,
-                            xq?,
-                        ))
-                    }
-                    Format::Q8 { qs, dm } => {
-                        return Some(x86::dot_q8_rows4(
-                            &qs[r * c..(r + 4) * c],
-                            &dm[r * nb * 2..(r + 4) * nb * 2],
-                            c,
-                            nb * 2,
-                            xq?,
-                        ))
-                    }
-                    Format::Q8X16 { qs, sc, d } => {
-                        let ns = nb / 8;
-                        return Some(x86::dot_q8x16_rows4(
-                            &qs[r * c..(r + 4) * c],
-                            &sc[r * ns * 16..(r + 4) * ns * 16],
-                            &d[r * ns..(r + 4) * ns],
-                            c,
-                            ns * 16,
-                            ns,
-                            xq?,
-                        ));
-                    }
-                    Format::Q5K { qs, sm, d } => {
-                        let ns = nb / 8;
-                        return Some(x86::dot_q5k_rows4(
-                            &qs[r * c..(r + 4) * c],
-                            &sm[r * ns * 16..(r + 4) * ns * 16],
-                            &d[r * ns * 2..(r + 4) * ns * 2],
-                            c,
-                            ns * 16,
-                            ns * 2,
-                            xq?,
-                        ));
-                    }
-                    Format::Q4K { qs, sm, d } => {
-                        let ns = nb / 8;
-                        return Some(x86::dot_q4k_rows4(
-                            &qs[r * c / 2..(r + 4) * c / 2],
-                            &sm[r * ns * 16..(r + 4) * ns * 16],
-                            &d[r * ns * 2..(r + 4) * ns * 2],
-                            c / 2,
-                            ns * 16,
-                            ns * 2,
-                            xq?,
-                        ));
-                    }
-                    Format::Q4H { qs, dm } => {
-                        return Some(x86::dot_q4h_rows4(
-                            &qs[r * c / 2..(r + 4) * c / 2],
-                            &dm[r * nb * 2..(r + 4) * nb * 2],
-                            c / 2,
-                            nb * 2,
-                            xq?,
-                        ))
-                    }
-                    Format::Q8H { qs, dm } => {
-                        return Some(x86::dot_q8h_rows4(
-                            &qs[r * c..(r + 4) * c],
-                            &dm[r * nb * 2..(r + 4) * nb * 2],
-                            c,
-                            nb * 2,
-                            xq?,
-                        ))
-                    }
-                    Format::Q8Sub { qs, dm } => {
-                        return Some(x86::dot_q8sub_rows4(
-                            &qs[r * c..(r + 4) * c],
-                            &dm[r * nb * 4..(r + 4) * nb * 4],
-                            c,
-                            nb * 4,
-                            xq?,
-                        ))
-                    }
-                    _ => {}
+                    Format::Q4 { qs, dm } => Some(x86::dot_q4_rows4(
+                        rows(qs, c / 2, r, 4),
+                        rows(dm, 2 * nb, r, 4),
+                        c / 2,
+                        2 * nb,
+                        x,
+                    )),
+                    Format::Q4H { qs, dm } => Some(x86::dot_q4h_rows4(
+                        rows(qs, c / 2, r, 4),
+                        rows(dm, 2 * nb, r, 4),
+                        c / 2,
+                        2 * nb,
+                        x,
+                    )),
+                    Format::Q8 { qs, dm } => Some(x86::dot_q8_rows4(
+                        rows(qs, c, r, 4),
+                        rows(dm, 2 * nb, r, 4),
+                        c,
+                        2 * nb,
+                        x,
+                    )),
+                    Format::Q8H { qs, dm } => Some(x86::dot_q8h_rows4(
+                        rows(qs, c, r, 4),
+                        rows(dm, 2 * nb, r, 4),
+                        c,
+                        2 * nb,
+                        x,
+                    )),
+                    Format::Q8Sub { qs, dm } => Some(x86::dot_q8sub_rows4(
+                        rows(qs, c, r, 4),
+                        rows(dm, 4 * nb, r, 4),
+                        c,
+                        4 * nb,
+                        x,
+                    )),
+                    Format::Q4K { qs, sm, d } => Some(x86::dot_q4k_rows4(
+                        rows(qs, c / 2, r, 4),
+                        rows(sm, 16 * ns, r, 4),
+                        rows(d, 2 * ns, r, 4),
+                        c / 2,
+                        16 * ns,
+                        2 * ns,
+                        x,
+                    )),
+                    Format::Q5K { qs, sm, d } => Some(x86::dot_q5k_rows4(
+                        rows(qs, c, r, 4),
+                        rows(sm, 16 * ns, r, 4),
+                        rows(d, 2 * ns, r, 4),
+                        c,
+                        16 * ns,
+                        2 * ns,
+                        x,
+                    )),
+                    Format::Q8X16 { qs, sc, d } => Some(x86::dot_q8x16_rows4(
+                        rows(qs, c, r, 4),
+                        rows(sc, 16 * ns, r, 4),
+                        rows(d, ns, r, 4),
+                        c,
+                        16 * ns,
+                        ns,
+                        x,
+                    )),
+                    Format::F32(_) | Format::Bf16(_) | Format::F16(_) => None,
                 }
-            }
+            };
         }
-        let _ = (kernel, r, xq, c, nb);
+        let _ = (kernel, r, xq, c, nb, ns);
         None
     }
 
@@ -456,164 +439,106 @@ impl PackedMatrix {
         x: [&[f32]; 4],
         xq: [Option<&QuantizedInput>; 4],
     ) -> [f32; 4] {
-        let c = self.cols;
-        let nb = c / BLOCK;
+        let (c, nb, ns) = (self.cols, self.cols / BLOCK, self.cols / 256);
         #[cfg(target_arch = "x86_64")]
         if kernel == Kernel::Avx2 {
+            let q = || xq.map(|q| q.expect("quantized input"));
             // SAFETY: `Kernel::Avx2` is only chosen when the CPU has AVX2, FMA and F16C.
             unsafe {
                 match &self.format {
-                    Format::F32(w) => return x86::dot4_f32(&w[r * c..(r + 1) * c], x),
-                    Format::Bf16(w) => return x86::dot4_bf16(&w[r * c..(r + 1) * c], x),
+                    Format::F32(w) => return x86::dot4_f32(rows(w, c, r, 1), x),
+                    Format::Bf16(w) => return x86::dot4_bf16(rows(w, c, r, 1), x),
+                    Format::F16(_) => {}
                     Format::Q4 { qs, dm } => {
-                        let xq = xq.map(|q| q.expect("quantized input"));
-                        return x86::dot4_q4(
-                            &qs[r * c / 2..(r + 1) * c / 2],
-                            &dm[r * nb * 2..(r + 1) * nb * 2],
-                            xq,
-                        );
-                    }
-                    Format::Q8 { qs, dm } => {
-                        let xq = xq.map(|q| q.expect("quantized input"));
-                        return x86::dot4_q8(
-                            &qs[r * c..(r + 1) * c],
-                            &dm[r * nb * 2..(r + 1) * nb * 2],
-                            xq,
-                        );
-                    }
-                    Format::Q8X16 { qs, sc, d } => {
-                        let (xq, ns) = (xq.map(|q| q.expect("quantized input")), nb / 8);
-                        return x86::dot4_q8x16(
-                            &qs[r * c..(r + 1) * c],
-                            &sc[r * ns * 16..(r + 1) * ns * 16],
-                            &d[r * ns..(r + 1) * ns],
-                            xq,
-                        );
-                    }
-                    Format::Q5K { qs, sm, d } => {
-                        let (xq, ns) = (xq.map(|q| q.expect("quantized input")), nb / 8);
-                        return x86::dot4_q5k(
-                            &qs[r * c..(r + 1) * c],
-                            &sm[r * ns * 16..(r + 1) * ns * 16],
-                            &d[r * ns * 2..(r + 1) * ns * 2],
-                            xq,
-                        );
-                    }
-                    Format::Q4K { qs, sm, d } => {
-                        let (xq, ns) = (xq.map(|q| q.expect("quantized input")), nb / 8);
-                        return x86::dot4_q4k(
-                            &qs[r * c / 2..(r + 1) * c / 2],
-                            &sm[r * ns * 16..(r + 1) * ns * 16],
-                            &d[r * ns * 2..(r + 1) * ns * 2],
-                            xq,
-                        );
+                        return x86::dot4_q4(rows(qs, c / 2, r, 1), rows(dm, 2 * nb, r, 1), q())
                     }
                     Format::Q4H { qs, dm } => {
-                        let xq = xq.map(|q| q.expect("quantized input"));
-                        return x86::dot4_q4h(
-                            &qs[r * c / 2..(r + 1) * c / 2],
-                            &dm[r * nb * 2..(r + 1) * nb * 2],
-                            xq,
-                        );
+                        return x86::dot4_q4h(rows(qs, c / 2, r, 1), rows(dm, 2 * nb, r, 1), q())
+                    }
+                    Format::Q8 { qs, dm } => {
+                        return x86::dot4_q8(rows(qs, c, r, 1), rows(dm, 2 * nb, r, 1), q())
                     }
                     Format::Q8H { qs, dm } => {
-                        let xq = xq.map(|q| q.expect("quantized input"));
-                        return x86::dot4_q8h(
-                            &qs[r * c..(r + 1) * c],
-                            &dm[r * nb * 2..(r + 1) * nb * 2],
-                            xq,
-                        );
+                        return x86::dot4_q8h(rows(qs, c, r, 1), rows(dm, 2 * nb, r, 1), q())
                     }
                     Format::Q8Sub { qs, dm } => {
-                        let xq = xq.map(|q| q.expect("quantized input"));
-                        return x86::dot4_q8sub(
-                            &qs[r * c..(r + 1) * c],
-                            &dm[r * nb * 4..(r + 1) * nb * 4],
-                            xq,
-                        );
+                        return x86::dot4_q8sub(rows(qs, c, r, 1), rows(dm, 4 * nb, r, 1), q())
                     }
-                    _ => {}
+                    Format::Q4K { qs, sm, d } => {
+                        let (qs, sm, d) = (
+                            rows(qs, c / 2, r, 1),
+                            rows(sm, 16 * ns, r, 1),
+                            rows(d, 2 * ns, r, 1),
+                        );
+                        return x86::dot4_q4k(qs, sm, d, q());
+                    }
+                    Format::Q5K { qs, sm, d } => {
+                        let (qs, sm, d) = (
+                            rows(qs, c, r, 1),
+                            rows(sm, 16 * ns, r, 1),
+                            rows(d, 2 * ns, r, 1),
+                        );
+                        return x86::dot4_q5k(qs, sm, d, q());
+                    }
+                    Format::Q8X16 { qs, sc, d } => {
+                        let (qs, sc, d) = (
+                            rows(qs, c, r, 1),
+                            rows(sc, 16 * ns, r, 1),
+                            rows(d, ns, r, 1),
+                        );
+                        return x86::dot4_q8x16(qs, sc, d, q());
+                    }
                 }
             }
         }
-        let _ = nb;
+        let _ = (nb, ns);
         [0, 1, 2, 3].map(|i| self.row_dot(kernel, r, x[i], xq[i]))
     }
 
     #[inline]
     fn row_dot(&self, kernel: Kernel, r: usize, x: &[f32], xq: Option<&QuantizedInput>) -> f32 {
-        let c = self.cols;
-        let nb = c / BLOCK;
+        let (c, nb, ns) = (self.cols, self.cols / BLOCK, self.cols / 256);
+        let q = || xq.expect("quantized input");
         match &self.format {
-            Format::F32(w) => kernel.dot_f32(&w[r * c..(r + 1) * c], x),
-            Format::Bf16(w) => kernel.dot_bf16(&w[r * c..(r + 1) * c], x),
-            Format::F16(w) => kernel.dot_f16(&w[r * c..(r + 1) * c], x),
+            Format::F32(w) => kernel.dot_f32(rows(w, c, r, 1), x),
+            Format::Bf16(w) => kernel.dot_bf16(rows(w, c, r, 1), x),
+            Format::F16(w) => kernel.dot_f16(rows(w, c, r, 1), x),
             Format::Q4 { qs, dm } => {
-                let xq = xq.expect("quantized input");
-                kernel.dot_q4(
-                    &qs[r * c / 2..(r + 1) * c / 2],
-                    &dm[r * nb * 2..(r + 1) * nb * 2],
-                    xq,
-                )
-            }
-            Format::Q8 { qs, dm } => {
-                let xq = xq.expect("quantized input");
-                kernel.dot_q8(
-                    &qs[r * c..(r + 1) * c],
-                    &dm[r * nb * 2..(r + 1) * nb * 2],
-                    xq,
-                )
-            }
-            Format::Q8X16 { qs, sc, d } => {
-                let (xq, ns) = (xq.expect("quantized input"), nb / 8);
-                kernel.dot_q8x16(
-                    &qs[r * c..(r + 1) * c],
-                    &sc[r * ns * 16..(r + 1) * ns * 16],
-                    &d[r * ns..(r + 1) * ns],
-                    xq,
-                )
-            }
-            Format::Q5K { qs, sm, d } => {
-                let (xq, ns) = (xq.expect("quantized input"), nb / 8);
-                kernel.dot_q5k(
-                    &qs[r * c..(r + 1) * c],
-                    &sm[r * ns * 16..(r + 1) * ns * 16],
-                    &d[r * ns * 2..(r + 1) * ns * 2],
-                    xq,
-                )
-            }
-            Format::Q4K { qs, sm, d } => {
-                let (xq, ns) = (xq.expect("quantized input"), nb / 8);
-                kernel.dot_q4k(
-                    &qs[r * c / 2..(r + 1) * c / 2],
-                    &sm[r * ns * 16..(r + 1) * ns * 16],
-                    &d[r * ns * 2..(r + 1) * ns * 2],
-                    xq,
-                )
+                kernel.dot_q4(rows(qs, c / 2, r, 1), rows(dm, 2 * nb, r, 1), q())
             }
             Format::Q4H { qs, dm } => {
-                let xq = xq.expect("quantized input");
-                kernel.dot_q4h(
-                    &qs[r * c / 2..(r + 1) * c / 2],
-                    &dm[r * nb * 2..(r + 1) * nb * 2],
-                    xq,
-                )
+                kernel.dot_q4h(rows(qs, c / 2, r, 1), rows(dm, 2 * nb, r, 1), q())
             }
+            Format::Q8 { qs, dm } => kernel.dot_q8(rows(qs, c, r, 1), rows(dm, 2 * nb, r, 1), q()),
             Format::Q8H { qs, dm } => {
-                let xq = xq.expect("quantized input");
-                kernel.dot_q8h(
-                    &qs[r * c..(r + 1) * c],
-                    &dm[r * nb * 2..(r + 1) * nb * 2],
-                    xq,
-                )
+                kernel.dot_q8h(rows(qs, c, r, 1), rows(dm, 2 * nb, r, 1), q())
             }
             Format::Q8Sub { qs, dm } => {
-                let xq = xq.expect("quantized input");
-                kernel.dot_q8sub(
-                    &qs[r * c..(r + 1) * c],
-                    &dm[r * nb * 4..(r + 1) * nb * 4],
-                    xq,
-                )
+                kernel.dot_q8sub(rows(qs, c, r, 1), rows(dm, 4 * nb, r, 1), q())
+            }
+            Format::Q4K { qs, sm, d } => {
+                let (qs, sm, d) = (
+                    rows(qs, c / 2, r, 1),
+                    rows(sm, 16 * ns, r, 1),
+                    rows(d, 2 * ns, r, 1),
+                );
+                kernel.dot_q4k(qs, sm, d, q())
+            }
+            Format::Q5K { qs, sm, d } => {
+                let (qs, sm, d) = (
+                    rows(qs, c, r, 1),
+                    rows(sm, 16 * ns, r, 1),
+                    rows(d, 2 * ns, r, 1),
+                );
+                kernel.dot_q5k(qs, sm, d, q())
+            }
+            Format::Q8X16 { qs, sc, d } => {
+                let (qs, sc, d) = (
+                    rows(qs, c, r, 1),
+                    rows(sc, 16 * ns, r, 1),
+                    rows(d, ns, r, 1),
+                );
+                kernel.dot_q8x16(qs, sc, d, q())
             }
         }
     }
@@ -790,6 +715,12 @@ impl PackedMatrix {
         }
         out
     }
+}
+
+/// Rows `r..r + n` of an array that holds `per_row` elements for each row of a matrix.
+#[inline]
+fn rows<T>(v: &[T], per_row: usize, r: usize, n: usize) -> &[T] {
+    &v[r * per_row..(r + n) * per_row]
 }
 
 /// The `i`-th of the (scale, offset) pairs of a K-quant with 6-bit scales and minimums per 32 weights, formed in
