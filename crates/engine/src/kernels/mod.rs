@@ -835,126 +835,43 @@ impl Kernel {
             Kernel::Avx2 => "avx2",
         }
     }
+}
 
+/// `Kernel` methods that run the portable or the AVX2 version of one inner product (same name in `scalar` and
+/// `x86`).
+macro_rules! dispatch {
+    ($($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {
+        impl Kernel {
+            $(
+                $(#[$doc])*
+                #[inline]
+                $vis fn $name(self, $($arg: $ty),*) $(-> $ret)? {
+                    match self {
+                        Kernel::Portable => scalar::$name($($arg),*),
+                        // SAFETY: `detect` checked that the CPU has AVX2, FMA and F16C.
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx2 => unsafe { x86::$name($($arg),*) },
+                    }
+                }
+            )*
+        }
+    };
+}
+
+dispatch! {
     /// `y += a · x`.
-    #[inline]
-    pub(crate) fn axpy_f32(self, a: f32, x: &[f32], y: &mut [f32]) {
-        match self {
-            Kernel::Portable => scalar::axpy_f32(a, x, y),
-            // SAFETY: `detect` checked that the CPU has AVX2, FMA and F16C.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::axpy_f32(a, x, y) },
-        }
-    }
-
+    pub(crate) fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]);
     /// `y += a · x`, `x` in float16.
-    #[inline]
-    pub(crate) fn axpy_f16(self, a: f32, x: &[u16], y: &mut [f32]) {
-        match self {
-            Kernel::Portable => scalar::axpy_f16(a, x, y),
-            // SAFETY: `detect` checked that the CPU has AVX2, FMA and F16C.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::axpy_f16(a, x, y) },
-        }
-    }
-
-    #[inline]
-    pub(crate) fn dot_f32(self, w: &[f32], x: &[f32]) -> f32 {
-        match self {
-            Kernel::Portable => scalar::dot_f32(w, x),
-            // SAFETY: `detect` checked that the CPU has AVX2, FMA and F16C.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::dot_f32(w, x) },
-        }
-    }
-
-    #[inline]
-    fn dot_bf16(self, w: &[u16], x: &[f32]) -> f32 {
-        match self {
-            Kernel::Portable => scalar::dot_bf16(w, x),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::dot_bf16(w, x) },
-        }
-    }
-
-    #[inline]
-    pub(crate) fn dot_f16(self, w: &[u16], x: &[f32]) -> f32 {
-        match self {
-            Kernel::Portable => scalar::dot_f16(w, x),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::dot_f16(w, x) },
-        }
-    }
-
-    #[inline]
-    fn dot_q4(self, qs: &[u8], dm: &[f32], x: &QuantizedInput) -> f32 {
-        match self {
-            Kernel::Portable => scalar::dot_q4(qs, dm, x),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::dot_q4(qs, dm, x) },
-        }
-    }
-
-    #[inline]
-    fn dot_q8(self, qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
-        match self {
-            Kernel::Portable => scalar::dot_q8(qs, dm, x),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::dot_q8(qs, dm, x) },
-        }
-    }
-
-    #[inline]
-    fn dot_q8x16(self, qs: &[i8], sc: &[i8], d: &[f32], x: &QuantizedInput) -> f32 {
-        match self {
-            Kernel::Portable => scalar::dot_q8x16(qs, sc, d, x),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::dot_q8x16(qs, sc, d, x) },
-        }
-    }
-
-    #[inline]
-    fn dot_q5k(self, qs: &[i8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32 {
-        match self {
-            Kernel::Portable => scalar::dot_q5k(qs, sm, d, x),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::dot_q5k(qs, sm, d, x) },
-        }
-    }
-
-    #[inline]
-    fn dot_q4k(self, qs: &[u8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32 {
-        match self {
-            Kernel::Portable => scalar::dot_q4k(qs, sm, d, x),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::dot_q4k(qs, sm, d, x) },
-        }
-    }
-
-    #[inline]
-    fn dot_q4h(self, qs: &[u8], dm: &[u16], x: &QuantizedInput) -> f32 {
-        match self {
-            Kernel::Portable => scalar::dot_q4h(qs, dm, x),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::dot_q4h(qs, dm, x) },
-        }
-    }
-
-    #[inline]
-    fn dot_q8h(self, qs: &[i8], dm: &[u16], x: &QuantizedInput) -> f32 {
-        match self {
-            Kernel::Portable => scalar::dot_q8h(qs, dm, x),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::dot_q8h(qs, dm, x) },
-        }
-    }
-
-    #[inline]
-    fn dot_q8sub(self, qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
-        match self {
-            Kernel::Portable => scalar::dot_q8sub(qs, dm, x),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::dot_q8sub(qs, dm, x) },
-        }
-    }
+    pub(crate) fn axpy_f16(a: f32, x: &[u16], y: &mut [f32]);
+    pub(crate) fn dot_f32(w: &[f32], x: &[f32]) -> f32;
+    fn dot_bf16(w: &[u16], x: &[f32]) -> f32;
+    pub(crate) fn dot_f16(w: &[u16], x: &[f32]) -> f32;
+    fn dot_q4(qs: &[u8], dm: &[f32], x: &QuantizedInput) -> f32;
+    fn dot_q4h(qs: &[u8], dm: &[u16], x: &QuantizedInput) -> f32;
+    fn dot_q4k(qs: &[u8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32;
+    fn dot_q5k(qs: &[i8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32;
+    fn dot_q8(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32;
+    fn dot_q8h(qs: &[i8], dm: &[u16], x: &QuantizedInput) -> f32;
+    fn dot_q8sub(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32;
+    fn dot_q8x16(qs: &[i8], sc: &[i8], d: &[f32], x: &QuantizedInput) -> f32;
 }

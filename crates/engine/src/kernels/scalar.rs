@@ -42,131 +42,101 @@ pub fn dot_f16(w: &[u16], x: &[f32]) -> f32 {
         .sum()
 }
 
-pub fn dot_q4(qs: &[u8], dm: &[f32], x: &QuantizedInput) -> f32 {
-    let mut total = 0f32;
-    for b in 0..x.sx.len() {
-        let q = &qs[b * 16..b * 16 + 16];
-        let xb = &x.q[b * BLOCK..(b + 1) * BLOCK];
-        let mut s = 0i32;
-        for j in 0..16 {
-            s += i32::from(q[j] & 0x0F) * i32::from(xb[j])
-                + i32::from(q[j] >> 4) * i32::from(xb[j + 16]);
-        }
-        total += dm[2 * b] * x.sx[b] * s as f32 + dm[2 * b + 1] * x.sum[b];
-    }
-    total
+/// Σ q·x16 of 4-bit block `b` (byte `j` holds weights `j` and `j + 16`).
+fn q4_sum(qs: &[u8], x: &QuantizedInput, b: usize) -> i32 {
+    let (q, xb) = (&qs[b * 16..b * 16 + 16], &x.q[b * BLOCK..(b + 1) * BLOCK]);
+    (0..16)
+        .map(|j| {
+            i32::from(q[j] & 0x0F) * i32::from(xb[j]) + i32::from(q[j] >> 4) * i32::from(xb[j + 16])
+        })
+        .sum()
 }
 
-pub fn dot_q8(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
-    let mut total = 0f32;
-    for b in 0..x.sx.len() {
-        let q = &qs[b * BLOCK..(b + 1) * BLOCK];
-        let xb = &x.q[b * BLOCK..(b + 1) * BLOCK];
-        let s: i32 = q
-            .iter()
-            .zip(xb)
-            .map(|(&a, &v)| i32::from(a) * i32::from(v))
-            .sum();
-        total += dm[2 * b] * x.sx[b] * s as f32 + dm[2 * b + 1] * x.sum[b];
-    }
-    total
+/// Σ q·x16 of the `n` signed 8-bit weights from `at`.
+fn q8_sum(qs: &[i8], x: &QuantizedInput, at: usize, n: usize) -> i32 {
+    qs[at..at + n]
+        .iter()
+        .zip(&x.q[at..at + n])
+        .map(|(&a, &v)| i32::from(a) * i32::from(v))
+        .sum()
 }
 
-pub fn dot_q8sub(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
-    let mut total = 0f32;
-    for b in 0..x.sx.len() {
-        for h in 0..2 {
-            let at = b * BLOCK + 16 * h;
-            let s: i32 = qs[at..at + 16]
-                .iter()
-                .zip(&x.q[at..at + 16])
-                .map(|(&a, &v)| i32::from(a) * i32::from(v))
-                .sum();
-            let (d, m) = (dm[4 * b + 2 * h], dm[4 * b + 2 * h + 1]);
-            total += d * x.sx[b] * s as f32 + m * x.half_sum[2 * b + h];
-        }
-    }
-    total
+/// Σ_b d_b·sx_b·sum(b) + m_b·xsum_b, with `dm(b)` giving block `b`'s (d, m).
+fn blocks(x: &QuantizedInput, sum: impl Fn(usize) -> i32, dm: impl Fn(usize) -> (f32, f32)) -> f32 {
+    (0..x.sx.len())
+        .map(|b| {
+            let (d, m) = dm(b);
+            d * x.sx[b] * sum(b) as f32 + m * x.sum[b]
+        })
+        .sum()
 }
 
 fn half(v: u16) -> f32 {
     half::f16::from_bits(v).to_f32()
 }
 
-pub fn dot_q4h(qs: &[u8], dm: &[u16], x: &QuantizedInput) -> f32 {
-    let mut total = 0f32;
-    for b in 0..x.sx.len() {
-        let q = &qs[b * 16..b * 16 + 16];
-        let xb = &x.q[b * BLOCK..(b + 1) * BLOCK];
-        let mut s = 0i32;
-        for j in 0..16 {
-            s += i32::from(q[j] & 0x0F) * i32::from(xb[j])
-                + i32::from(q[j] >> 4) * i32::from(xb[j + 16]);
-        }
-        total += half(dm[2 * b]) * x.sx[b] * s as f32 + half(dm[2 * b + 1]) * x.sum[b];
-    }
-    total
+/// (d·sc, −dmin·mn) of block `b` of a K-quant with 6-bit scales and minimums, in ggml's order.
+fn kquant(sm: &[u8], d: &[f32], b: usize) -> (f32, f32) {
+    let (sb, i) = (b / 8, b % 8);
+    (
+        d[2 * sb] * sm[16 * sb + i] as f32,
+        -(d[2 * sb + 1] * sm[16 * sb + 8 + i] as f32),
+    )
 }
 
-pub fn dot_q8h(qs: &[i8], dm: &[u16], x: &QuantizedInput) -> f32 {
-    let mut total = 0f32;
-    for b in 0..x.sx.len() {
-        let s: i32 = qs[b * BLOCK..(b + 1) * BLOCK]
-            .iter()
-            .zip(&x.q[b * BLOCK..(b + 1) * BLOCK])
-            .map(|(&a, &v)| i32::from(a) * i32::from(v))
-            .sum();
-        total += half(dm[2 * b]) * x.sx[b] * s as f32 + half(dm[2 * b + 1]) * x.sum[b];
-    }
-    total
+pub fn dot_q4(qs: &[u8], dm: &[f32], x: &QuantizedInput) -> f32 {
+    blocks(x, |b| q4_sum(qs, x, b), |b| (dm[2 * b], dm[2 * b + 1]))
+}
+
+pub fn dot_q4h(qs: &[u8], dm: &[u16], x: &QuantizedInput) -> f32 {
+    blocks(
+        x,
+        |b| q4_sum(qs, x, b),
+        |b| (half(dm[2 * b]), half(dm[2 * b + 1])),
+    )
 }
 
 pub fn dot_q4k(qs: &[u8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32 {
-    let mut total = 0f32;
-    for b in 0..x.sx.len() {
-        let (sb, i) = (b / 8, b % 8);
-        let d1 = d[2 * sb] * sm[16 * sb + i] as f32;
-        let m1 = d[2 * sb + 1] * sm[16 * sb + 8 + i] as f32;
-        let q = &qs[b * 16..b * 16 + 16];
-        let xb = &x.q[b * BLOCK..(b + 1) * BLOCK];
-        let mut s = 0i32;
-        for j in 0..16 {
-            s += i32::from(q[j] & 0x0F) * i32::from(xb[j])
-                + i32::from(q[j] >> 4) * i32::from(xb[j + 16]);
-        }
-        total += d1 * x.sx[b] * s as f32 - m1 * x.sum[b];
-    }
-    total
+    blocks(x, |b| q4_sum(qs, x, b), |b| kquant(sm, d, b))
 }
 
-pub fn dot_q8x16(qs: &[i8], sc: &[i8], d: &[f32], x: &QuantizedInput) -> f32 {
-    let mut total = 0f32;
-    for b in 0..x.sx.len() {
-        for h in 0..2 {
-            let at = b * BLOCK + 16 * h;
-            let s: i32 = qs[at..at + 16]
-                .iter()
-                .zip(&x.q[at..at + 16])
-                .map(|(&a, &v)| i32::from(a) * i32::from(v))
-                .sum();
-            total += d[b / 8] * sc[2 * b + h] as f32 * x.sx[b] * s as f32;
-        }
-    }
-    total
+pub fn dot_q8(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
+    blocks(
+        x,
+        |b| q8_sum(qs, x, b * BLOCK, BLOCK),
+        |b| (dm[2 * b], dm[2 * b + 1]),
+    )
+}
+
+pub fn dot_q8h(qs: &[i8], dm: &[u16], x: &QuantizedInput) -> f32 {
+    blocks(
+        x,
+        |b| q8_sum(qs, x, b * BLOCK, BLOCK),
+        |b| (half(dm[2 * b]), half(dm[2 * b + 1])),
+    )
 }
 
 pub fn dot_q5k(qs: &[i8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32 {
+    blocks(x, |b| q8_sum(qs, x, b * BLOCK, BLOCK), |b| kquant(sm, d, b))
+}
+
+/// The 8-bit formats with a scale per 16 weights: `dm(b, h)` gives half `h` of block `b`'s (d, m).
+fn halves(qs: &[i8], x: &QuantizedInput, dm: impl Fn(usize, usize) -> (f32, f32)) -> f32 {
     let mut total = 0f32;
     for b in 0..x.sx.len() {
-        let (sb, i) = (b / 8, b % 8);
-        let d1 = d[2 * sb] * sm[16 * sb + i] as f32;
-        let m1 = d[2 * sb + 1] * sm[16 * sb + 8 + i] as f32;
-        let s: i32 = qs[b * BLOCK..(b + 1) * BLOCK]
-            .iter()
-            .zip(&x.q[b * BLOCK..(b + 1) * BLOCK])
-            .map(|(&a, &v)| i32::from(a) * i32::from(v))
-            .sum();
-        total += d1 * x.sx[b] * s as f32 - m1 * x.sum[b];
+        for h in 0..2 {
+            let (d, m) = dm(b, h);
+            let s = q8_sum(qs, x, b * BLOCK + 16 * h, 16);
+            total += d * x.sx[b] * s as f32 + m * x.half_sum[2 * b + h];
+        }
     }
     total
+}
+
+pub fn dot_q8sub(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
+    halves(qs, x, |b, h| (dm[4 * b + 2 * h], dm[4 * b + 2 * h + 1]))
+}
+
+pub fn dot_q8x16(qs: &[i8], sc: &[i8], d: &[f32], x: &QuantizedInput) -> f32 {
+    halves(qs, x, |b, h| (d[b / 8] * sc[2 * b + h] as f32, 0.0))
 }
