@@ -145,48 +145,6 @@ unsafe fn nibbles(q: *const u8, mask: __m256i) -> (__m256i, __m256i) {
     (_mm256_and_si256(q16, mask), _mm256_srli_epi16(q16, 4))
 }
 
-/// Σ_b d_b·sx_b·(Σ q·x16) + m_b·xsum_b over 4-bit weights and 16-bit activations.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_q4(qs: &[u8], dm: &[f32], x: &QuantizedInput) -> f32 {
-    let nb = x.sx.len();
-    debug_assert!(qs.len() >= nb * 16 && dm.len() >= nb * 2 && x.q.len() >= nb * BLOCK);
-    let mask = _mm256_set1_epi16(0x0F);
-    let mut acc = _mm256_setzero_ps();
-    let mut offset = 0f32;
-    let (qp, xp) = (qs.as_ptr(), x.q.as_ptr());
-    for b in 0..nb {
-        let (lo, hi) = nibbles(qp.add(b * 16), mask);
-        let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
-        let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
-        let s = _mm256_add_epi32(_mm256_madd_epi16(lo, xa), _mm256_madd_epi16(hi, xb));
-        let scale = *dm.get_unchecked(2 * b) * *x.sx.get_unchecked(b);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale), acc);
-        offset += *dm.get_unchecked(2 * b + 1) * *x.sum.get_unchecked(b);
-    }
-    hsum(acc) + offset
-}
-
-/// As [`dot_q4`] with signed 8-bit weights.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_q8(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
-    let nb = x.sx.len();
-    debug_assert!(qs.len() >= nb * BLOCK && dm.len() >= nb * 2 && x.q.len() >= nb * BLOCK);
-    let mut acc = _mm256_setzero_ps();
-    let mut offset = 0f32;
-    let (qp, xp) = (qs.as_ptr(), x.q.as_ptr());
-    for b in 0..nb {
-        let wa = _mm256_cvtepi8_epi16(_mm_loadu_si128(qp.add(b * BLOCK) as *const __m128i));
-        let wb = _mm256_cvtepi8_epi16(_mm_loadu_si128(qp.add(b * BLOCK + 16) as *const __m128i));
-        let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
-        let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
-        let s = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
-        let scale = *dm.get_unchecked(2 * b) * *x.sx.get_unchecked(b);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale), acc);
-        offset += *dm.get_unchecked(2 * b + 1) * *x.sum.get_unchecked(b);
-    }
-    hsum(acc) + offset
-}
-
 /// A 4-bit block's weights as two vectors of 16-bit lanes (weights 0–15 and 16–31).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -204,17 +162,65 @@ unsafe fn pair_q8(q: *const i8) -> (__m256i, __m256i) {
     )
 }
 
-/// A quantized format's one-row kernel for four weight rows (`qs`/`dm` start at the first; rows are
-/// `row_q`/`row_dm` apart) against one input: each input block is loaded once for the four rows, the four rows'
-/// sums are independent chains, and each row's arithmetic is exactly the one-row kernel's. A macro, not a generic
-/// function, so each format's loop is compiled as if written out.
-macro_rules! rows4_kernel {
-    ($name:ident, $elem:ty, $bytes:expr, $pair:ident, $doc:literal) => {
-        #[doc = $doc]
-        #[target_feature(enable = "avx2,fma")]
-        pub unsafe fn $name(
+/// Lane 0: `d·sx`, lane 1: `m·sum` of one block of a format with float16 scales (`dm`: the block's (d, m) as
+/// float16) against one input (`xs`: its (sx, sum)). Both products are the float32 ones the float32-scaled
+/// kernels form, so the block's arithmetic is theirs.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn half_scales(dm: *const u16, xs: *const f32) -> __m128 {
+    let h = _mm_cvtsi32_si128((dm as *const i32).read_unaligned());
+    let xs = _mm_castpd_ps(_mm_load_sd(xs as *const f64));
+    _mm_mul_ps(_mm_cvtph_ps(h), xs)
+}
+
+/// A block's `d·sx` across a vector and its `m·sum`, for (d, m) as float32 (`Q4`, `Q8`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f32_scales(dm: *const f32, x: &QuantizedInput, b: usize) -> (__m256, f32) {
+    let (sx, sum) = (*x.sx.get_unchecked(b), *x.sum.get_unchecked(b));
+    (_mm256_set1_ps(*dm * sx), *dm.add(1) * sum)
+}
+
+/// A block's `d·sx` across a vector and its `m·sum`, for (d, m) as float16 (`Q4H`, `Q8H`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_scales(dm: *const u16, x: &QuantizedInput, b: usize) -> (__m256, f32) {
+    let p = half_scales(dm, x.ss.as_ptr().add(2 * b));
+    (_mm256_broadcastss_ps(p), _mm_cvtss_f32(_mm_movehdup_ps(p)))
+}
+
+/// The one-row, four-row and four-input kernels of a quantized format with one (d, m) per 32 weights (`Q4`,
+/// `Q8`, `Q4H`, `Q8H`): Σ_b d_b·sx_b·(Σ q·x16) + m_b·sum_b. The four-row kernel loads each input block once for
+/// four rows (four independent sums) and prefetches the next four rows; the four-input kernel unpacks each block
+/// once for four inputs; each row's arithmetic is the one-row kernel's in all three. A macro, not a generic
+/// function, so each format's loop is compiled as if written out (generic versions measured 2–9 % slower).
+macro_rules! block_kernels {
+    ($dot:ident, $rows4:ident, $dot4:ident, $elem:ty, $bytes:expr, $pair:ident, $dm:ty, $scales:ident) => {
+        #[doc = concat!("One row of `", stringify!($elem), "` weights (see `block_kernels!`).")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $dot(qs: &[$elem], dm: &[$dm], x: &QuantizedInput) -> f32 {
+            let nb = x.sx.len();
+            debug_assert!(qs.len() >= nb * $bytes && dm.len() >= nb * 2 && x.q.len() >= nb * BLOCK);
+            let mut acc = _mm256_setzero_ps();
+            let mut offset = 0f32;
+            let (qp, dp, xp) = (qs.as_ptr(), dm.as_ptr(), x.q.as_ptr());
+            for b in 0..nb {
+                let (wa, wb) = $pair(qp.add(b * $bytes));
+                let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+                let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
+                let s = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
+                let (scale, off) = $scales(dp.add(2 * b), x, b);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
+                offset += off;
+            }
+            hsum(acc) + offset
+        }
+
+        #[doc = concat!("[`", stringify!($dot), "`] for four weight rows (`row_q`/`row_dm` apart) against one input.")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $rows4(
             qs: &[$elem],
-            dm: &[f32],
+            dm: &[$dm],
             row_q: usize,
             row_dm: usize,
             x: &QuantizedInput,
@@ -227,96 +233,7 @@ macro_rules! rows4_kernel {
             for b in 0..nb {
                 // The four rows are contiguous but read at four places at once, which the hardware prefetcher
                 // does not follow: fetch the next four rows ahead, the lines this block's four rows take (four
-                // rows of a block are `4 · $bytes` bytes of `qs` and 32 of `dm`).
-                for line in 0..(4 * $bytes) / 64 {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        qp.add(4 * row_q + b * 4 * $bytes + 64 * line) as *const i8
-                    );
-                }
-                _mm_prefetch::<_MM_HINT_T0>(dp.add(4 * row_dm + b * 8) as *const i8);
-                let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
-                let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
-                let (sx, sum) = (*x.sx.get_unchecked(b), *x.sum.get_unchecked(b));
-                for r in 0..4 {
-                    let (wa, wb) = $pair(qp.add(r * row_q + b * $bytes));
-                    let s = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
-                    let d = dp.add(r * row_dm + 2 * b);
-                    acc[r] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(*d * sx), acc[r]);
-                    offset[r] += *d.add(1) * sum;
-                }
-            }
-            [0, 1, 2, 3].map(|r| hsum(acc[r]) + offset[r])
-        }
-    };
-}
-
-rows4_kernel!(
-    dot_q4_rows4,
-    u8,
-    16,
-    pair_q4,
-    "[`dot_q4`] for four weight rows against one input."
-);
-rows4_kernel!(
-    dot_q8_rows4,
-    i8,
-    BLOCK,
-    pair_q8,
-    "[`dot_q8`] for four weight rows against one input."
-);
-
-/// Lane 0: `d·sx`, lane 1: `m·sum` of one block of a format with float16 scales (`dm`: the block's (d, m) as
-/// float16) against one input (`xs`: its (sx, sum)). Both products are the float32 ones the float32-scaled
-/// kernels form, so the block's arithmetic is theirs.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn half_scales(dm: *const u16, xs: *const f32) -> __m128 {
-    let h = _mm_cvtsi32_si128((dm as *const i32).read_unaligned());
-    let xs = _mm_castpd_ps(_mm_load_sd(xs as *const f64));
-    _mm_mul_ps(_mm_cvtph_ps(h), xs)
-}
-
-/// The one-row, four-row and four-input kernels of a quantized format whose (d, m) are float16 (`Q4H`, `Q8H`):
-/// the float32-scaled kernels' loops with [`half_scales`] in place of the scalar scale and offset. Each row's
-/// arithmetic is the same in all three.
-macro_rules! half_kernels {
-    ($dot:ident, $rows4:ident, $dot4:ident, $elem:ty, $bytes:expr, $pair:ident, $what:literal) => {
-        #[doc = concat!("Σ_b d_b·sx_b·(Σ q·x16) + m_b·sum_b over ", $what, " weights with float16 (d, m).")]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        pub unsafe fn $dot(qs: &[$elem], dm: &[u16], x: &QuantizedInput) -> f32 {
-            let nb = x.sx.len();
-            debug_assert!(qs.len() >= nb * $bytes && dm.len() >= nb * 2 && x.ss.len() >= nb * 2);
-            let mut acc = _mm256_setzero_ps();
-            let mut offset = 0f32;
-            let (qp, dp, xp, sp) = (qs.as_ptr(), dm.as_ptr(), x.q.as_ptr(), x.ss.as_ptr());
-            for b in 0..nb {
-                let (wa, wb) = $pair(qp.add(b * $bytes));
-                let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
-                let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
-                let s = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
-                let p = half_scales(dp.add(2 * b), sp.add(2 * b));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcastss_ps(p), acc);
-                offset += _mm_cvtss_f32(_mm_movehdup_ps(p));
-            }
-            hsum(acc) + offset
-        }
-
-        #[doc = concat!("[`", stringify!($dot), "`] for four weight rows against one input (see `rows4_kernel!`).")]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        pub unsafe fn $rows4(
-            qs: &[$elem],
-            dm: &[u16],
-            row_q: usize,
-            row_dm: usize,
-            x: &QuantizedInput,
-        ) -> [f32; 4] {
-            let nb = x.sx.len();
-            debug_assert!(qs.len() >= 3 * row_q + nb * $bytes && dm.len() >= 3 * row_dm + nb * 2);
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut offset = [0f32; 4];
-            let (qp, dp, xp, sp) = (qs.as_ptr(), dm.as_ptr(), x.q.as_ptr(), x.ss.as_ptr());
-            for b in 0..nb {
+                // rows of a block are `4 · $bytes` bytes of `qs`).
                 for line in 0..(4 * $bytes) / 64 {
                     _mm_prefetch::<_MM_HINT_T0>(
                         qp.add(4 * row_q + b * 4 * $bytes + 64 * line) as *const i8
@@ -328,9 +245,9 @@ macro_rules! half_kernels {
                 for r in 0..4 {
                     let (wa, wb) = $pair(qp.add(r * row_q + b * $bytes));
                     let s = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
-                    let p = half_scales(dp.add(r * row_dm + 2 * b), sp.add(2 * b));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcastss_ps(p), acc[r]);
-                    offset[r] += _mm_cvtss_f32(_mm_movehdup_ps(p));
+                    let (scale, off) = $scales(dp.add(r * row_dm + 2 * b), x, b);
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[r]);
+                    offset[r] += off;
                 }
             }
             [0, 1, 2, 3].map(|r| hsum(acc[r]) + offset[r])
@@ -338,7 +255,7 @@ macro_rules! half_kernels {
 
         #[doc = concat!("[`", stringify!($dot), "`] of one weight row with four inputs, the weights unpacked once per block.")]
         #[target_feature(enable = "avx2,fma,f16c")]
-        pub unsafe fn $dot4(qs: &[$elem], dm: &[u16], x: [&QuantizedInput; 4]) -> [f32; 4] {
+        pub unsafe fn $dot4(qs: &[$elem], dm: &[$dm], x: [&QuantizedInput; 4]) -> [f32; 4] {
             let nb = x[0].sx.len();
             let mut acc = [_mm256_setzero_ps(); 4];
             let mut offset = [0f32; 4];
@@ -350,9 +267,9 @@ macro_rules! half_kernels {
                     let xa = _mm256_loadu_si256(xp as *const __m256i);
                     let xb = _mm256_loadu_si256(xp.add(16) as *const __m256i);
                     let s = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
-                    let p = half_scales(dp.add(2 * b), x[k].ss.as_ptr().add(2 * b));
-                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcastss_ps(p), acc[k]);
-                    offset[k] += _mm_cvtss_f32(_mm_movehdup_ps(p));
+                    let (scale, off) = $scales(dp.add(2 * b), x[k], b);
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[k]);
+                    offset[k] += off;
                 }
             }
             [0, 1, 2, 3].map(|k| hsum(acc[k]) + offset[k])
@@ -360,15 +277,45 @@ macro_rules! half_kernels {
     };
 }
 
-half_kernels!(dot_q4h, dot_q4h_rows4, dot4_q4h, u8, 16, pair_q4, "4-bit");
-half_kernels!(
+block_kernels!(
+    dot_q4,
+    dot_q4_rows4,
+    dot4_q4,
+    u8,
+    16,
+    pair_q4,
+    f32,
+    f32_scales
+);
+block_kernels!(
+    dot_q8,
+    dot_q8_rows4,
+    dot4_q8,
+    i8,
+    BLOCK,
+    pair_q8,
+    f32,
+    f32_scales
+);
+block_kernels!(
+    dot_q4h,
+    dot_q4h_rows4,
+    dot4_q4h,
+    u8,
+    16,
+    pair_q4,
+    u16,
+    f16_scales
+);
+block_kernels!(
     dot_q8h,
     dot_q8h_rows4,
     dot4_q8h,
     i8,
     BLOCK,
     pair_q8,
-    "signed 8-bit"
+    u16,
+    f16_scales
 );
 
 /// One Q4_K superblock's eight block scales `d·sc·sx` and offset terms `dmin·mn·sum` against one input (`sm`: the
@@ -797,54 +744,6 @@ pub unsafe fn dot4_f32(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
         i += 1;
     }
     out
-}
-
-/// [`dot_q4`] of one weight row with four inputs, the weights unpacked once per block.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot4_q4(qs: &[u8], dm: &[f32], x: [&QuantizedInput; 4]) -> [f32; 4] {
-    let nb = x[0].sx.len();
-    let mask = _mm256_set1_epi16(0x0F);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut offset = [0f32; 4];
-    let qp = qs.as_ptr();
-    for b in 0..nb {
-        let (lo, hi) = nibbles(qp.add(b * 16), mask);
-        let (d, m) = (*dm.get_unchecked(2 * b), *dm.get_unchecked(2 * b + 1));
-        for k in 0..4 {
-            let xp = x[k].q.as_ptr().add(b * BLOCK);
-            let xa = _mm256_loadu_si256(xp as *const __m256i);
-            let xb = _mm256_loadu_si256(xp.add(16) as *const __m256i);
-            let s = _mm256_add_epi32(_mm256_madd_epi16(lo, xa), _mm256_madd_epi16(hi, xb));
-            let scale = _mm256_set1_ps(d * *x[k].sx.get_unchecked(b));
-            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[k]);
-            offset[k] += m * *x[k].sum.get_unchecked(b);
-        }
-    }
-    [0, 1, 2, 3].map(|k| hsum(acc[k]) + offset[k])
-}
-
-/// [`dot_q8`] of one weight row with four inputs, the weights widened once per block.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot4_q8(qs: &[i8], dm: &[f32], x: [&QuantizedInput; 4]) -> [f32; 4] {
-    let nb = x[0].sx.len();
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut offset = [0f32; 4];
-    let qp = qs.as_ptr();
-    for b in 0..nb {
-        let wa = _mm256_cvtepi8_epi16(_mm_loadu_si128(qp.add(b * BLOCK) as *const __m128i));
-        let wb = _mm256_cvtepi8_epi16(_mm_loadu_si128(qp.add(b * BLOCK + 16) as *const __m128i));
-        let (d, m) = (*dm.get_unchecked(2 * b), *dm.get_unchecked(2 * b + 1));
-        for k in 0..4 {
-            let xp = x[k].q.as_ptr().add(b * BLOCK);
-            let xa = _mm256_loadu_si256(xp as *const __m256i);
-            let xb = _mm256_loadu_si256(xp.add(16) as *const __m256i);
-            let s = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
-            let scale = _mm256_set1_ps(d * *x[k].sx.get_unchecked(b));
-            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[k]);
-            offset[k] += m * *x[k].sum.get_unchecked(b);
-        }
-    }
-    [0, 1, 2, 3].map(|k| hsum(acc[k]) + offset[k])
 }
 
 /// [`dot4_f32`] for two weight rows at once: each input vector is loaded once for both rows, which halves the
