@@ -342,7 +342,7 @@ unsafe fn q4k_scales(
 
 /// The one-row, four-row and four-input kernels of a K-quant kept with its 6-bit scales and minimums per 32 weights
 /// and (d, dmin) per 256 (`Q4K`: 4-bit values; `Q5K`: 5-bit values in bytes). A macro for the reason given at
-/// `rows4_kernel!`.
+/// `block_kernels!`.
 macro_rules! kquant_kernels {
     ($dot:ident, $rows4:ident, $dot4:ident, $elem:ty, $bytes:expr, $pair:ident, $what:literal) => {
         #[doc = concat!("Σ over ", $what, " superblocks kept compact (values, the 6-bit scales and minimums, (d, dmin)): eight blocks' scales formed in one vector per superblock, each block as in the one-row kernels.")]
@@ -654,7 +654,7 @@ pub unsafe fn dot_q8sub(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
     hsum(acc) + offset
 }
 
-/// [`dot_q8sub`] for four weight rows against one input (see `rows4_kernel!`: shared input loads, the next
+/// [`dot_q8sub`] for four weight rows against one input (see `block_kernels!`: shared input loads, the next
 /// rows prefetched, each row's arithmetic exactly the one-row kernel's).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_q8sub_rows4(
