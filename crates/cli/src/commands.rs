@@ -79,8 +79,9 @@ struct ServeArgs {
     /// Round safetensors checkpoints' weights into q8_0, q4_1 or q4_0 as they load (CPU).
     #[arg(long)]
     quantize: Option<vibecheck_engine::kernels::Quantize>,
-    /// KV cache precision: f32 (default on CPU: the compute dtype) or f16 (half the memory and reading per token
-    /// of a long context, ~3 significant digits per key and value, as llama.cpp's default).
+    /// KV cache precision on the CPU: f32 (default: the compute dtype) or f16 (half the memory and reading per
+    /// token of a long context, ~3 significant digits per key and value and none beyond ±65504, as llama.cpp's
+    /// default).
     #[arg(long, value_parser = parse_kv_cache)]
     kv_cache: Option<vibecheck_engine::DType>,
     /// Keep loaded models under this size (e.g. 8G, 512M), unloading the least recently used.
@@ -108,8 +109,9 @@ struct ModelArgs {
     /// quant-eval` measures the quality cost).
     #[arg(long)]
     quantize: Option<vibecheck_engine::kernels::Quantize>,
-    /// KV cache precision: f32 (default on CPU: the compute dtype) or f16 (half the memory and reading per token
-    /// of a long context, ~3 significant digits per key and value, as llama.cpp's default).
+    /// KV cache precision on the CPU: f32 (default: the compute dtype) or f16 (half the memory and reading per
+    /// token of a long context, ~3 significant digits per key and value and none beyond ±65504, as llama.cpp's
+    /// default).
     #[arg(long, value_parser = parse_kv_cache)]
     kv_cache: Option<vibecheck_engine::DType>,
 }

@@ -94,6 +94,13 @@ impl Model {
             SourceKind::Gguf => Self::load_gguf(&source, opts)?,
         };
         model.load_time = started.elapsed();
+        // Loading frees many transient buffers on several threads; glibc keeps their pages in its arenas. Hand
+        // them back, so that a long-running server holds what the model needs rather than the load's high mark.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: `malloc_trim` only returns free heap memory to the system; no allocation is touched.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         tracing::info!(model = %model.source.name, ms = model.load_time.as_millis() as u64, "loaded");
         Ok(model)
     }
@@ -108,6 +115,7 @@ impl Model {
         } else {
             stored
         });
+        check_kv_cache(opts)?;
         let mut weights = Weights::from_safetensors(files, dtype, &opts.device)?;
         if let Some(q) = opts.quantize {
             if !opts.device.is_cpu() {
@@ -154,6 +162,7 @@ impl Model {
                 ),
             ));
         }
+        check_kv_cache(opts)?;
         let t = Instant::now();
         let content = read_gguf(path)?;
         let mut cfg = gguf::config_from_gguf(&content).map_err(|m| EngineError::file(path, m))?;
@@ -177,6 +186,17 @@ impl Model {
             .map_err(|m| EngineError::file(path, m))?;
         let special = crate::tokenizer::GgufSpecialTokens::read(&content);
         let template_src = gguf::chat_template(&content);
+        // The vocabulary and merges (~100 000 strings) now live in the tokenizer's JSON; the weights keep only
+        // the tensor table and what describes the model.
+        let mut content = content;
+        for key in [
+            "tokenizer.ggml.tokens",
+            "tokenizer.ggml.merges",
+            "tokenizer.ggml.scores",
+            "tokenizer.ggml.token_type",
+        ] {
+            content.metadata.remove(key);
+        }
         let (heads, kv_heads) = (cfg.num_heads, cfg.num_kv_heads);
         let mut weights = Weights::from_gguf(content, path, heads, kv_heads, &opts.device)?;
         if let Some(dtype) = opts.dtype {
@@ -280,6 +300,18 @@ pub fn read_generation_config(path: &Path) -> Result<(GenerationDefaults, Vec<u3
         repetition_penalty: f("repetition_penalty"),
     };
     Ok((defaults, token_ids(json.get("eos_token_id"))))
+}
+
+/// A KV cache dtype other than the compute dtype is for the CPU kernels (the decoding attention reads float16 in
+/// place there); on a GPU it would only add a conversion of the whole cache per layer and step.
+fn check_kv_cache(opts: &LoadOptions) -> Result<(), EngineError> {
+    match opts.kv_cache {
+        Some(d) if !opts.device.is_cpu() => Err(EngineError::Config(format!(
+            "--kv-cache {} runs on the CPU kernels; on a GPU the cache follows --dtype",
+            d.as_str()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

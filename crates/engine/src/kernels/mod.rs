@@ -10,10 +10,10 @@
 //!
 //! Formats (weights row-major, one row per output):
 //! - `F32`, `Bf16`, `F16`: dense rows.
-//! - `Q4`: 4-bit values with a float32 scale and offset per 32 weights (`w = d·q + m`), holding Q4_0, Q4_1 and
-//!   Q4_K exactly.
-//! - `Q8`: 8-bit signed values with a scale and offset per 32 (`w = d·q + m`), holding Q8_0, Q5_0, Q5_1 and
-//!   Q5_K exactly.
+//! - `Q4`: 4-bit values with a float32 scale and offset per 32 weights (`w = d·q + m`): `--quantize q4_1|q4_0`,
+//!   and Q4_0/Q4_1 files whose offsets float16 cannot hold.
+//! - `Q8`: 8-bit signed values with a float32 scale and offset per 32 (`w = d·q + m`): `--quantize q8_0`, and
+//!   Q8_0/Q5_0/Q5_1 files whose scales float16 cannot hold.
 //! - `Q4H`, `Q8H`: `Q4` and `Q8` with (d, m) as float16, as the files store them (20 and 36 bytes per 32
 //!   weights instead of 24 and 40), holding Q4_0, Q4_1, Q8_0, Q5_0 and Q5_1 exactly (a file whose offsets do not
 //!   fit float16 keeps the float32 formats).

@@ -236,10 +236,10 @@ macro_rules! block_kernels {
                 // rows of a block are `4 · $bytes` bytes of `qs`).
                 for line in 0..(4 * $bytes) / 64 {
                     _mm_prefetch::<_MM_HINT_T0>(
-                        qp.add(4 * row_q + b * 4 * $bytes + 64 * line) as *const i8
+                        qp.wrapping_add(4 * row_q + b * 4 * $bytes + 64 * line) as *const i8
                     );
                 }
-                _mm_prefetch::<_MM_HINT_T0>(dp.add(4 * row_dm + b * 8) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(dp.wrapping_add(4 * row_dm + b * 8) as *const i8);
                 let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
                 let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
                 for r in 0..4 {
@@ -407,7 +407,7 @@ macro_rules! kquant_kernels {
             let b = 8 * sb + i;
             // The next four rows' lines for this block (four rows of a block are `4 · $bytes` bytes).
             for line in 0..(4 * $bytes) / 64 {
-                _mm_prefetch::<_MM_HINT_T0>(qp.add(4 * row_q + b * 4 * $bytes + 64 * line) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(qp.wrapping_add(4 * row_q + b * 4 * $bytes + 64 * line) as *const i8);
             }
             let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
             let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
@@ -563,7 +563,7 @@ pub unsafe fn dot_q8x16_rows4(
             let b = 8 * sb + i;
             // The next four rows' lines for this block (four rows of a block are 128 bytes of `qs`).
             for line in 0..2 {
-                _mm_prefetch::<_MM_HINT_T0>(qp.add(4 * row_q + b * 128 + 64 * line));
+                _mm_prefetch::<_MM_HINT_T0>(qp.wrapping_add(4 * row_q + b * 128 + 64 * line));
             }
             let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
             let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
@@ -671,9 +671,9 @@ pub unsafe fn dot_q8sub_rows4(
     let (qp, dp, xp, hp) = (qs.as_ptr(), dm.as_ptr(), x.q.as_ptr(), x.half_sum.as_ptr());
     for b in 0..nb {
         for line in 0..2 {
-            _mm_prefetch::<_MM_HINT_T0>(qp.add(4 * row_q + b * 4 * BLOCK + 64 * line));
+            _mm_prefetch::<_MM_HINT_T0>(qp.wrapping_add(4 * row_q + b * 4 * BLOCK + 64 * line));
         }
-        _mm_prefetch::<_MM_HINT_T0>(dp.add(4 * row_dm + b * 16) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(dp.wrapping_add(4 * row_dm + b * 16) as *const i8);
         let xa = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
         let xb = _mm256_loadu_si256(xp.add(b * BLOCK + 16) as *const __m256i);
         let sx = *x.sx.get_unchecked(b);
