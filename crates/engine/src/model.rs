@@ -677,8 +677,9 @@ impl Decoder {
         attn.o.forward(&out)
     }
 
-    /// One decoding step's attention computed in place from the cache (CPU, float32), or `None` where the
-    /// general path applies (prompts, GPU, other dtypes, a padding position as the query).
+    /// One decoding step's attention computed in place from the cache (CPU, float32 queries, a float32 or float16
+    /// cache), or `None` where the general path applies (prompts, GPU, other dtypes, a padding position as the
+    /// query).
     fn decode_attention(
         &self,
         attn: &Attention,

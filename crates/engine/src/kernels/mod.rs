@@ -675,12 +675,12 @@ impl PackedMatrix {
                 .iter_mut()
                 .zip(&w[r * c..(r + 1) * c])
                 .for_each(|(o, &v)| *o = half::f16::from_bits(v).to_f32()),
-            Format::Q4 { qs, dm } => unpack_q4(qs, r, nb, out, |i| dm[i]),
-            Format::Q4H { qs, dm } => unpack_q4(qs, r, nb, out, |i| f16_to_f32(dm[i])),
-            Format::Q4K { qs, sm, d } => unpack_q4(qs, r, nb, out, |i| kquant_dm(sm, d, i)),
-            Format::Q5K { qs, sm, d } => unpack_q8(qs, r, nb, out, |i| kquant_dm(sm, d, i)),
-            Format::Q8 { qs, dm } => unpack_q8(qs, r, nb, out, |i| dm[i]),
-            Format::Q8H { qs, dm } => unpack_q8(qs, r, nb, out, |i| f16_to_f32(dm[i])),
+            Format::Q4 { qs, dm } => unpack_q4(qs, r, nb, out, |b| (dm[2 * b], dm[2 * b + 1])),
+            Format::Q4H { qs, dm } => unpack_q4(qs, r, nb, out, |b| half_pair(dm, b)),
+            Format::Q4K { qs, sm, d } => unpack_q4(qs, r, nb, out, |b| kquant_dm(sm, d, b)),
+            Format::Q5K { qs, sm, d } => unpack_q8(qs, r, nb, out, |b| kquant_dm(sm, d, b)),
+            Format::Q8 { qs, dm } => unpack_q8(qs, r, nb, out, |b| (dm[2 * b], dm[2 * b + 1])),
+            Format::Q8H { qs, dm } => unpack_q8(qs, r, nb, out, |b| half_pair(dm, b)),
             Format::Q8X16 { qs, sc, d } => {
                 for b in 0..nb {
                     for h in 0..2 {
@@ -723,25 +723,29 @@ fn rows<T>(v: &[T], per_row: usize, r: usize, n: usize) -> &[T] {
     &v[r * per_row..(r + n) * per_row]
 }
 
-/// The `i`-th of the (scale, offset) pairs of a K-quant with 6-bit scales and minimums per 32 weights, formed in
-/// ggml's order: `d·sc` and `−(dmin·mn)`.
-fn kquant_dm(sm: &[u8], d: &[f32], i: usize) -> f32 {
-    let (sb, j) = (i / 2 / 8, i / 2 % 8);
-    if i.is_multiple_of(2) {
-        d[2 * sb] * sm[16 * sb + j] as f32
-    } else {
-        -(d[2 * sb + 1] * sm[16 * sb + 8 + j] as f32)
-    }
+/// (d·sc, −dmin·mn) of block `b` of a K-quant with 6-bit scales and minimums per 32 weights (`Q4K`, `Q5K`),
+/// formed in ggml's order.
+pub(super) fn kquant_dm(sm: &[u8], d: &[f32], b: usize) -> (f32, f32) {
+    let (sb, j) = (b / 8, b % 8);
+    (
+        d[2 * sb] * sm[16 * sb + j] as f32,
+        -(d[2 * sb + 1] * sm[16 * sb + 8 + j] as f32),
+    )
 }
 
-fn f16_to_f32(v: u16) -> f32 {
+pub(super) fn f16_to_f32(v: u16) -> f32 {
     half::f16::from_bits(v).to_f32()
 }
 
-/// Row `r` of a 4-bit format as float32; `dm(i)` is the `i`-th scale or offset (d, m pairs per block).
-fn unpack_q4(qs: &[u8], r: usize, nb: usize, out: &mut [f32], dm: impl Fn(usize) -> f32) {
+/// Block `b`'s (d, m) from float16 pairs (`Q4H`, `Q8H`).
+pub(super) fn half_pair(dm: &[u16], b: usize) -> (f32, f32) {
+    (f16_to_f32(dm[2 * b]), f16_to_f32(dm[2 * b + 1]))
+}
+
+/// Row `r` of a 4-bit format as float32; `dm(b)` is block `b`'s (d, m), `b` counted over the whole matrix.
+fn unpack_q4(qs: &[u8], r: usize, nb: usize, out: &mut [f32], dm: impl Fn(usize) -> (f32, f32)) {
     for b in 0..nb {
-        let (d, m) = (dm((r * nb + b) * 2), dm((r * nb + b) * 2 + 1));
+        let (d, m) = dm(r * nb + b);
         let q = &qs[(r * nb + b) * 16..(r * nb + b + 1) * 16];
         for j in 0..16 {
             out[b * BLOCK + j] = d * (q[j] & 0x0F) as f32 + m;
@@ -751,9 +755,9 @@ fn unpack_q4(qs: &[u8], r: usize, nb: usize, out: &mut [f32], dm: impl Fn(usize)
 }
 
 /// Row `r` of an 8-bit format with one (d, m) per block as float32.
-fn unpack_q8(qs: &[i8], r: usize, nb: usize, out: &mut [f32], dm: impl Fn(usize) -> f32) {
+fn unpack_q8(qs: &[i8], r: usize, nb: usize, out: &mut [f32], dm: impl Fn(usize) -> (f32, f32)) {
     for b in 0..nb {
-        let (d, m) = (dm((r * nb + b) * 2), dm((r * nb + b) * 2 + 1));
+        let (d, m) = dm(r * nb + b);
         let q = &qs[(r * nb + b) * BLOCK..(r * nb + b + 1) * BLOCK];
         for j in 0..BLOCK {
             out[b * BLOCK + j] = d * q[j] as f32 + m;

@@ -69,6 +69,13 @@ fn q3k_scales(s: &[u8]) -> [u8; 16] {
     out
 }
 
+/// Appends a Q4_K/Q5_K superblock's eight 6-bit scales, then its eight 6-bit minimums (`Format::Q4K`'s `sm`).
+fn push_scales_mins(sm: &mut Vec<u8>, scales: &[u8]) {
+    let pairs: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, scales));
+    sm.extend(pairs.iter().map(|p| p.0));
+    sm.extend(pairs.iter().map(|p| p.1));
+}
+
 /// Packs 32 four-bit values as the kernel expects: byte `i` holds value `i` (low) and value `i + 16` (high).
 pub(super) fn push_q4(qs: &mut Vec<u8>, v: &[u8; 32]) {
     let mut packed = [0u8; 16];
@@ -153,9 +160,7 @@ impl PackedMatrix {
                 for b in data.chunks_exact(144) {
                     let (scales, q) = (&b[4..16], &b[16..144]);
                     d.extend([f16(b, 0), f16(b, 2)]);
-                    let pairs: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, scales));
-                    sm.extend(pairs.iter().map(|p| p.0));
-                    sm.extend(pairs.iter().map(|p| p.1));
+                    push_scales_mins(&mut sm, scales);
                     for chunk in 0..4 {
                         let q = &q[chunk * 32..chunk * 32 + 32];
                         for shift in [0, 4] {
@@ -176,9 +181,7 @@ impl PackedMatrix {
                 for b in data.chunks_exact(176) {
                     let (scales, qh, ql) = (&b[4..16], &b[16..48], &b[48..176]);
                     d.extend([f16(b, 0), f16(b, 2)]);
-                    let pairs: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, scales));
-                    sm.extend(pairs.iter().map(|p| p.0));
-                    sm.extend(pairs.iter().map(|p| p.1));
+                    push_scales_mins(&mut sm, scales);
                     for chunk in 0..4 {
                         let ql = &ql[chunk * 32..chunk * 32 + 32];
                         for (half, shift) in [(0usize, 0u8), (1, 4)] {

@@ -1,7 +1,7 @@
 //! Portable inner products: the reference the SIMD versions are tested against, and the fallback on CPUs
 //! without them.
 
-use super::{QuantizedInput, BLOCK};
+use super::{half_pair, kquant_dm, QuantizedInput, BLOCK};
 
 pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     // Eight partial sums let the compiler vectorise and keep rounding close to the SIMD version.
@@ -71,33 +71,16 @@ fn blocks(x: &QuantizedInput, sum: impl Fn(usize) -> i32, dm: impl Fn(usize) -> 
         .sum()
 }
 
-fn half(v: u16) -> f32 {
-    half::f16::from_bits(v).to_f32()
-}
-
-/// (d·sc, −dmin·mn) of block `b` of a K-quant with 6-bit scales and minimums, in ggml's order.
-fn kquant(sm: &[u8], d: &[f32], b: usize) -> (f32, f32) {
-    let (sb, i) = (b / 8, b % 8);
-    (
-        d[2 * sb] * sm[16 * sb + i] as f32,
-        -(d[2 * sb + 1] * sm[16 * sb + 8 + i] as f32),
-    )
-}
-
 pub fn dot_q4(qs: &[u8], dm: &[f32], x: &QuantizedInput) -> f32 {
     blocks(x, |b| q4_sum(qs, x, b), |b| (dm[2 * b], dm[2 * b + 1]))
 }
 
 pub fn dot_q4h(qs: &[u8], dm: &[u16], x: &QuantizedInput) -> f32 {
-    blocks(
-        x,
-        |b| q4_sum(qs, x, b),
-        |b| (half(dm[2 * b]), half(dm[2 * b + 1])),
-    )
+    blocks(x, |b| q4_sum(qs, x, b), |b| half_pair(dm, b))
 }
 
 pub fn dot_q4k(qs: &[u8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32 {
-    blocks(x, |b| q4_sum(qs, x, b), |b| kquant(sm, d, b))
+    blocks(x, |b| q4_sum(qs, x, b), |b| kquant_dm(sm, d, b))
 }
 
 pub fn dot_q8(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
@@ -109,15 +92,15 @@ pub fn dot_q8(qs: &[i8], dm: &[f32], x: &QuantizedInput) -> f32 {
 }
 
 pub fn dot_q8h(qs: &[i8], dm: &[u16], x: &QuantizedInput) -> f32 {
-    blocks(
-        x,
-        |b| q8_sum(qs, x, b * BLOCK, BLOCK),
-        |b| (half(dm[2 * b]), half(dm[2 * b + 1])),
-    )
+    blocks(x, |b| q8_sum(qs, x, b * BLOCK, BLOCK), |b| half_pair(dm, b))
 }
 
 pub fn dot_q5k(qs: &[i8], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32 {
-    blocks(x, |b| q8_sum(qs, x, b * BLOCK, BLOCK), |b| kquant(sm, d, b))
+    blocks(
+        x,
+        |b| q8_sum(qs, x, b * BLOCK, BLOCK),
+        |b| kquant_dm(sm, d, b),
+    )
 }
 
 /// The 8-bit formats with a scale per 16 weights: `dm(b, h)` gives half `h` of block `b`'s (d, m).

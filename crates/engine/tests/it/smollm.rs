@@ -67,6 +67,34 @@ fn greedy(model: &Model, case: &Case) -> (Vec<u32>, String) {
     (ids, g.text)
 }
 
+/// A forward pass's logits as one vector.
+fn logits(t: candle_core::Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Asserts that `got` is within `tol` of `want`'s largest magnitude everywhere and chooses the same top token,
+/// and returns that token.
+fn assert_logits_close(got: &[f32], want: &[f32], tol: f32, what: &str) -> u32 {
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0 as u32
+    };
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        worst <= tol * scale,
+        "{what}: largest difference {worst} (logit scale {scale})"
+    );
+    assert_eq!(argmax(got), argmax(want), "{what}: top token");
+    argmax(want)
+}
+
 #[test]
 fn f32_conversion_reproduces_transformers_token_for_token() {
     let model = f32_model();
@@ -341,35 +369,17 @@ fn a_long_prompt_prefilled_in_pieces_gives_the_logits_of_one_pass() {
     let text = "Researchers watch their checkpoints train and read what each one says. ".repeat(60);
     let ids = model.tokenizer.encode(&text, false).unwrap();
     assert!(ids.len() > 700, "prompt of {} tokens", ids.len());
-    let logits = |chunk: usize| {
+    let run = |chunk: usize| {
         let mut cache = vibecheck_engine::model::Cache::new(model.config(), 1);
-        model
-            .decoder
-            .forward_in_pieces(std::slice::from_ref(&ids), &mut cache, false, chunk)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
+        logits(
+            model
+                .decoder
+                .forward_in_pieces(std::slice::from_ref(&ids), &mut cache, false, chunk)
+                .unwrap(),
+        )
     };
-    let (whole, pieces) = (logits(100_000), logits(256));
-    let scale = whole.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = whole
-        .iter()
-        .zip(&pieces)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(
-        worst <= 1e-3 * scale,
-        "largest difference {worst} (logit scale {scale})"
-    );
-    let argmax = |v: &[f32]| {
-        v.iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap()
-            .0
-    };
-    assert_eq!(argmax(&whole), argmax(&pieces));
+    let (whole, pieces) = (run(100_000), run(256));
+    assert_logits_close(&pieces, &whole, 1e-3, "pieces of 256");
     // A prompt beyond the context fails before its first piece: the cache is left as it was.
     let too_long: Vec<u32> = ids
         .iter()
@@ -464,7 +474,6 @@ fn k_quant_matrices_stay_compact_and_compute_their_dequantized_weights() {
         .unwrap();
     let run = |model: &Model| {
         let mut cache = vibecheck_engine::model::Cache::new(model.config(), 1);
-        let logits = |t: candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let prompt = logits(
             model
                 .decoder
@@ -479,23 +488,9 @@ fn k_quant_matrices_stay_compact_and_compute_their_dequantized_weights() {
         );
         (prompt, step)
     };
-    let argmax = |v: &[f32]| {
-        v.iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap()
-            .0
-    };
     let (got, want) = (run(&kq), run(&f32s));
-    for (what, a, b) in [("prompt", &got.0, &want.0), ("step", &got.1, &want.1)] {
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(
-            worst <= 1e-3 * scale,
-            "{what}: largest difference {worst} (logit scale {scale})"
-        );
-        assert_eq!(argmax(a), argmax(b), "{what}");
-    }
+    assert_logits_close(&got.0, &want.0, 1e-3, "prompt");
+    assert_logits_close(&got.1, &want.1, 1e-3, "step");
 }
 
 /// `--kv-cache f16`: the cache takes half the bytes, and the model computes nearly what the float32 cache gives
@@ -522,14 +517,6 @@ fn a_float16_kv_cache_takes_half_the_bytes_and_keeps_the_answers() {
             false,
         )
         .unwrap();
-    let logits = |t: candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let argmax = |v: &[f32]| {
-        v.iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap()
-            .0 as u32
-    };
     let (mut a, mut b) = (Cache::new(f32s.config(), 1), Cache::new(f16s.config(), 1));
     let mut step = ids.clone();
     for i in 0..21 {
@@ -543,17 +530,7 @@ fn a_float16_kv_cache_takes_half_the_bytes_and_keeps_the_answers() {
                 .forward(&[step.clone()], &mut b, false)
                 .unwrap(),
         );
-        let scale = la.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = la
-            .iter()
-            .zip(&lb)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(
-            worst <= 2e-2 * scale,
-            "step {i}: largest difference {worst} (logit scale {scale})"
-        );
-        assert_eq!(argmax(&la), argmax(&lb), "step {i}");
-        step = vec![argmax(&la)];
+        step = vec![assert_logits_close(&lb, &la, 2e-2, &format!("step {i}"))];
     }
     assert_eq!(a.len(), b.len());
     assert_eq!(a.bytes(), 2 * b.bytes(), "float32 cache vs float16");
