@@ -1,5 +1,7 @@
 //! Matrix–vector throughput of each kernel format, in GB/s of weights read, at a cache-resident and a
-//! memory-resident size, on one thread and on all threads: `cargo run --release -p vibecheck-engine --example kernels`.
+//! memory-resident size, on one thread and on all threads, and each quantized format's prompt product (128
+//! inputs) through the integer GEMM beside the float32 GEMM, in GFLOP/s:
+//! `cargo run --release -p vibecheck-engine --example kernels`.
 use std::time::Instant;
 use vibecheck_engine::kernels::{Format, PackedMatrix, BLOCK};
 
@@ -36,6 +38,16 @@ fn matrix(kind: &str, rows: usize, cols: usize, seed: &mut u64) -> PackedMatrix 
                 .map(|_| half::f16::from_f32(f(seed) * 0.01).to_bits())
                 .collect(),
         },
+        "q4k" => Format::Q4K {
+            qs: (0..n / 2).map(|_| lcg(seed) as u8).collect(),
+            sm: (0..n / 256 * 16).map(|_| (lcg(seed) % 64) as u8).collect(),
+            d: (0..n / 256 * 2).map(|_| f(seed).abs() * 0.001).collect(),
+        },
+        "q8x16" => Format::Q8X16 {
+            qs: (0..n).map(|_| (lcg(seed) % 64) as i8 - 32).collect(),
+            sc: (0..n / 16).map(|_| (lcg(seed) % 128) as i8).collect(),
+            d: (0..n / 256).map(|_| f(seed) * 0.001).collect(),
+        },
         _ => unreachable!(),
     };
     PackedMatrix { rows, cols, format }
@@ -43,7 +55,7 @@ fn matrix(kind: &str, rows: usize, cols: usize, seed: &mut u64) -> PackedMatrix 
 
 fn main() {
     let mut seed = 7u64;
-    // Optional arguments name the formats to run (f32, bf16, q8, q8h, q4, q4h); none runs all.
+    // Optional arguments name the formats to run (f32, bf16, q8, q8h, q4, q4h, q4k, q8x16); none runs all.
     let filter: Vec<String> = std::env::args().skip(1).collect();
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
@@ -55,7 +67,7 @@ fn main() {
             .num_threads(threads)
             .build()
             .unwrap();
-        for kind in ["f32", "bf16", "q8", "q8h", "q4", "q4h"] {
+        for kind in ["f32", "bf16", "q8", "q8h", "q4", "q4h", "q4k", "q8x16"] {
             if !filter.is_empty() && !filter.iter().any(|f| f == kind) {
                 continue;
             }
@@ -91,6 +103,38 @@ fn main() {
                     );
                 });
             }
+            if kind == "f32" || kind == "bf16" {
+                continue;
+            }
+            // A prompt of 128 inputs: the integer GEMM (where the CPU has AVX-512 VNNI) beside the float32 one.
+            let (rows, cols, inputs) = (1536, 576, 128);
+            let m = matrix(kind, rows, cols, &mut seed);
+            let x: Vec<f32> = (0..cols * inputs)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let mut out = vec![0f32; rows * inputs];
+            pool.install(|| {
+                let mut best = [f64::INFINITY; 2];
+                for _ in 0..5 {
+                    for (g, b) in best.iter_mut().enumerate() {
+                        vibecheck_engine::kernels::set_integer_gemm(g == 1);
+                        let t = Instant::now();
+                        for _ in 0..10 {
+                            m.matmul(&x, inputs, &mut out);
+                        }
+                        *b = b.min(t.elapsed().as_secs_f64() / 10.0);
+                    }
+                }
+                vibecheck_engine::kernels::set_integer_gemm(true);
+                let gflops = |s: f64| 2.0 * (rows * cols * inputs) as f64 / s / 1e9;
+                println!(
+                    "{threads} thr {kind:>4} {rows}x{cols} x {inputs} inputs: {:6.1} GFLOP/s {} (float32 GEMM: {:6.1} GFLOP/s, x{:.2})",
+                    gflops(best[1]),
+                    if vibecheck_engine::kernels::integer_gemm() { "integer GEMM" } else { "(no integer GEMM on this CPU)" },
+                    gflops(best[0]),
+                    best[0] / best[1],
+                );
+            });
         }
     }
 }

@@ -31,13 +31,17 @@
 //! binary runs everywhere. Rows are split across rayon's threads; a lone input meets quantized rows four at a
 //! time (each input block loaded once for four rows, four independent sums, the next rows prefetched), with
 //! every row's arithmetic exactly that of the one-row kernel, and so do the four-input kernels of a batch; a
-//! prompt ([`GEMM_MIN_INPUTS`] inputs or more) goes through candle's GEMM on rows widened to float32 instead.
-//! `cargo run --release -p vibecheck-engine --example kernels` measures each format's throughput beside the
-//! row-at-a-time kernel.
+//! prompt ([`GEMM_MIN_INPUTS`] inputs or more) goes through a GEMM instead: on CPUs with AVX-512 VNNI, quantized
+//! weights meet the prompt's 16-bit activations in an integer GEMM (`vnni`: `vpdpwssd`, twice the multiply-adds
+//! of a float32 FMA per instruction, the decoding kernels' accuracy); elsewhere, and for dense weights, candle's
+//! float32 GEMM on rows widened to float32. `cargo run --release -p vibecheck-engine --example kernels` measures
+//! each format's throughput beside the row-at-a-time kernel, and each GEMM beside the float32 one.
 
 mod pack;
 mod quantize;
 mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -116,9 +120,26 @@ pub fn set_row_groups(enabled: bool) {
     ROW_GROUPS.store(enabled, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Inputs from which [`PackedMatrix::matmul`] multiplies with a GEMM on widened panels: below it, widening each
-/// weight costs more than the GEMM saves (and batched decoding keeps the per-row kernels, whose every row equals
-/// a lone input's).
+/// Whether prompts on quantized weights may use the integer GEMM (on by default where the CPU has AVX-512
+/// VNNI); benchmarks switch it off to measure the float32 GEMM beside it in one process.
+#[doc(hidden)]
+pub fn set_integer_gemm(enabled: bool) {
+    #[cfg(target_arch = "x86_64")]
+    vnni::set_enabled(enabled);
+    let _ = enabled;
+}
+
+/// Whether this CPU runs prompts on quantized weights through the integer GEMM.
+pub fn integer_gemm() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return vnni::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Inputs from which [`PackedMatrix::matmul`] multiplies with a GEMM (integer or on widened panels): below it,
+/// unpacking each weight costs more than the GEMM saves (and batched decoding keeps the per-row kernels, whose
+/// every row equals a lone input's).
 pub const GEMM_MIN_INPUTS: usize = 32;
 
 /// A pointer handed to the threads of one product; each writes a disjoint part of what it points to.
@@ -180,6 +201,10 @@ impl PackedMatrix {
         assert_eq!(x.len(), m * self.cols, "input is not m × cols");
         assert_eq!(out.len(), m * self.rows, "output is not m × rows");
         if m >= GEMM_MIN_INPUTS {
+            #[cfg(target_arch = "x86_64")]
+            if vnni::available() && vnni::matmul(self, x, out) {
+                return;
+            }
             self.matmul_gemm(x, m, out);
             return;
         }
@@ -272,8 +297,9 @@ impl PackedMatrix {
     /// [`Self::matmul`] for many inputs (a prompt): panels of rows are widened to float32 (exactly: every format
     /// here is float32-representable) and multiplied by the float32 inputs with candle's GEMM, which runs near
     /// the cores' multiply-add peak where the one- and four-input kernels above are bound by unpacking each block
-    /// for every few inputs. The inputs are not rounded to 16 bits on this path.
-    fn matmul_gemm(&self, x: &[f32], m: usize, out: &mut [f32]) {
+    /// for every few inputs. The inputs are not rounded to 16 bits on this path (it serves dense weights, and
+    /// quantized ones on CPUs without the integer GEMM).
+    pub(super) fn matmul_gemm(&self, x: &[f32], m: usize, out: &mut [f32]) {
         let (rows, cols) = (self.rows, self.cols);
         // Panels of about 192 KB: one thread's panel stays in its L2 while the GEMM sweeps it.
         let panel = (49152 / cols.max(1)).clamp(8, 512).next_multiple_of(8);
@@ -704,6 +730,25 @@ impl PackedMatrix {
                     }
                 }
             }
+        }
+    }
+
+    /// Scale and offset `(a, o)` of one granule of a quantized format, so that `w = a·q + o` for its values `q`
+    /// as stored: granules are the blocks of 32 counted over the whole matrix (`r·cols/32 + b`), or with
+    /// `per16` (`Q8X16`, `Q8Sub`) their halves (`2·(r·cols/32 + b) + h`). Dense formats give `(1, 0)`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(super) fn granule(&self, g: usize, per16: bool) -> (f32, f32) {
+        match &self.format {
+            Format::Q4 { dm, .. } | Format::Q8 { dm, .. } => (dm[2 * g], dm[2 * g + 1]),
+            Format::Q4H { dm, .. } | Format::Q8H { dm, .. } => half_pair(dm, g),
+            Format::Q4K { sm, d, .. } | Format::Q5K { sm, d, .. } => kquant_dm(sm, d, g),
+            // ggml's order: d·sc, then times the value.
+            Format::Q8X16 { sc, d, .. } if per16 => (d[g / 16] * sc[g] as f32, 0.0),
+            Format::Q8Sub { dm, .. } if per16 => (dm[2 * g], dm[2 * g + 1]),
+            Format::Q8X16 { .. } | Format::Q8Sub { .. } => {
+                unreachable!("16-weight formats have two granules per block")
+            }
+            Format::F32(_) | Format::Bf16(_) | Format::F16(_) => (1.0, 0.0),
         }
     }
 
