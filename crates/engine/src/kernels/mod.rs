@@ -733,22 +733,30 @@ impl PackedMatrix {
         }
     }
 
-    /// Scale and offset `(a, o)` of one granule of a quantized format, so that `w = a·q + o` for its values `q`
-    /// as stored: granules are the blocks of 32 counted over the whole matrix (`r·cols/32 + b`), or with
-    /// `per16` (`Q8X16`, `Q8Sub`) their halves (`2·(r·cols/32 + b) + h`). Dense formats give `(1, 0)`.
+    /// Row `r`'s scale and offset `(a, o)` per granule of a quantized format, so that `w = a·q + o` for its
+    /// values `q` as stored, handed to `put(j, a, o)` for granule `j` of the row: granules are the blocks of 32, or
+    /// with `per16` (`Q8X16`, `Q8Sub`) their halves. Dense formats give `(1, 0)`.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub(super) fn granule(&self, g: usize, per16: bool) -> (f32, f32) {
+    pub(super) fn row_granules(&self, r: usize, per16: bool, mut put: impl FnMut(usize, f32, f32)) {
+        let n = self.cols / BLOCK * if per16 { 2 } else { 1 };
+        let g0 = r * n;
+        let mut each = |f: &dyn Fn(usize) -> (f32, f32)| {
+            for j in 0..n {
+                let (a, o) = f(g0 + j);
+                put(j, a, o);
+            }
+        };
         match &self.format {
-            Format::Q4 { dm, .. } | Format::Q8 { dm, .. } => (dm[2 * g], dm[2 * g + 1]),
-            Format::Q4H { dm, .. } | Format::Q8H { dm, .. } => half_pair(dm, g),
-            Format::Q4K { sm, d, .. } | Format::Q5K { sm, d, .. } => kquant_dm(sm, d, g),
+            Format::Q4 { dm, .. } | Format::Q8 { dm, .. } => each(&|g| (dm[2 * g], dm[2 * g + 1])),
+            Format::Q4H { dm, .. } | Format::Q8H { dm, .. } => each(&|g| half_pair(dm, g)),
+            Format::Q4K { sm, d, .. } | Format::Q5K { sm, d, .. } => each(&|g| kquant_dm(sm, d, g)),
             // ggml's order: d·sc, then times the value.
-            Format::Q8X16 { sc, d, .. } if per16 => (d[g / 16] * sc[g] as f32, 0.0),
-            Format::Q8Sub { dm, .. } if per16 => (dm[2 * g], dm[2 * g + 1]),
+            Format::Q8X16 { sc, d, .. } if per16 => each(&|g| (d[g / 16] * sc[g] as f32, 0.0)),
+            Format::Q8Sub { dm, .. } if per16 => each(&|g| (dm[2 * g], dm[2 * g + 1])),
             Format::Q8X16 { .. } | Format::Q8Sub { .. } => {
                 unreachable!("16-weight formats have two granules per block")
             }
-            Format::F32(_) | Format::Bf16(_) | Format::F16(_) => (1.0, 0.0),
+            Format::F32(_) | Format::Bf16(_) | Format::F16(_) => each(&|_| (1.0, 0.0)),
         }
     }
 

@@ -138,16 +138,13 @@ unsafe fn fill_panel(p: &PackedMatrix, values: Values, per16: bool, r0: usize, p
             _mm512_storeu_si512(dst.add(k * GROUP) as *mut __m512i, *v);
         }
     }
-    for g in 0..granules {
-        for i in 0..GROUP {
-            let (a, o) = if i < n {
-                p.granule((r0 + i) * granules + g, per16)
-            } else {
-                (0.0, 0.0)
-            };
+    panel.a.fill(0.0);
+    panel.o.fill(0.0);
+    for i in 0..n {
+        p.row_granules(r0 + i, per16, |g, a, o| {
             panel.a[g * GROUP + i] = a;
             panel.o[g * GROUP + i] = o;
-        }
+        });
     }
     panel.offsets = panel.o.iter().any(|&o| o != 0.0);
 }
