@@ -96,16 +96,12 @@ impl DecodeAttention {
                 .map(|x| x * self.scale)
                 .collect();
             let range = visible[bi].clone();
-            let mut scores: Vec<f32> = range
-                .clone()
-                .map(|j| {
-                    let at = kbase + j * kstr[2];
-                    match ks {
-                        Cached::F32(ks) => kernel.dot_f32(&ks[at..at + hd], &qh),
-                        Cached::F16(ks) => kernel.dot_f16(&ks[at..at + hd], &qh),
-                    }
-                })
-                .collect();
+            let mut scores = vec![0f32; range.len()];
+            let at = kbase + range.start * kstr[2];
+            match ks {
+                Cached::F32(ks) => kernel.scores_f32(&ks[at..], kstr[2], &qh, &mut scores),
+                Cached::F16(ks) => kernel.scores_f16(&ks[at..], kstr[2], &qh, &mut scores),
+            }
             if let Some(cap) = self.softcap {
                 scores.iter_mut().for_each(|s| *s = (*s / cap).tanh() * cap);
             }
@@ -116,12 +112,11 @@ impl DecodeAttention {
                 *s = (*s - max).exp();
                 sum += *s;
             }
-            for (s, j) in scores.iter().zip(range) {
-                let at = vbase + j * vstr[2];
-                match vs {
-                    Cached::F32(vs) => kernel.axpy_f32(s / sum, &vs[at..at + hd], o),
-                    Cached::F16(vs) => kernel.axpy_f16(s / sum, &vs[at..at + hd], o),
-                }
+            scores.iter_mut().for_each(|s| *s /= sum);
+            let at = vbase + range.start * vstr[2];
+            match vs {
+                Cached::F32(vs) => kernel.weighted_sum_f32(&vs[at..], vstr[2], &scores, o),
+                Cached::F16(vs) => kernel.weighted_sum_f16(&vs[at..], vstr[2], &scores, o),
             }
         };
         let work: usize = visible.iter().map(|r| r.len()).sum::<usize>() * self.heads * hd;
@@ -154,8 +149,17 @@ mod tests {
     /// to spare, as the real one has); float32 and float16 caches (the reference reads the same rounded values).
     #[test]
     fn decode_attention_matches_a_plain_softmax_over_the_visible_keys() {
-        // Head sizes of 32, 40 and 64; three and four query heads per KV head; key ranges of one key to 29.
-        for (nh, hd, keys) in [(6, 40, 11), (6, 64, 11), (8, 64, 29), (6, 32, 3)] {
+        // Head sizes of 32, 40, 64, 80 and 128 and one not a multiple of 8 (36: the kernels' scalar tails);
+        // three and four query heads per KV head; key ranges of one key to 29 (whole groups of four keys or not).
+        for (nh, hd, keys) in [
+            (6, 40, 11),
+            (6, 64, 11),
+            (8, 64, 29),
+            (6, 32, 3),
+            (6, 36, 13),
+            (8, 80, 9),
+            (6, 128, 17),
+        ] {
             for dtype in [DType::F32, DType::F16] {
                 check_decode_attention(nh, hd, keys, dtype);
             }

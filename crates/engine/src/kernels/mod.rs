@@ -916,10 +916,14 @@ macro_rules! dispatch {
 }
 
 dispatch! {
-    /// `y += a · x`.
-    pub(crate) fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]);
-    /// `y += a · x`, `x` in float16.
-    pub(crate) fn axpy_f16(a: f32, x: &[u16], y: &mut [f32]);
+    /// Attention scores of one query against consecutive keys: `out[j] = Σ_d k[j·stride + d] · q[d]`.
+    pub(crate) fn scores_f32(k: &[f32], stride: usize, q: &[f32], out: &mut [f32]);
+    /// [`Kernel::scores_f32`] for a float16 cache.
+    pub(crate) fn scores_f16(k: &[u16], stride: usize, q: &[f32], out: &mut [f32]);
+    /// Attention's weighted sum of consecutive values: `out[d] += Σ_j p[j] · v[j·stride + d]`.
+    pub(crate) fn weighted_sum_f32(v: &[f32], stride: usize, p: &[f32], out: &mut [f32]);
+    /// [`Kernel::weighted_sum_f32`] for a float16 cache.
+    pub(crate) fn weighted_sum_f16(v: &[u16], stride: usize, p: &[f32], out: &mut [f32]);
     pub(crate) fn dot_f32(w: &[f32], x: &[f32]) -> f32;
     fn dot_bf16(w: &[u16], x: &[f32]) -> f32;
     pub(crate) fn dot_f16(w: &[u16], x: &[f32]) -> f32;

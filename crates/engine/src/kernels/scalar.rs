@@ -16,15 +16,31 @@ pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + wr.iter().zip(xr).map(|(a, b)| a * b).sum::<f32>()
 }
 
-pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
+pub fn scores_f32(k: &[f32], stride: usize, q: &[f32], out: &mut [f32]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_f32(&k[j * stride..j * stride + q.len()], q);
     }
 }
 
-pub fn axpy_f16(a: f32, x: &[u16], y: &mut [f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * half::f16::from_bits(x).to_f32();
+pub fn scores_f16(k: &[u16], stride: usize, q: &[f32], out: &mut [f32]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_f16(&k[j * stride..j * stride + q.len()], q);
+    }
+}
+
+pub fn weighted_sum_f32(v: &[f32], stride: usize, p: &[f32], out: &mut [f32]) {
+    for (j, &pj) in p.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&v[j * stride..]) {
+            *o += pj * x;
+        }
+    }
+}
+
+pub fn weighted_sum_f16(v: &[u16], stride: usize, p: &[f32], out: &mut [f32]) {
+    for (j, &pj) in p.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&v[j * stride..]) {
+            *o += pj * half::f16::from_bits(x).to_f32();
+        }
     }
 }
 

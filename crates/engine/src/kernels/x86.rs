@@ -41,44 +41,107 @@ pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     s
 }
 
-/// `y += a · x` (attention's weighted sum of values).
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
-    let av = _mm256_set1_ps(a);
-    let mut i = 0;
-    while i + 8 <= n {
-        let v = _mm256_fmadd_ps(av, _mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i)));
-        _mm256_storeu_ps(yp.add(i), v);
-        i += 8;
-    }
-    while i < n {
-        y[i] = a.mul_add(x[i], y[i]);
-        i += 1;
-    }
+/// Eight float32 lanes from a float32 cache.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8_f32(p: *const f32) -> __m256 {
+    _mm256_loadu_ps(p)
 }
 
-/// `y += a · x` with `x` in float16 (attention's weighted sum of a float16 value cache).
+/// Eight float32 lanes from a float16 cache.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn axpy_f16(a: f32, x: &[u16], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
-    let av = _mm256_set1_ps(a);
-    let mut i = 0;
-    while i + 8 <= n {
-        let xv = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i) as *const __m128i));
-        _mm256_storeu_ps(
-            yp.add(i),
-            _mm256_fmadd_ps(av, xv, _mm256_loadu_ps(yp.add(i))),
-        );
-        i += 8;
-    }
-    while i < n {
-        y[i] = a.mul_add(half::f16::from_bits(x[i]).to_f32(), y[i]);
-        i += 1;
-    }
+unsafe fn load8_f16(p: *const u16) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
 }
+
+/// Attention over a cache of `$t`: `$scores` (a query against consecutive keys, four keys per pass and one
+/// horizontal reduction for the four) and `$wsum` (the probability-weighted sum of consecutive values, the sum
+/// kept in registers across all the keys instead of loaded and stored per key).
+macro_rules! attention_kernels {
+    ($scores:ident, $wsum:ident, $t:ty, $load:ident, $widen:expr) => {
+        #[doc = concat!("`out[j] = Σ_d k[j·stride + d] · q[d]` for a `", stringify!($t), "` cache.")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $scores(k: &[$t], stride: usize, q: &[f32], out: &mut [f32]) {
+            let (hd, n) = (q.len(), out.len());
+            assert!(n == 0 || k.len() >= (n - 1) * stride + hd, "keys past the cache");
+            let (kp, qp) = (k.as_ptr(), q.as_ptr());
+            let body = hd - hd % 8;
+            let tail = |j: usize| -> f32 { (body..hd).map(|d| $widen(k[j * stride + d]) * q[d]).sum() };
+            let mut j = 0;
+            while j + 4 <= n {
+                let mut a = [_mm256_setzero_ps(); 4];
+                let mut d = 0;
+                while d < body {
+                    let qv = _mm256_loadu_ps(qp.add(d));
+                    for (i, a) in a.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps($load(kp.add((j + i) * stride + d)), qv, *a);
+                    }
+                    d += 8;
+                }
+                let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+                let sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+                _mm_storeu_ps(out.as_mut_ptr().add(j), sums);
+                if body < hd {
+                    for i in 0..4 {
+                        out[j + i] += tail(j + i);
+                    }
+                }
+                j += 4;
+            }
+            while j < n {
+                let mut a = _mm256_setzero_ps();
+                let mut d = 0;
+                while d < body {
+                    a = _mm256_fmadd_ps($load(kp.add(j * stride + d)), _mm256_loadu_ps(qp.add(d)), a);
+                    d += 8;
+                }
+                out[j] = hsum(a) + tail(j);
+                j += 1;
+            }
+        }
+
+        #[doc = concat!("`out[d] += Σ_j p[j] · v[j·stride + d]` for a `", stringify!($t), "` cache.")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $wsum(v: &[$t], stride: usize, p: &[f32], out: &mut [f32]) {
+            let (hd, n) = (out.len(), p.len());
+            assert!(n == 0 || v.len() >= (n - 1) * stride + hd, "values past the cache");
+            let (vp, op) = (v.as_ptr(), out.as_mut_ptr());
+            let mut c = 0;
+            while c + 64 <= hd {
+                let mut a: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(op.add(c + 8 * i)));
+                for (j, &pj) in p.iter().enumerate() {
+                    let w = _mm256_set1_ps(pj);
+                    for (i, a) in a.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps($load(vp.add(j * stride + c + 8 * i)), w, *a);
+                    }
+                }
+                for (i, a) in a.iter().enumerate() {
+                    _mm256_storeu_ps(op.add(c + 8 * i), *a);
+                }
+                c += 64;
+            }
+            while c + 8 <= hd {
+                let mut a = _mm256_loadu_ps(op.add(c));
+                for (j, &pj) in p.iter().enumerate() {
+                    a = _mm256_fmadd_ps($load(vp.add(j * stride + c)), _mm256_set1_ps(pj), a);
+                }
+                _mm256_storeu_ps(op.add(c), a);
+                c += 8;
+            }
+            for d in c..hd {
+                for (j, &pj) in p.iter().enumerate() {
+                    out[d] = pj.mul_add($widen(v[j * stride + d]), out[d]);
+                }
+            }
+        }
+    };
+}
+
+attention_kernels!(scores_f32, weighted_sum_f32, f32, load8_f32, |x: f32| x);
+attention_kernels!(scores_f16, weighted_sum_f16, u16, load8_f16, |x: u16| {
+    half::f16::from_bits(x).to_f32()
+});
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
