@@ -1,11 +1,11 @@
-//! Attention for one decoding step on the CPU, read in place from the KV cache.
+//! Attention on the CPU read in place from the KV cache, for decoding steps and prompts.
 //!
-//! The general path (any step count, any device) asks candle to make the cache contiguous, multiply, mask and
-//! take the softmax: per layer and token that is a copy of the whole cache, a GEMM call sized for large matrices
-//! and a mask tensor. When each sequence adds one token, every query head needs only a dot product with each
-//! visible key and a weighted sum of the values, which this module computes straight from the cache's storage.
-//! Each (sequence, head) pair is computed the same way whatever the batch around it, so a sequence decoded in a
-//! batch gets the numbers it gets alone.
+//! The general path (any device, any dtype) asks candle to make the cache contiguous, multiply, mask and take
+//! the softmax: a copy of the whole cache per layer, GEMM calls over every (query, key) pair including the half a
+//! causal mask then blanks out, and a mask tensor. Here every query step needs only a dot product with each key
+//! it may see and a weighted sum of their values, computed straight from the cache's storage (float32 or
+//! float16): a prompt's step `i` reads keys up to itself and no further. Each (sequence, step, head) is computed
+//! the same way whatever the batch around it, so a sequence decoded in a batch gets the numbers it gets alone.
 
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
@@ -45,9 +45,10 @@ impl<'a> Cached<'a> {
 const PARALLEL_WORK: usize = 1 << 15;
 
 impl DecodeAttention {
-    /// `q`: `[batch · heads · head_dim]`, already rotated. `k`, `v`: the cache views `[batch, kv_heads, keys,
-    /// head_dim]` (any strides with a contiguous last dimension). `visible[b]`: the key range sequence `b` may
-    /// attend to. Returns `[batch · heads · head_dim]`, or `None` when the cache is not float32 or float16 CPU
+    /// `q`: `[batch, heads, steps, head_dim]` (flat), already rotated; one step when decoding, a prompt's
+    /// tokens when prefilling. `k`, `v`: the cache views `[batch, kv_heads, keys, head_dim]` (any strides with a
+    /// contiguous last dimension). `visible[b · steps + i]`: the key range step `i` of sequence `b` may attend to.
+    /// Returns `[batch, steps, heads, head_dim]` (flat), or `None` when the cache is not float32 or float16 CPU
     /// storage laid out as expected (the caller then takes the general path).
     pub fn run(
         &self,
@@ -55,6 +56,7 @@ impl DecodeAttention {
         k: &Tensor,
         v: &Tensor,
         visible: &[std::ops::Range<usize>],
+        steps: usize,
     ) -> candle_core::Result<Option<Vec<f32>>> {
         let (kst, kl) = k.storage_and_layout();
         let (vst, vl) = v.storage_and_layout();
@@ -64,7 +66,7 @@ impl DecodeAttention {
         let (Some(ks), Some(vs)) = (Cached::of(kc), Cached::of(vc)) else {
             return Ok(None);
         };
-        let (b, hd) = (visible.len(), self.head_dim);
+        let (b, hd) = (visible.len() / steps.max(1), self.head_dim);
         let dims = [b, self.kv_heads, 0, hd];
         let shape_ok = |l: &candle_core::Layout| {
             let d = l.dims();
@@ -74,7 +76,12 @@ impl DecodeAttention {
                 && d[3] == dims[3]
                 && l.stride()[3] == 1
         };
-        if !shape_ok(kl) || !shape_ok(vl) || q.len() != b * self.heads * hd {
+        if steps == 0
+            || visible.len() != b * steps
+            || !shape_ok(kl)
+            || !shape_ok(vl)
+            || q.len() != b * self.heads * steps * hd
+        {
             return Ok(None);
         }
         let keys = kl.dims()[2];
@@ -86,16 +93,22 @@ impl DecodeAttention {
         let rep = self.heads / self.kv_heads;
         let kernel = Kernel::detect();
         let mut out = vec![0f32; q.len()];
+        // One unit per (sequence, step, head), in the output's order.
         let head = |unit: usize, o: &mut [f32]| {
-            let (bi, h) = (unit / self.heads, unit % self.heads);
+            let (bi, i, h) = (
+                unit / (steps * self.heads),
+                unit / self.heads % steps,
+                unit % self.heads,
+            );
+            let qi = (bi * self.heads + h) * steps + i;
             let g = h / rep;
             let kbase = ko + bi * kstr[0] + g * kstr[1];
             let vbase = vo + bi * vstr[0] + g * vstr[1];
-            let qh: Vec<f32> = q[unit * hd..(unit + 1) * hd]
+            let qh: Vec<f32> = q[qi * hd..(qi + 1) * hd]
                 .iter()
                 .map(|x| x * self.scale)
                 .collect();
-            let range = visible[bi].clone();
+            let range = visible[bi * steps + i].clone();
             let mut scores = vec![0f32; range.len()];
             let at = kbase + range.start * kstr[2];
             match ks {
@@ -146,7 +159,8 @@ mod tests {
 
     /// Against a float64 softmax-attention over each sequence's visible keys: grouped heads, ranges that skip
     /// padding or fall outside a window, soft-capping, and cache views whose rows are strided (a cache with room
-    /// to spare, as the real one has); float32 and float16 caches (the reference reads the same rounded values).
+    /// to spare, as the real one has); float32 and float16 caches (the reference reads the same rounded values);
+    /// one step (decoding) and several (a prompt: each step sees keys up to itself).
     #[test]
     fn decode_attention_matches_a_plain_softmax_over_the_visible_keys() {
         // Head sizes of 32, 40, 64, 80 and 128 and one not a multiple of 8 (36: the kernels' scalar tails);
@@ -161,14 +175,16 @@ mod tests {
             (6, 128, 17),
         ] {
             for dtype in [DType::F32, DType::F16] {
-                check_decode_attention(nh, hd, keys, dtype);
+                for steps in [1, 3] {
+                    check_decode_attention(nh, hd, keys, dtype, steps);
+                }
             }
         }
     }
 
-    fn check_decode_attention(nh: usize, hd: usize, keys: usize, dtype: DType) {
+    fn check_decode_attention(nh: usize, hd: usize, keys: usize, dtype: DType, steps: usize) {
         let (b, nkv, cap) = (3usize, 2usize, 32usize);
-        let q = random(b * nh * hd, 1);
+        let q = random(b * nh * steps * hd, 1);
         let kfull = Tensor::from_vec(
             random(b * nkv * cap * hd, 2),
             (b, nkv, cap, hd),
@@ -194,7 +210,15 @@ mod tests {
             t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         };
         let (kd, vd) = (widened(&k), widened(&v));
-        let visible = vec![0..keys, keys / 3..keys, keys - 1..keys];
+        // Step i of a prompt sees keys up to its own position (the last step sees them all).
+        let visible: Vec<_> = (0..b)
+            .flat_map(|bi| {
+                (0..steps).map(move |i| {
+                    let end = keys + 1 + i - steps.min(keys);
+                    [0, end / 3, end - 1][bi]..end
+                })
+            })
+            .collect();
         for softcap in [None, Some(5.0f32)] {
             let attn = DecodeAttention {
                 heads: nh,
@@ -204,37 +228,39 @@ mod tests {
                 softcap,
             };
             let got = attn
-                .run(&q, &k, &v, &visible)
+                .run(&q, &k, &v, &visible, steps)
                 .unwrap()
                 .expect("f32 or f16 CPU cache");
-            for bi in 0..b {
-                for h in 0..nh {
-                    let g = h / (nh / nkv);
-                    let at = |j: usize, d: usize| ((bi * nkv + g) * keys + j) * hd + d;
-                    let qh = &q[(bi * nh + h) * hd..(bi * nh + h + 1) * hd];
-                    let scores: Vec<f64> = visible[bi]
-                        .clone()
-                        .map(|j| {
-                            let s: f64 = (0..hd)
-                                .map(|d| (qh[d] * 0.125) as f64 * kd[at(j, d)] as f64)
-                                .sum();
-                            softcap.map_or(s, |c| (s / c as f64).tanh() * c as f64)
-                        })
-                        .collect();
-                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
-                    for d in 0..hd {
-                        let want: f64 = visible[bi]
-                            .clone()
-                            .zip(&scores)
-                            .map(|(j, s)| (s - max).exp() / total * vd[at(j, d)] as f64)
+            for (bi, i, h) in
+                (0..b).flat_map(|bi| (0..steps).flat_map(move |i| (0..nh).map(move |h| (bi, i, h))))
+            {
+                let g = h / (nh / nkv);
+                let at = |j: usize, d: usize| ((bi * nkv + g) * keys + j) * hd + d;
+                let qi = (bi * nh + h) * steps + i;
+                let qh = &q[qi * hd..(qi + 1) * hd];
+                let range = visible[bi * steps + i].clone();
+                let scores: Vec<f64> = range
+                    .clone()
+                    .map(|j| {
+                        let s: f64 = (0..hd)
+                            .map(|d| (qh[d] * 0.125) as f64 * kd[at(j, d)] as f64)
                             .sum();
-                        let have = got[(bi * nh + h) * hd + d] as f64;
-                        assert!(
+                        softcap.map_or(s, |c| (s / c as f64).tanh() * c as f64)
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                for d in 0..hd {
+                    let want: f64 = range
+                        .clone()
+                        .zip(&scores)
+                        .map(|(j, s)| (s - max).exp() / total * vd[at(j, d)] as f64)
+                        .sum();
+                    let have = got[((bi * steps + i) * nh + h) * hd + d] as f64;
+                    assert!(
                             (have - want).abs() < 1e-5,
-                            "nh={nh} hd={hd} keys={keys} b={bi} h={h} d={d} cap={softcap:?}: {have} vs {want}"
+                            "nh={nh} hd={hd} keys={keys} steps={steps} b={bi} i={i} h={h} d={d} cap={softcap:?}: {have} vs {want}"
                         );
-                    }
                 }
             }
         }
@@ -247,9 +273,9 @@ mod tests {
             softcap: None,
         };
         let kb = k.to_dtype(DType::BF16).unwrap();
-        assert!(attn.run(&q, &kb, &v, &visible).unwrap().is_none());
+        assert!(attn.run(&q, &kb, &v, &visible, 1).unwrap().is_none());
         assert!(attn
-            .run(&q, &k, &v, &[0..keys, 0..keys + 1, 0..1])
+            .run(&q, &k, &v, &[0..keys, 0..keys + 1, 0..1], 1)
             .unwrap()
             .is_none());
     }

@@ -653,7 +653,7 @@ impl Decoder {
             let out = Tensor::from_vec(out, (b, t, nh * hd), &self.device)?;
             return attn.o.forward(&out);
         }
-        // A cache kept in another dtype is widened back for the general path (prompts).
+        // The general path (GPU, or compute dtypes other than float32): a cache kept in another dtype is widened.
         let k = k.to_dtype(q.dtype())?.contiguous()?;
         let v = v.to_dtype(q.dtype())?.contiguous()?;
 
@@ -677,9 +677,10 @@ impl Decoder {
         attn.o.forward(&out)
     }
 
-    /// One decoding step's attention computed in place from the cache (CPU, float32 queries, a float32 or float16
-    /// cache), or `None` where the general path applies (prompts, GPU, other dtypes, a padding position as the
-    /// query).
+    /// Attention computed in place from the cache on the CPU (float32 queries, a float32 or float16 cache), for
+    /// a decoding step or a prompt, or `None` where the general path applies (GPU, other dtypes). Each step sees
+    /// the keys the general path's mask leaves visible: from the sequence's first real token (or the start of the
+    /// sliding window) up to itself; a padding position sees only itself.
     fn decode_attention(
         &self,
         attn: &Attention,
@@ -689,21 +690,20 @@ impl Decoder {
         step: &Step,
     ) -> candle_core::Result<Option<Vec<f32>>> {
         let masks = &step.masks;
-        if masks.t != 1 || !self.device.is_cpu() || q.dtype() != DType::F32 {
+        if !self.device.is_cpu() || q.dtype() != DType::F32 {
             return Ok(None);
         }
-        let qpos = masks.start;
-        if masks.pads.iter().any(|&pad| qpos < pad) {
-            return Ok(None);
-        }
-        // The keys the general path's mask leaves visible: from the sequence's first real token (or the start
-        // of the sliding window) up to the query itself.
         let visible: Vec<_> = masks
             .pads
             .iter()
-            .map(|&pad| {
-                let window_start = attn.window.map_or(0, |w| (qpos + 1).saturating_sub(w));
-                pad.max(window_start)..qpos + 1
+            .flat_map(|&pad| {
+                (masks.start..masks.start + masks.t).map(move |qpos| {
+                    if qpos < pad {
+                        return qpos..qpos + 1;
+                    }
+                    let window_start = attn.window.map_or(0, |w| (qpos + 1).saturating_sub(w));
+                    pad.max(window_start)..qpos + 1
+                })
             })
             .collect();
         let cfg = &self.cfg;
@@ -715,7 +715,7 @@ impl Decoder {
             softcap: cfg.attn_logit_softcapping.map(|c| c as f32),
         };
         let q = q.flatten_all()?.to_vec1::<f32>()?;
-        shape.run(&q, k, v, &visible)
+        shape.run(&q, k, v, &visible, masks.t)
     }
 
     fn apply_rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
