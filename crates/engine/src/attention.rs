@@ -118,14 +118,7 @@ impl DecodeAttention {
             if let Some(cap) = self.softcap {
                 scores.iter_mut().for_each(|s| *s = (*s / cap).tanh() * cap);
             }
-            // Softmax as candle computes it: subtract the maximum, exponentiate, divide by the sum.
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            scores.iter_mut().for_each(|s| *s /= sum);
+            kernel.softmax(&mut scores);
             let at = vbase + range.start * vstr[2];
             match vs {
                 Cached::F32(vs) => kernel.weighted_sum_f32(&vs[at..], vstr[2], &scores, o),

@@ -916,6 +916,8 @@ macro_rules! dispatch {
 }
 
 dispatch! {
+    /// Softmax in place (subtract the maximum, exponentiate, normalise).
+    pub(crate) fn softmax(s: &mut [f32]);
     /// Attention scores of one query against consecutive keys: `out[j] = Σ_d k[j·stride + d] · q[d]`.
     pub(crate) fn scores_f32(k: &[f32], stride: usize, q: &[f32], out: &mut [f32]);
     /// [`Kernel::scores_f32`] for a float16 cache.

@@ -481,6 +481,35 @@ mod tests {
         }
     }
 
+    /// Softmax (the SIMD exponential included) against float64, for lengths around the vector width, scores
+    /// spread over ±30 and some far below the maximum (their exponential underflows to zero).
+    #[test]
+    fn softmax_matches_a_float64_reference() {
+        let mut rng = crate::sampling::Rng::new(11);
+        for kernel in [Kernel::Portable, Kernel::detect()] {
+            for n in [1usize, 7, 8, 29, 300] {
+                let mut s: Vec<f32> = (0..n)
+                    .map(|i| match i % 13 {
+                        5 => -200.0,
+                        _ => (rng.next_f64() * 60.0 - 30.0) as f32,
+                    })
+                    .collect();
+                let max = s.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+                let total: f64 = s.iter().map(|&v| (v as f64 - max).exp()).sum();
+                let want: Vec<f64> = s.iter().map(|&v| (v as f64 - max).exp() / total).collect();
+                kernel.softmax(&mut s);
+                // Float32 rounds `v − max` (up to 60 here) to 2^-24 of itself: a few 1e-6 of each result.
+                for (i, (&have, &want)) in s.iter().zip(&want).enumerate() {
+                    assert!(
+                        (have as f64 - want).abs() <= 5e-6 * want + 1e-30,
+                        "{} n={n} [{i}]: {have} vs {want}",
+                        kernel.name()
+                    );
+                }
+            }
+        }
+    }
+
     /// The portable loops agree with the SIMD ones (each is also checked against the reference above).
     #[test]
     fn portable_and_detected_kernels_agree() {

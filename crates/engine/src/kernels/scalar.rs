@@ -16,6 +16,16 @@ pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + wr.iter().zip(xr).map(|(a, b)| a * b).sum::<f32>()
 }
 
+pub fn softmax(s: &mut [f32]) {
+    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in s.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    s.iter_mut().for_each(|v| *v /= sum);
+}
+
 pub fn scores_f32(k: &[f32], stride: usize, q: &[f32], out: &mut [f32]) {
     for (j, o) in out.iter_mut().enumerate() {
         *o = dot_f32(&k[j * stride..j * stride + q.len()], q);

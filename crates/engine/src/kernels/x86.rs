@@ -138,6 +138,86 @@ macro_rules! attention_kernels {
     };
 }
 
+/// `e^x` in eight lanes for `x ≤ 0` (softmax's shifted scores): `2^n · p(r)` with `x = n·ln 2 + r`, `|r| ≤ ½ ln 2`
+/// (ln 2 split in two parts so `r` is exact), `p` Cephes' degree-7 polynomial for `expf` (about 1 ulp); lanes
+/// below −87.3 (where float32 `e^x` underflows) give 0.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp8(x: __m256) -> __m256 {
+    let x = _mm256_max_ps(x, _mm256_set1_ps(-87.33));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let p = _mm256_fmadd_ps(
+        _mm256_mul_ps(p, r),
+        r,
+        _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+    );
+    let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    let e = _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
+    _mm256_and_ps(e, _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(-87.33)))
+}
+
+/// Softmax in place: subtract the maximum, exponentiate ([`exp8`]), scale by the sum's reciprocal.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn softmax(s: &mut [f32]) {
+    let n = s.len();
+    let p = s.as_mut_ptr();
+    let body = n - n % 8;
+    let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i < body {
+        mv = _mm256_max_ps(mv, _mm256_loadu_ps(p.add(i)));
+        i += 8;
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), mv);
+    let max = lanes
+        .iter()
+        .chain(&s[body..])
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let (m, mut acc) = (_mm256_set1_ps(max), _mm256_setzero_ps());
+    i = 0;
+    while i < body {
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+        _mm256_storeu_ps(p.add(i), e);
+        acc = _mm256_add_ps(acc, e);
+        i += 8;
+    }
+    let mut sum = hsum(acc);
+    for v in &mut s[body..] {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    let iv = _mm256_set1_ps(inv);
+    i = 0;
+    while i < body {
+        _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), iv));
+        i += 8;
+    }
+    for v in &mut s[body..] {
+        *v *= inv;
+    }
+}
+
 attention_kernels!(scores_f32, weighted_sum_f32, f32, load8_f32, |x: f32| x);
 attention_kernels!(scores_f16, weighted_sum_f16, u16, load8_f16, |x: u16| {
     half::f16::from_bits(x).to_f32()
