@@ -693,19 +693,7 @@ impl Decoder {
         if !self.device.is_cpu() || q.dtype() != DType::F32 {
             return Ok(None);
         }
-        let visible: Vec<_> = masks
-            .pads
-            .iter()
-            .flat_map(|&pad| {
-                (masks.start..masks.start + masks.t).map(move |qpos| {
-                    if qpos < pad {
-                        return qpos..qpos + 1;
-                    }
-                    let window_start = attn.window.map_or(0, |w| (qpos + 1).saturating_sub(w));
-                    pad.max(window_start)..qpos + 1
-                })
-            })
-            .collect();
+        let visible = masks.visible(attn.window);
         let cfg = &self.cfg;
         let shape = crate::attention::DecodeAttention {
             heads: cfg.num_heads,
@@ -770,6 +758,25 @@ impl Masks {
             full: Default::default(),
             windowed: Default::default(),
         })
+    }
+
+    /// The keys each step may attend to, as ranges indexed `[sequence · T + step]`: exactly the keys
+    /// [`Self::build`]'s mask leaves at zero (from the sequence's first real token, or the start of the sliding
+    /// window, up to the step itself; a padding position sees only itself).
+    fn visible(&self, window: Option<usize>) -> Vec<std::ops::Range<usize>> {
+        let steps = self.start..self.start + self.t;
+        self.pads
+            .iter()
+            .flat_map(|&pad| {
+                steps.clone().map(move |qpos| {
+                    if qpos < pad {
+                        return qpos..qpos + 1;
+                    }
+                    let window_start = window.map_or(0, |w| (qpos + 1).saturating_sub(w));
+                    pad.max(window_start)..qpos + 1
+                })
+            })
+            .collect()
     }
 
     /// The mask for `s` keys, shaped `[B, 1, 1, T, S]`, or `None` when nothing is masked.
@@ -838,4 +845,43 @@ fn front_pad(t: &Tensor, n: usize) -> candle_core::Result<Tensor> {
     let (b, h, _, d) = t.dims4()?;
     let zeros = Tensor::zeros((b, h, n, d), t.dtype(), t.device())?;
     Tensor::cat(&[&zeros, t], 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-place attention's key ranges are exactly the keys the general path's mask leaves open, for
+    /// padded sequences, prompts that start after earlier steps, and sliding windows shorter than the prompt.
+    #[test]
+    fn visible_ranges_are_the_keys_the_mask_leaves_open() {
+        for (pads, start, t, window) in [
+            (vec![0, 3, 6], 0, 9, None),
+            (vec![0, 2], 4, 5, None),
+            (vec![0, 3, 6], 0, 9, Some(4)),
+            (vec![1, 0], 7, 1, Some(3)),
+            (vec![0], 0, 12, Some(1)),
+        ] {
+            let masks = Masks::new(&pads, start, t, &Device::Cpu).unwrap();
+            let s = start + t;
+            let visible = masks.visible(window);
+            assert_eq!(visible.len(), pads.len() * t);
+            let mask: Option<Vec<f32>> = masks
+                .build(window, s)
+                .unwrap()
+                .map(|m| m.flatten_all().unwrap().to_vec1().unwrap());
+            for (k, range) in visible.iter().enumerate() {
+                for j in 0..s {
+                    let open = mask.as_ref().is_none_or(|m| m[k * s + j] == 0.0);
+                    assert_eq!(
+                        range.contains(&j),
+                        open,
+                        "pads {pads:?} start {start} window {window:?}: sequence {} step {} key {j}",
+                        k / t,
+                        k % t
+                    );
+                }
+            }
+        }
+    }
 }

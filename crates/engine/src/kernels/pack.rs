@@ -507,6 +507,11 @@ mod tests {
                     );
                 }
             }
+            // A NaN score (a broken model) makes every probability NaN, as the scalar exponential does, instead
+            // of vanishing from the softmax.
+            let mut s = vec![1.0f32, 2.0, 0.5, f32::NAN, -1.0, 3.0, 0.0, 1.5, 2.5];
+            kernel.softmax(&mut s);
+            assert!(s.iter().all(|v| v.is_nan()), "{}: {s:?}", kernel.name());
         }
     }
 

@@ -394,6 +394,7 @@ pub fn matmul(p: &PackedMatrix, x: &[f32], out: &mut [f32]) -> bool {
     assert_eq!(x.len(), m * cols, "input is not m × cols");
     assert_eq!(out.len(), m * rows, "output is not m × rows");
     let inputs = Inputs::new(x, cols);
+    debug_assert_eq!(inputs.q.len(), x.len());
     let dst = OutPtr(out.as_mut_ptr());
     (0..rows.div_ceil(GROUP)).into_par_iter().for_each_init(
         || Panel {
@@ -472,35 +473,60 @@ mod tests {
                 );
             }
         }
+        for (t, row) in x.chunks(cols).enumerate() {
+            let one = QuantizedInput::new(row);
+            let halves = batch.half_sum[t * 6..(t + 1) * 6].iter().zip(&one.half_sum);
+            for ((a, b), half) in halves.zip(row.chunks(16)) {
+                let magnitude: f32 = half.iter().map(|v| v.abs()).sum();
+                assert!(
+                    (a - b).abs() <= 1e-6 * magnitude,
+                    "input {t}: half sum {a} vs {b}"
+                );
+            }
+        }
         assert_eq!(batch.q[..8], [32767, 3, -4, 1, -1, 2, -32767, 0]);
     }
 
-    /// Every quantized format through the integer GEMM against the float32 GEMM on the same weights, for row
-    /// counts that fill groups of 16 or not and input counts that fill tiles of 8 or not.
+    /// Every quantized format (those of GGUF files and those `--quantize` makes) through the integer GEMM against
+    /// the float32 GEMM on the same weights, for row counts that fill groups of 16 or not, input counts that fill
+    /// tiles of 8 or not, and prompts whose rounding is split across threads (more than 32 768 values).
     #[test]
     fn the_integer_gemm_computes_what_the_float32_gemm_computes() {
         if !available() {
             eprintln!("skipped: no AVX-512 VNNI on this CPU");
             return;
         }
-        for (m, rows, cols) in [(32, 16, 256), (37, 45, 512), (9, 3, 768), (64, 100, 256)] {
+        for (m, rows, cols) in [
+            (32, 16, 256),
+            (37, 45, 512),
+            (9, 3, 768),
+            (64, 100, 256),
+            (48, 5, 768),
+        ] {
             let w = Tensor::from_vec(random(rows * cols, 2), (rows, cols), &Device::Cpu).unwrap();
             let x = random(m * cols, 3);
-            for dtype in [
-                GgmlDType::Q4_0,
-                GgmlDType::Q4_1,
-                GgmlDType::Q5_0,
-                GgmlDType::Q5_1,
-                GgmlDType::Q8_0,
-                GgmlDType::Q4K,
-                GgmlDType::Q5K,
-                GgmlDType::Q6K,
-                GgmlDType::Q3K,
-                GgmlDType::Q2K,
-            ] {
-                let p = PackedMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap();
+            let dense = PackedMatrix::from_dense(&w).unwrap();
+            let rounded = crate::kernels::Quantize::ALL.map(|k| dense.quantized(k).unwrap());
+            for p in rounded.into_iter().chain(
+                [
+                    GgmlDType::Q4_0,
+                    GgmlDType::Q4_1,
+                    GgmlDType::Q5_0,
+                    GgmlDType::Q5_1,
+                    GgmlDType::Q8_0,
+                    GgmlDType::Q4K,
+                    GgmlDType::Q5K,
+                    GgmlDType::Q6K,
+                    GgmlDType::Q3K,
+                    GgmlDType::Q2K,
+                ]
+                .map(|dtype| {
+                    PackedMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap()
+                }),
+            ) {
+                let name = p.format_name();
                 let mut int = vec![f32::NAN; m * rows];
-                assert!(matmul(&p, &x, &mut int), "{dtype:?} has no integer GEMM");
+                assert!(matmul(&p, &x, &mut int), "{name} has no integer GEMM");
                 let mut float = vec![0f32; m * rows];
                 p.matmul_gemm(&x, m, &mut float);
                 let wf = p.to_f32();
@@ -512,7 +538,7 @@ mod tests {
                         let (a, b) = (int[t * rows + r], float[t * rows + r]);
                         assert!(
                             (a - b).abs() <= 5e-5 * magnitude,
-                            "{dtype:?} m={m} rows={rows} cols={cols} [{t}][{r}]: {a} vs {b}"
+                            "{name} m={m} rows={rows} cols={cols} [{t}][{r}]: {a} vs {b}"
                         );
                     }
                 }

@@ -140,11 +140,13 @@ macro_rules! attention_kernels {
 
 /// `e^x` in eight lanes for `x ≤ 0` (softmax's shifted scores): `2^n · p(r)` with `x = n·ln 2 + r`, `|r| ≤ ½ ln 2`
 /// (ln 2 split in two parts so `r` is exact), `p` Cephes' degree-7 polynomial for `expf` (about 1 ulp); lanes
-/// below −87.3 (where float32 `e^x` underflows) give 0.
+/// below −87.3 (where float32 `e^x` underflows) give 0, NaN lanes stay NaN (as the scalar `exp` keeps them).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp8(x: __m256) -> __m256 {
-    let x = _mm256_max_ps(x, _mm256_set1_ps(-87.33));
+    let floor = _mm256_set1_ps(-87.33);
+    // `max_ps` returns its second operand when either is NaN: the NaN goes on.
+    let x = _mm256_max_ps(floor, x);
     let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
         x,
         _mm256_set1_ps(std::f32::consts::LOG2_E),
@@ -171,7 +173,8 @@ unsafe fn exp8(x: __m256) -> __m256 {
         _mm256_set1_epi32(127),
     ));
     let e = _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
-    _mm256_and_ps(e, _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(-87.33)))
+    // Zero where x ≤ −87.33 (after the clamp: exactly there); NaN compares unordered and is kept.
+    _mm256_and_ps(e, _mm256_cmp_ps::<_CMP_NLE_UQ>(x, floor))
 }
 
 /// Softmax in place: subtract the maximum, exponentiate ([`exp8`]), scale by the sum's reciprocal.
