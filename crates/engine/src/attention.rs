@@ -144,10 +144,7 @@ mod tests {
     use super::*;
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut rng = crate::sampling::Rng::new(seed);
-        (0..n)
-            .map(|_| (rng.next_f64() * 4.0 - 2.0) as f32)
-            .collect()
+        crate::sampling::Rng::values(seed, n)
     }
 
     /// Against a float64 softmax-attention over each sequence's visible keys: grouped heads, ranges that skip

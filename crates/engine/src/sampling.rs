@@ -111,6 +111,15 @@ impl Rng {
         Self(seed)
     }
 
+    /// `n` values drawn uniformly from [-2, 2) (the kernel and attention tests' data).
+    #[cfg(test)]
+    pub(crate) fn values(seed: u64, n: usize) -> Vec<f32> {
+        let mut rng = Self::new(seed);
+        (0..n)
+            .map(|_| (rng.next_f64() * 4.0 - 2.0) as f32)
+            .collect()
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

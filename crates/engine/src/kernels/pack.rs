@@ -361,10 +361,7 @@ mod tests {
     use crate::kernels::{scalar, Kernel};
 
     fn random(rows: usize, cols: usize, seed: u64) -> Tensor {
-        let mut rng = crate::sampling::Rng::new(seed);
-        let v: Vec<f32> = (0..rows * cols)
-            .map(|_| (rng.next_f64() * 4.0 - 2.0) as f32)
-            .collect();
+        let v = crate::sampling::Rng::values(seed, rows * cols);
         Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
     }
 

@@ -436,10 +436,7 @@ mod tests {
     use crate::kernels::QuantizedInput;
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut rng = crate::sampling::Rng::new(seed);
-        (0..n)
-            .map(|_| (rng.next_f64() * 4.0 - 2.0) as f32)
-            .collect()
+        crate::sampling::Rng::values(seed, n)
     }
 
     /// A prompt's rounding is one input's, value for value (ties at ½ included).
