@@ -834,6 +834,16 @@ pub struct QuantizedInput {
 
 impl QuantizedInput {
     pub fn new(x: &[f32]) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(q) = vnni::quantize_one(x) {
+            return q;
+        }
+        Self::new_portable(x)
+    }
+
+    /// [`Self::new`] in plain Rust: the reference the vectorised rounding is tested against, and what CPUs
+    /// without AVX-512 run.
+    pub fn new_portable(x: &[f32]) -> Self {
         let nb = x.len() / BLOCK;
         let mut q = Vec::with_capacity(x.len());
         let mut sx = Vec::with_capacity(nb);

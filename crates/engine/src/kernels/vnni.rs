@@ -19,9 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
-#[cfg(doc)]
-use super::QuantizedInput;
-use super::{Format, PackedMatrix, BLOCK};
+use super::{Format, PackedMatrix, QuantizedInput, BLOCK};
 
 /// Rows per group (one per 32-bit lane of a 512-bit vector).
 const GROUP: usize = 16;
@@ -46,6 +44,42 @@ pub fn available() -> bool {
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vnni")
         })
+}
+
+/// Whether the CPU has AVX-512 F and BW (the vectorised rounding of inputs), unless `VIBECHECK_PORTABLE_KERNELS`
+/// is set.
+fn avx512() -> bool {
+    static CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CPU.get_or_init(|| {
+        std::env::var_os("VIBECHECK_PORTABLE_KERNELS").is_none()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+    })
+}
+
+/// One input rounded as [`QuantizedInput::new_portable`] rounds it (the same integers and scales; block sums in
+/// another order), with AVX-512: `None` where the CPU lacks it or the input is not whole blocks.
+pub(super) fn quantize_one(x: &[f32]) -> Option<QuantizedInput> {
+    if !avx512() || !x.len().is_multiple_of(BLOCK) {
+        return None;
+    }
+    let nb = x.len() / BLOCK;
+    let (mut q, mut sx, mut sum, mut half_sum) = (
+        vec![0; x.len()],
+        vec![0.0; nb],
+        vec![0.0; nb],
+        vec![0.0; 2 * nb],
+    );
+    // SAFETY: `avx512` checked the CPU features; the arrays hold `nb` whole blocks.
+    unsafe { quantize(x, &mut q, &mut sx, &mut sum, &mut half_sum) };
+    let ss = sx.iter().zip(&sum).flat_map(|(&a, &b)| [a, b]).collect();
+    Some(QuantizedInput {
+        q,
+        sx,
+        sum,
+        half_sum,
+        ss,
+    })
 }
 
 /// Where a block's 32 values live in the packed matrix.
@@ -433,13 +467,13 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
-    use crate::kernels::QuantizedInput;
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
         crate::sampling::Rng::values(seed, n)
     }
 
-    /// A prompt's rounding is one input's, value for value (ties at ½ included).
+    /// A prompt's rounding, and a lone input's with AVX-512, are the portable rounding's, value for value (ties
+    /// at ½ included).
     #[test]
     fn a_prompt_is_rounded_as_each_input_alone() {
         if !available() {
@@ -454,7 +488,10 @@ mod tests {
         x[32..64].fill(0.0);
         let batch = Inputs::new(&x, cols);
         for (t, row) in x.chunks(cols).enumerate() {
-            let one = QuantizedInput::new(row);
+            let one = QuantizedInput::new_portable(row);
+            // A lone input (decoding) is rounded by the same vectorised code: the same values too.
+            let lone = QuantizedInput::new(row);
+            assert_eq!((&lone.q, &lone.sx), (&one.q, &one.sx), "input {t} alone");
             assert_eq!(batch.q[t * cols..(t + 1) * cols], one.q[..], "input {t}");
             assert_eq!(batch.sx[t * 3..(t + 1) * 3], one.sx[..], "input {t}");
             // Sums in another order: within float32 rounding of the block's magnitude.
@@ -471,7 +508,7 @@ mod tests {
             }
         }
         for (t, row) in x.chunks(cols).enumerate() {
-            let one = QuantizedInput::new(row);
+            let one = QuantizedInput::new_portable(row);
             let halves = batch.half_sum[t * 6..(t + 1) * 6].iter().zip(&one.half_sum);
             for ((a, b), half) in halves.zip(row.chunks(16)) {
                 let magnitude: f32 = half.iter().map(|v| v.abs()).sum();
