@@ -41,6 +41,17 @@ impl<'a> Cached<'a> {
     }
 }
 
+/// The output of one [`DecodeAttention::run`], written by its units from several threads.
+struct OutPtr(*mut f32);
+// SAFETY: each unit writes its own part (see `run`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Work (multiply-adds) below which one thread does all the heads: splitting costs more than it saves.
 const PARALLEL_WORK: usize = 1 << 15;
 
@@ -93,15 +104,14 @@ impl DecodeAttention {
         let rep = self.heads / self.kv_heads;
         let kernel = Kernel::detect();
         let mut out = vec![0f32; q.len()];
-        // One unit per (sequence, step, head), in the output's order.
+        // One unit per (sequence, step, head), ordered by sequence, KV head, step, then the query heads sharing
+        // the KV head: consecutive units (and each thread's share of them) read the same keys and values, which
+        // stay in the core's cache between steps (in output order, every step cycled through all KV heads).
         let head = |unit: usize, o: &mut [f32]| {
-            let (bi, i, h) = (
-                unit / (steps * self.heads),
-                unit / self.heads % steps,
-                unit % self.heads,
-            );
+            let (bi, rest) = (unit / (steps * self.heads), unit % (steps * self.heads));
+            let (g, rest) = (rest / (steps * rep), rest % (steps * rep));
+            let (i, h) = (rest / rep, g * rep + rest % rep);
             let qi = (bi * self.heads + h) * steps + i;
-            let g = h / rep;
             let kbase = ko + bi * kstr[0] + g * kstr[1];
             let vbase = vo + bi * vstr[0] + g * vstr[1];
             let qh: Vec<f32> = q[qi * hd..(qi + 1) * hd]
@@ -124,14 +134,22 @@ impl DecodeAttention {
                 Cached::F32(vs) => kernel.weighted_sum_f32(&vs[at..], vstr[2], &scores, o),
                 Cached::F16(vs) => kernel.weighted_sum_f16(&vs[at..], vstr[2], &scores, o),
             }
+            (bi * steps + i) * self.heads + h
         };
+        let units = b * steps * self.heads;
         let work: usize = visible.iter().map(|r| r.len()).sum::<usize>() * self.heads * hd;
+        let dst = OutPtr(out.as_mut_ptr());
+        let one = |u: usize| {
+            let mut o = vec![0f32; hd];
+            let at = head(u, &mut o);
+            // SAFETY: `at` is this unit's own (sequence, step, head): units write disjoint `hd`-long parts of
+            // `out`, which outlives the loop.
+            unsafe { std::ptr::copy_nonoverlapping(o.as_ptr(), dst.get().add(at * hd), hd) };
+        };
         if work >= PARALLEL_WORK {
-            out.par_chunks_mut(hd)
-                .enumerate()
-                .for_each(|(u, o)| head(u, o));
+            (0..units).into_par_iter().for_each(one);
         } else {
-            out.chunks_mut(hd).enumerate().for_each(|(u, o)| head(u, o));
+            (0..units).for_each(one);
         }
         Ok(Some(out))
     }
