@@ -52,6 +52,11 @@ impl OutPtr {
     }
 }
 
+/// Keys per block of the in-place attention: a block of float32 keys (or values) of 64 dimensions is 16 KB,
+/// read from memory once and from the core's first-level cache by the other query heads of the group. A
+/// multiple of four, so the score kernel's four-key groups fall as in one call over the whole range.
+const KEY_BLOCK: usize = 64;
+
 /// Work (multiply-adds) below which one thread does all the heads: splitting costs more than it saves.
 const PARALLEL_WORK: usize = 1 << 15;
 
@@ -104,47 +109,77 @@ impl DecodeAttention {
         let rep = self.heads / self.kv_heads;
         let kernel = Kernel::detect();
         let mut out = vec![0f32; q.len()];
-        // One unit per (sequence, step, head), ordered by sequence, KV head, step, then the query heads sharing
-        // the KV head: consecutive units (and each thread's share of them) read the same keys and values, which
-        // stay in the core's cache between steps (in output order, every step cycled through all KV heads).
-        let head = |unit: usize, o: &mut [f32]| {
-            let (bi, rest) = (unit / (steps * self.heads), unit % (steps * self.heads));
-            let (g, rest) = (rest / (steps * rep), rest % (steps * rep));
-            let (i, h) = (rest / rep, g * rep + rest % rep);
-            let qi = (bi * self.heads + h) * steps + i;
+        // One unit per (sequence, KV head, step) for prompts: the query heads that share the KV head see the same keys, and
+        // take them a block at a time, each block's keys and values read from memory once for all of them
+        // (every query's arithmetic unchanged: the kernels' four-key groups and per-lane sums fall as in one
+        // call). Units are ordered by sequence, KV head, then step, so each thread's consecutive units read the
+        // same cached rows.
+        // A decoding step has few units: there each query head is its own unit, so the threads share the work.
+        let per = if b * steps * self.kv_heads >= 16 {
+            rep
+        } else {
+            1
+        };
+        let groups = self.heads / per;
+        let locate = |unit: usize| {
+            let (bi, rest) = (unit / (steps * groups), unit % (steps * groups));
+            (bi, rest / steps * per, rest % steps)
+        };
+        let group = |unit: usize, o: &mut [f32]| {
+            let (bi, h0, i) = locate(unit);
+            let g = h0 / rep;
             let kbase = ko + bi * kstr[0] + g * kstr[1];
             let vbase = vo + bi * vstr[0] + g * vstr[1];
-            let qh: Vec<f32> = q[qi * hd..(qi + 1) * hd]
-                .iter()
-                .map(|x| x * self.scale)
-                .collect();
+            let mut qs = vec![0f32; per * hd];
+            for (r, qh) in qs.chunks_mut(hd).enumerate() {
+                let qi = (bi * self.heads + h0 + r) * steps + i;
+                for (d, x) in qh.iter_mut().zip(&q[qi * hd..(qi + 1) * hd]) {
+                    *d = x * self.scale;
+                }
+            }
             let range = visible[bi * steps + i].clone();
-            let mut scores = vec![0f32; range.len()];
-            let at = kbase + range.start * kstr[2];
-            match ks {
-                Cached::F32(ks) => kernel.scores_f32(&ks[at..], kstr[2], &qh, &mut scores),
-                Cached::F16(ks) => kernel.scores_f16(&ks[at..], kstr[2], &qh, &mut scores),
+            let n = range.len();
+            let mut scores = vec![0f32; per * n];
+            for j0 in (0..n).step_by(KEY_BLOCK) {
+                let at = kbase + (range.start + j0) * kstr[2];
+                let len = KEY_BLOCK.min(n - j0);
+                for (qh, sc) in qs.chunks(hd).zip(scores.chunks_mut(n)) {
+                    let sc = &mut sc[j0..j0 + len];
+                    match ks {
+                        Cached::F32(ks) => kernel.scores_f32(&ks[at..], kstr[2], qh, sc),
+                        Cached::F16(ks) => kernel.scores_f16(&ks[at..], kstr[2], qh, sc),
+                    }
+                }
             }
-            if let Some(cap) = self.softcap {
-                scores.iter_mut().for_each(|s| *s = (*s / cap).tanh() * cap);
+            for sc in scores.chunks_mut(n) {
+                if let Some(cap) = self.softcap {
+                    sc.iter_mut().for_each(|s| *s = (*s / cap).tanh() * cap);
+                }
+                kernel.softmax(sc);
             }
-            kernel.softmax(&mut scores);
-            let at = vbase + range.start * vstr[2];
-            match vs {
-                Cached::F32(vs) => kernel.weighted_sum_f32(&vs[at..], vstr[2], &scores, o),
-                Cached::F16(vs) => kernel.weighted_sum_f16(&vs[at..], vstr[2], &scores, o),
+            for j0 in (0..n).step_by(KEY_BLOCK) {
+                let at = vbase + (range.start + j0) * vstr[2];
+                let len = KEY_BLOCK.min(n - j0);
+                for (p, o) in scores.chunks(n).zip(o.chunks_mut(hd)) {
+                    let p = &p[j0..j0 + len];
+                    match vs {
+                        Cached::F32(vs) => kernel.weighted_sum_f32(&vs[at..], vstr[2], p, o),
+                        Cached::F16(vs) => kernel.weighted_sum_f16(&vs[at..], vstr[2], p, o),
+                    }
+                }
             }
-            (bi * steps + i) * self.heads + h
         };
-        let units = b * steps * self.heads;
+        let units = b * steps * groups;
         let work: usize = visible.iter().map(|r| r.len()).sum::<usize>() * self.heads * hd;
         let dst = OutPtr(out.as_mut_ptr());
         let one = |u: usize| {
-            let mut o = vec![0f32; hd];
-            let at = head(u, &mut o);
-            // SAFETY: `at` is this unit's own (sequence, step, head): units write disjoint `hd`-long parts of
-            // `out`, which outlives the loop.
-            unsafe { std::ptr::copy_nonoverlapping(o.as_ptr(), dst.get().add(at * hd), hd) };
+            let mut o = vec![0f32; per * hd];
+            group(u, &mut o);
+            let (bi, h0, i) = locate(u);
+            let at = ((bi * steps + i) * self.heads + h0) * hd;
+            // SAFETY: the query heads h0..h0 + per of this (sequence, step) are consecutive in `out` and belong
+            // to this unit alone; `out` outlives the loop.
+            unsafe { std::ptr::copy_nonoverlapping(o.as_ptr(), dst.get().add(at), per * hd) };
         };
         if work >= PARALLEL_WORK {
             (0..units).into_par_iter().for_each(one);
@@ -172,7 +207,8 @@ mod tests {
     #[test]
     fn decode_attention_matches_a_plain_softmax_over_the_visible_keys() {
         // Head sizes of 32, 40, 64, 80 and 128 and one not a multiple of 8 (36: the kernels' scalar tails);
-        // three and four query heads per KV head; key ranges of one key to 29 (whole groups of four keys or not).
+        // three and four query heads per KV head; key ranges of one key to 150 (whole groups of four keys or not,
+        // several blocks of keys); decoding steps take a unit per query head, prompts one per KV head.
         for (nh, hd, keys) in [
             (6, 40, 11),
             (6, 64, 11),
@@ -181,6 +217,8 @@ mod tests {
             (6, 36, 13),
             (8, 80, 9),
             (6, 128, 17),
+            // Past one block of keys (KEY_BLOCK), the last block partial.
+            (6, 64, 150),
         ] {
             for dtype in [DType::F32, DType::F16] {
                 for steps in [1, 3] {
@@ -191,7 +229,7 @@ mod tests {
     }
 
     fn check_decode_attention(nh: usize, hd: usize, keys: usize, dtype: DType, steps: usize) {
-        let (b, nkv, cap) = (3usize, 2usize, 32usize);
+        let (b, nkv, cap) = (3usize, 2usize, keys + 5);
         let q = random(b * nh * steps * hd, 1);
         let kfull = Tensor::from_vec(
             random(b * nkv * cap * hd, 2),
