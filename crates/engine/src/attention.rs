@@ -10,7 +10,7 @@
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::kernels::Kernel;
+use crate::kernels::{Kernel, SendPtr};
 
 /// What one decoding step's attention needs besides the tensors.
 pub(crate) struct DecodeAttention {
@@ -38,17 +38,6 @@ impl<'a> Cached<'a> {
             candle_core::CpuStorage::F16(v) => Some(Cached::F16(v.reinterpret_cast())),
             _ => None,
         }
-    }
-}
-
-/// The output of one [`DecodeAttention::run`], written by its units from several threads.
-struct OutPtr(*mut f32);
-// SAFETY: each unit writes its own part (see `run`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    fn get(&self) -> *mut f32 {
-        self.0
     }
 }
 
@@ -171,7 +160,7 @@ impl DecodeAttention {
         };
         let units = b * steps * groups;
         let work: usize = visible.iter().map(|r| r.len()).sum::<usize>() * self.heads * hd;
-        let dst = OutPtr(out.as_mut_ptr());
+        let dst = SendPtr(out.as_mut_ptr());
         let one = |u: usize| {
             let mut o = vec![0f32; per * hd];
             group(u, &mut o);

@@ -142,13 +142,14 @@ pub fn integer_gemm() -> bool {
 /// every row equals a lone input's).
 pub const GEMM_MIN_INPUTS: usize = 32;
 
-/// A pointer handed to the threads of one product; each writes a disjoint part of what it points to.
-struct SendPtr(*mut f32);
-// SAFETY: see `matmul_gemm`: the panels write disjoint columns.
+/// A pointer to an output handed to the threads of one operation, each of which writes a disjoint part of it
+/// (the GEMMs' panels and groups of rows, the attention's units); the users say why their parts are disjoint.
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: the pointer is only written through, by threads writing disjoint parts (see each user).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
-    fn get(&self) -> *mut f32 {
+    pub(crate) fn get(&self) -> *mut f32 {
         self.0
     }
 }

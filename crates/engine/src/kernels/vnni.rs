@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
-use super::{Format, PackedMatrix, QuantizedInput, BLOCK};
+use super::{Format, PackedMatrix, QuantizedInput, SendPtr, BLOCK};
 
 /// Rows per group (one per 32-bit lane of a 512-bit vector).
 const GROUP: usize = 16;
@@ -398,17 +398,6 @@ unsafe fn tile_any<const PER16: bool, const OFFSET: bool>(
 /// One instance of [`tile_any`].
 type TileFn = unsafe fn(&Panel, &Inputs, usize, usize, *mut f32, usize, usize, usize);
 
-/// A pointer handed to the threads of one product; each writes its own rows.
-struct OutPtr(*mut f32);
-// SAFETY: the groups write disjoint rows of the output.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// `out[t][r] = Σ_c w[r][c] · x[t][c]` for the quantized formats (`x`: `m × cols`, `out`: `m × rows`). Callers
 /// check [`available`]; the dense formats return `false` (nothing written).
 pub fn matmul(p: &PackedMatrix, x: &[f32], out: &mut [f32]) -> bool {
@@ -429,7 +418,7 @@ pub fn matmul(p: &PackedMatrix, x: &[f32], out: &mut [f32]) -> bool {
     assert_eq!(out.len(), m * rows, "output is not m × rows");
     let inputs = Inputs::new(x, cols);
     debug_assert_eq!(inputs.q.len(), x.len());
-    let dst = OutPtr(out.as_mut_ptr());
+    let dst = SendPtr(out.as_mut_ptr());
     (0..rows.div_ceil(GROUP)).into_par_iter().for_each_init(
         || Panel {
             q: Vec::new(),
