@@ -98,12 +98,12 @@ impl DecodeAttention {
         let rep = self.heads / self.kv_heads;
         let kernel = Kernel::detect();
         let mut out = vec![0f32; q.len()];
-        // One unit per (sequence, KV head, step) for prompts: the query heads that share the KV head see the same keys, and
-        // take them a block at a time, each block's keys and values read from memory once for all of them
-        // (every query's arithmetic unchanged: the kernels' four-key groups and per-lane sums fall as in one
+        // One unit per (sequence, KV head, step) for prompts: the query heads that share the KV head see the same
+        // keys, and take them a block at a time, each block's keys and values read from memory once for all of
+        // them (every query's arithmetic unchanged: the kernels' four-key groups and per-lane sums fall as in one
         // call). Units are ordered by sequence, KV head, then step, so each thread's consecutive units read the
-        // same cached rows.
-        // A decoding step has few units: there each query head is its own unit, so the threads share the work.
+        // same cached rows. A decoding step has few units: there each query head is its own unit, so the threads
+        // share the work.
         let per = if b * steps * self.kv_heads >= 16 {
             rep
         } else {
