@@ -867,111 +867,69 @@ pub unsafe fn dot4_q8sub(qs: &[i8], dm: &[f32], x: [&QuantizedInput; 4]) -> [f32
     [0, 1, 2, 3].map(|k| hsum(acc[k]) + offset[k])
 }
 
-/// [`dot_f32`] of one weight row with four inputs, each weight loaded once.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot4_f32(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
-    let n = w.len();
-    let wp = w.as_ptr();
-    let xp = x.map(|v| v.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 8 <= n {
-        let wv = _mm256_loadu_ps(wp.add(i));
-        for k in 0..4 {
-            acc[k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp[k].add(i)), acc[k]);
+/// The dense batch kernels of a weight type `$t`: `$dot4` (one weight row with four inputs, each weight loaded and
+/// widened once) and `$dot2x4` (two weight rows with four inputs: each input vector loaded once for both rows,
+/// which halves the loads that bound the four-input kernel, for a batch decoding together). Each row's arithmetic
+/// is the one-row kernel's (`dot_f32`, `dot_bf16`).
+macro_rules! dense_batch_kernels {
+    ($dot4:ident, $dot2x4:ident, $t:ty, $load:ident, $widen:expr) => {
+        #[doc = concat!("One `", stringify!($t), "` weight row with four inputs (see `dense_batch_kernels!`).")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $dot4(w: &[$t], x: [&[f32]; 4]) -> [f32; 4] {
+            let n = w.len();
+            let wp = w.as_ptr();
+            let xp = x.map(|v| v.as_ptr());
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 8 <= n {
+                let wv = $load(wp.add(i));
+                for k in 0..4 {
+                    acc[k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp[k].add(i)), acc[k]);
+                }
+                i += 8;
+            }
+            let mut out = acc.map(|a| hsum(a));
+            while i < n {
+                for k in 0..4 {
+                    out[k] += $widen(w[i]) * x[k][i];
+                }
+                i += 1;
+            }
+            out
         }
-        i += 8;
-    }
-    let mut out = acc.map(|a| hsum(a));
-    while i < n {
-        for k in 0..4 {
-            out[k] += w[i] * x[k][i];
+
+        #[doc = concat!("Two `", stringify!($t), "` weight rows with four inputs (see `dense_batch_kernels!`).")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $dot2x4(w0: &[$t], w1: &[$t], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+            let n = w0.len();
+            let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
+            let xp = x.map(|v| v.as_ptr());
+            let mut a0 = [_mm256_setzero_ps(); 4];
+            let mut a1 = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 8 <= n {
+                let (v0, v1) = ($load(p0.add(i)), $load(p1.add(i)));
+                for k in 0..4 {
+                    let xv = _mm256_loadu_ps(xp[k].add(i));
+                    a0[k] = _mm256_fmadd_ps(v0, xv, a0[k]);
+                    a1[k] = _mm256_fmadd_ps(v1, xv, a1[k]);
+                }
+                i += 8;
+            }
+            let mut out = [a0.map(|a| hsum(a)), a1.map(|a| hsum(a))];
+            while i < n {
+                for k in 0..4 {
+                    out[0][k] += $widen(w0[i]) * x[k][i];
+                    out[1][k] += $widen(w1[i]) * x[k][i];
+                }
+                i += 1;
+            }
+            out
         }
-        i += 1;
-    }
-    out
+    };
 }
 
-/// [`dot4_f32`] for two weight rows at once: each input vector is loaded once for both rows, which halves the
-/// loads that bound the four-input kernel (a batch decoding together, or a prompt's prefill).
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot2x4_f32(w0: &[f32], w1: &[f32], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
-    let n = w0.len();
-    let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
-    let xp = x.map(|v| v.as_ptr());
-    let mut a0 = [_mm256_setzero_ps(); 4];
-    let mut a1 = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 8 <= n {
-        let (v0, v1) = (_mm256_loadu_ps(p0.add(i)), _mm256_loadu_ps(p1.add(i)));
-        for k in 0..4 {
-            let xv = _mm256_loadu_ps(xp[k].add(i));
-            a0[k] = _mm256_fmadd_ps(v0, xv, a0[k]);
-            a1[k] = _mm256_fmadd_ps(v1, xv, a1[k]);
-        }
-        i += 8;
-    }
-    let mut out = [a0.map(|a| hsum(a)), a1.map(|a| hsum(a))];
-    while i < n {
-        for k in 0..4 {
-            out[0][k] += w0[i] * x[k][i];
-            out[1][k] += w1[i] * x[k][i];
-        }
-        i += 1;
-    }
-    out
-}
-
-/// [`dot4_bf16`] for two weight rows at once (see [`dot2x4_f32`]).
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot2x4_bf16(w0: &[u16], w1: &[u16], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
-    let n = w0.len();
-    let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
-    let xp = x.map(|v| v.as_ptr());
-    let mut a0 = [_mm256_setzero_ps(); 4];
-    let mut a1 = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 8 <= n {
-        let (v0, v1) = (load_bf16(p0.add(i)), load_bf16(p1.add(i)));
-        for k in 0..4 {
-            let xv = _mm256_loadu_ps(xp[k].add(i));
-            a0[k] = _mm256_fmadd_ps(v0, xv, a0[k]);
-            a1[k] = _mm256_fmadd_ps(v1, xv, a1[k]);
-        }
-        i += 8;
-    }
-    let mut out = [a0.map(|a| hsum(a)), a1.map(|a| hsum(a))];
-    while i < n {
-        for k in 0..4 {
-            out[0][k] += f32::from_bits(u32::from(w0[i]) << 16) * x[k][i];
-            out[1][k] += f32::from_bits(u32::from(w1[i]) << 16) * x[k][i];
-        }
-        i += 1;
-    }
-    out
-}
-
-/// [`dot_bf16`] of one weight row with four inputs, each weight loaded and widened once.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot4_bf16(w: &[u16], x: [&[f32]; 4]) -> [f32; 4] {
-    let n = w.len();
-    let wp = w.as_ptr();
-    let xp = x.map(|v| v.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 8 <= n {
-        let wv = load_bf16(wp.add(i));
-        for k in 0..4 {
-            acc[k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp[k].add(i)), acc[k]);
-        }
-        i += 8;
-    }
-    let mut out = acc.map(|a| hsum(a));
-    while i < n {
-        for k in 0..4 {
-            out[k] += f32::from_bits(u32::from(w[i]) << 16) * x[k][i];
-        }
-        i += 1;
-    }
-    out
-}
+dense_batch_kernels!(dot4_f32, dot2x4_f32, f32, load8_f32, |v: f32| v);
+dense_batch_kernels!(dot4_bf16, dot2x4_bf16, u16, load_bf16, |v: u16| {
+    f32::from_bits(u32::from(v) << 16)
+});
