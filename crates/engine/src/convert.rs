@@ -34,8 +34,9 @@ pub fn gguf_to_hf(
              without the original rope_scaling parameters; load the GGUF directly or convert the original folder",
         ));
     }
-    let tok_json = crate::tokenizer::gguf_tokenizer_json(&content)
-        .map_err(|m| EngineError::file(gguf_path, m))?;
+    let tok_json = crate::tokenizer::GgufVocab::read(&content)
+        .map_err(|m| EngineError::file(gguf_path, m))?
+        .to_json();
     std::fs::create_dir_all(out_dir).map_err(|e| EngineError::io(out_dir, e))?;
 
     let mut file = std::fs::File::open(gguf_path).map_err(|e| EngineError::io(gguf_path, e))?;

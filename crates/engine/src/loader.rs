@@ -182,21 +182,12 @@ impl Model {
             cfg.rope.scaling = crate::config::RopeScaling::Divisors(d);
         }
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "gguf header read");
-        let tokenizer_json = crate::tokenizer::gguf_tokenizer_json(&content)
-            .map_err(|m| EngineError::file(path, m))?;
-        let special = crate::tokenizer::GgufSpecialTokens::read(&content);
         let template_src = gguf::chat_template(&content);
-        // The vocabulary and merges (~100 000 strings) now live in the tokenizer's JSON; the weights keep only
-        // the tensor table and what describes the model.
+        // The vocabulary's strings move into the tokenizer; the weights keep only the tensor table and what
+        // describes the model.
         let mut content = content;
-        for key in [
-            "tokenizer.ggml.tokens",
-            "tokenizer.ggml.merges",
-            "tokenizer.ggml.scores",
-            "tokenizer.ggml.token_type",
-        ] {
-            content.metadata.remove(key);
-        }
+        let vocab = crate::tokenizer::GgufVocab::take(&mut content)
+            .map_err(|m| EngineError::file(path, m))?;
         let (heads, kv_heads) = (cfg.num_heads, cfg.num_kv_heads);
         let mut weights = Weights::from_gguf(content, path, heads, kv_heads, &opts.device)?;
         if let Some(dtype) = opts.dtype {
@@ -204,7 +195,7 @@ impl Model {
         }
         // The tokenizer builds on another core while the weights are packed.
         let (tokenizer, decoder) = std::thread::scope(|s| {
-            let tokenizer = s.spawn(|| Tokenizer::from_gguf_json(tokenizer_json, &special, path));
+            let tokenizer = s.spawn(|| Tokenizer::from_gguf_vocab(vocab, path));
             let decoder = Decoder::load(cfg.clone(), &weights, opts.max_context)
                 .map(|d| d.with_kv_cache(opts.kv_cache));
             (

@@ -28,8 +28,7 @@ impl Tokenizer {
                  `tokenizer.save_pretrained`)",
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| EngineError::file(&path, format!("cannot load tokenizer: {e}")))?;
+        let inner = read_tokenizer_json(&path)?;
         let cfg = read_json_opt(&dir.join("tokenizer_config.json"))?;
         let token_str = |key: &str| -> Option<String> {
             let v = cfg.as_ref()?.get(key)?;
@@ -56,20 +55,17 @@ impl Tokenizer {
         })
     }
 
-    /// Rebuilds the tokenizer from a GGUF file's `tokenizer.ggml.*` metadata.
+    /// Rebuilds the tokenizer from a GGUF file's `tokenizer.ggml.*` metadata (left in place).
     pub fn from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Self, EngineError> {
-        let json = gguf_tokenizer_json(content).map_err(|m| EngineError::file(path, m))?;
-        Self::from_gguf_json(json, &GgufSpecialTokens::read(content), path)
+        let vocab = GgufVocab::read(content).map_err(|m| EngineError::file(path, m))?;
+        Self::from_gguf_vocab(vocab, path)
     }
 
-    /// Builds the tokenizer from [`gguf_tokenizer_json`]'s document (the slow part, so it can run on its own
-    /// thread while weights load).
-    pub fn from_gguf_json(
-        json: Value,
-        special: &GgufSpecialTokens,
-        path: &Path,
-    ) -> Result<Self, EngineError> {
-        let inner = serde_json::from_value::<tokenizers::Tokenizer>(json).map_err(|e| {
+    /// Builds the tokenizer from a GGUF vocabulary (the slow part, so it can run on its own thread while
+    /// weights load).
+    pub fn from_gguf_vocab(vocab: GgufVocab, path: &Path) -> Result<Self, EngineError> {
+        let special = vocab.special;
+        let inner = vocab.into_tokenizer().map_err(|e| {
             EngineError::file(
                 path,
                 format!("cannot build the tokenizer from GGUF metadata: {e}"),
@@ -136,6 +132,62 @@ impl GgufSpecialTokens {
     }
 }
 
+/// Reads a `tokenizer.json`. A BPE model (nearly every chat model's) is deserialized straight from its part of
+/// the document: `tokenizers` would first copy any model into an intermediate value (~17 MB for a 49 152-token
+/// vocabulary, freed after loading but part of the process's peak memory). Other models load as `tokenizers`
+/// loads them; a test checks both ways give the same tokenizer on every reference tokenizer.
+pub fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer, EngineError> {
+    use serde_json::value::RawValue;
+    use std::collections::BTreeMap;
+    let bad =
+        |e: &dyn std::fmt::Display| EngineError::file(path, format!("cannot load tokenizer: {e}"));
+    let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+    let whole = || text.parse::<tokenizers::Tokenizer>().map_err(|e| bad(&e));
+    let Ok(mut doc) = serde_json::from_str::<BTreeMap<String, &RawValue>>(&text) else {
+        return whole();
+    };
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    let Some(model) = doc.get("model").copied() else {
+        return whole();
+    };
+    match serde_json::from_str::<Kind>(model.get()) {
+        Ok(Kind { kind: Some(k) }) if k == "BPE" => {}
+        _ => return whole(),
+    }
+    let bpe: tokenizers::models::bpe::BPE =
+        serde_json::from_str(model.get()).map_err(|e| bad(&format!("model: {e}")))?;
+    #[derive(serde::Deserialize)]
+    struct AddedWithId {
+        #[allow(dead_code)]
+        id: u32,
+        #[serde(flatten)]
+        token: tokenizers::AddedToken,
+    }
+    let added: Vec<AddedWithId> = match doc.get("added_tokens") {
+        Some(raw) => {
+            serde_json::from_str(raw.get()).map_err(|e| bad(&format!("added_tokens: {e}")))?
+        }
+        None => Vec::new(),
+    };
+    // The rest of the document around an empty model; the added tokens go in once the real model is in place
+    // (their ids come from its vocabulary), as `tokenizers` adds them after building.
+    let empty_model = RawValue::from_string(r#"{"type":"BPE","vocab":{},"merges":[]}"#.into())
+        .map_err(|e| bad(&e))?;
+    let no_tokens = RawValue::from_string("[]".into()).map_err(|e| bad(&e))?;
+    doc.insert("model".into(), &empty_model);
+    doc.insert("added_tokens".into(), &no_tokens);
+    let shell = serde_json::to_string(&doc).map_err(|e| bad(&e))?;
+    let mut tokenizer: tokenizers::Tokenizer = shell.parse().map_err(|e| bad(&e))?;
+    tokenizer.with_model(bpe);
+    let added: Vec<tokenizers::AddedToken> = added.into_iter().map(|a| a.token).collect();
+    tokenizer.add_tokens(&added);
+    Ok(tokenizer)
+}
+
 fn read_json_opt(path: &Path) -> Result<Option<Value>, EngineError> {
     if !path.is_file() {
         return Ok(None);
@@ -157,104 +209,228 @@ fn split(pattern: &str) -> Value {
     json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false})
 }
 
-/// A `tokenizer.json` document equivalent to the GGUF's embedded vocabulary: byte-level BPE
-/// (`tokenizer.ggml.model = "gpt2"`) or SentencePiece BPE (`"llama"`), built as transformers builds them from a GGUF.
-pub fn gguf_tokenizer_json(content: &gguf_file::Content) -> Result<Value, String> {
-    let md = &content.metadata;
-    let model = md
-        .get("tokenizer.ggml.model")
-        .and_then(|v| v.to_string().ok())
-        .ok_or("missing `tokenizer.ggml.model`: this GGUF carries no tokenizer")?;
-    let strings = |key: &str| -> Result<Vec<String>, String> {
-        match md.get(key) {
-            Some(GValue::Array(a)) => a
-                .iter()
-                .map(|v| {
-                    v.to_string()
-                        .cloned()
-                        .map_err(|_| format!("`{key}` holds a non-string"))
-                })
-                .collect(),
-            _ => Err(format!("missing `{key}`")),
-        }
-    };
-    let tokens = strings("tokenizer.ggml.tokens")?;
-    let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
-        Some(GValue::Array(a)) => a.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
-        _ => vec![1; tokens.len()],
-    };
-    let add_bos = md
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(|v| v.to_bool().ok());
-    let bos_id = md
-        .get("tokenizer.ggml.bos_token_id")
-        .and_then(|v| v.to_u32().ok());
-    let pair = |l: &str, r: &str| json!([l, r]);
-    // What differs between the two kinds; the document around it is shared.
-    let (pre_tokenizer, decoder, merges, sentencepiece) = match model.as_str() {
-        "gpt2" => {
-            let merges: Vec<Value> =
-                strings("tokenizer.ggml.merges")?.iter().filter_map(|m| m.split_once(' ')).map(|(l, r)| pair(l, r)).collect();
-            let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
-            (byte_level_pre_tokenizer(md)?, decoder, merges, false)
-        }
-        "llama" => {
-            let merges: Vec<Value> = match md.get("tokenizer.ggml.merges") {
-                Some(GValue::Array(a)) => a
-                    .iter()
-                    .filter_map(|v| v.to_string().ok())
-                    .filter_map(|m| m.split_once(' '))
-                    .map(|(l, r)| pair(l, r))
-                    .collect(),
-                _ => {
-                    let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
-                        Some(GValue::Array(a)) => a.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect(),
-                        _ => return Err("a SentencePiece vocabulary needs `tokenizer.ggml.merges` or `tokenizer.ggml.scores`".into()),
-                    };
-                    merges_from_scores(&tokens, &scores).iter().map(|(l, r)| pair(l, r)).collect()
-                }
-            };
-            let pre = json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false});
-            let decoder = json!({"type": "Sequence", "decoders": [
-                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-                {"type": "ByteFallback"}, {"type": "Fuse"},
-                {"type": "Strip", "content": " ", "start": 1, "stop": 0}]});
-            (pre, decoder, merges, true)
-        }
-        other => {
-            return Err(format!(
-                "tokenizer.ggml.model = {other:?} is not supported (supported: \"gpt2\", the byte-level BPE of SmolLM, \
-                 Llama 3 and Qwen, and \"llama\", the SentencePiece BPE of Llama 2, TinyLlama and Mistral); \
-                 convert the original checkpoint folder instead"
-            ))
-        }
-    };
-    let mut vocab = serde_json::Map::with_capacity(tokens.len());
-    let mut added = Vec::new();
-    for (id, tok) in tokens.iter().enumerate() {
-        vocab.insert(tok.clone(), json!(id));
-        // 3 = control (special), 4 = user-defined: matched as whole strings before BPE.
-        let kind = types.get(id).copied().unwrap_or(1);
-        if kind == 3 || kind == 4 {
-            added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
-                              "normalized": false, "special": kind == 3}));
-        }
+/// The metadata arrays a GGUF vocabulary is stored in (a few MB of strings on a 50 000-token vocabulary).
+const VOCAB_ARRAYS: [&str; 4] = [
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.merges",
+    "tokenizer.ggml.scores",
+    "tokenizer.ggml.token_type",
+];
+
+/// A GGUF file's embedded vocabulary, read into the parts a tokenizer is made of: byte-level BPE
+/// (`tokenizer.ggml.model = "gpt2"`) or SentencePiece BPE (`"llama"`), built as transformers builds them from a
+/// GGUF. [`GgufVocab::into_tokenizer`] builds the tokenizer directly; [`GgufVocab::to_json`] writes the same
+/// tokenizer as a `tokenizer.json` document (for conversion to a folder).
+pub struct GgufVocab {
+    tokens: Vec<String>,
+    /// GGUF token types (1 normal, 3 control, 4 user-defined, ...), one per token.
+    types: Vec<i32>,
+    merges: Vec<(String, String)>,
+    /// SentencePiece-style (Llama 2): unknown bytes fall back to `<0xNN>` tokens.
+    sentencepiece: bool,
+    pre_tokenizer: Value,
+    decoder: Value,
+    post_processor: Value,
+    pub special: GgufSpecialTokens,
+}
+
+impl GgufVocab {
+    /// Reads the vocabulary, leaving the metadata as it is.
+    pub fn read(content: &gguf_file::Content) -> Result<Self, String> {
+        let arrays = VOCAB_ARRAYS
+            .iter()
+            .filter_map(|k| content.metadata.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect();
+        Self::build(content, arrays)
     }
-    // SentencePiece vocabularies (Llama 2) start every prompt with BOS unless the file says otherwise.
-    let post_processor = bos_post_processor(add_bos.unwrap_or(sentencepiece), bos_id, &tokens);
-    Ok(json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": pre_tokenizer,
-        "post_processor": post_processor,
-        "decoder": decoder,
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": sentencepiece, "byte_fallback": sentencepiece,
-                  "ignore_merges": false, "vocab": vocab, "merges": merges}
-    }))
+
+    /// Reads the vocabulary, moving its strings out of the metadata (whose vocabulary arrays are removed):
+    /// loading then holds each token string once rather than in the metadata, a document and the tokenizer.
+    pub fn take(content: &mut gguf_file::Content) -> Result<Self, String> {
+        let arrays = VOCAB_ARRAYS
+            .iter()
+            .filter_map(|k| content.metadata.remove_entry(*k))
+            .collect();
+        Self::build(content, arrays)
+    }
+
+    fn build(
+        content: &gguf_file::Content,
+        mut arrays: std::collections::HashMap<String, GValue>,
+    ) -> Result<Self, String> {
+        let md = &content.metadata;
+        let model = md
+            .get("tokenizer.ggml.model")
+            .and_then(|v| v.to_string().ok())
+            .ok_or("missing `tokenizer.ggml.model`: this GGUF carries no tokenizer")?;
+        let mut array = |key: &str| match arrays.remove(key) {
+            Some(GValue::Array(a)) => Some(a),
+            _ => None,
+        };
+        let strings = |key: &str, values: Option<Vec<GValue>>| -> Result<Vec<String>, String> {
+            values
+                .ok_or_else(|| format!("missing `{key}`"))?
+                .into_iter()
+                .map(|v| match v {
+                    GValue::String(s) => Ok(s),
+                    _ => Err(format!("`{key}` holds a non-string")),
+                })
+                .collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens", array("tokenizer.ggml.tokens"))?;
+        let types: Vec<i32> = match array("tokenizer.ggml.token_type") {
+            Some(a) => a.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
+            None => vec![1; tokens.len()],
+        };
+        let split_merges = |merges: Vec<String>| -> Vec<(String, String)> {
+            merges
+                .iter()
+                .filter_map(|m| m.split_once(' '))
+                .map(|(l, r)| (l.to_string(), r.to_string()))
+                .collect()
+        };
+        // What differs between the two kinds; the rest of the tokenizer is shared.
+        let (pre_tokenizer, decoder, merges, sentencepiece) = match model.as_str() {
+            "gpt2" => {
+                let merges = strings("tokenizer.ggml.merges", array("tokenizer.ggml.merges"))?;
+                let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
+                (byte_level_pre_tokenizer(md)?, decoder, split_merges(merges), false)
+            }
+            "llama" => {
+                let merges = match array("tokenizer.ggml.merges") {
+                    Some(a) => split_merges(
+                        a.into_iter()
+                            .filter_map(|v| match v {
+                                GValue::String(s) => Some(s),
+                                _ => None,
+                            })
+                            .collect(),
+                    ),
+                    None => {
+                        let scores: Vec<f32> = match array("tokenizer.ggml.scores") {
+                            Some(a) => a.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect(),
+                            None => return Err("a SentencePiece vocabulary needs `tokenizer.ggml.merges` or `tokenizer.ggml.scores`".into()),
+                        };
+                        merges_from_scores(&tokens, &scores)
+                    }
+                };
+                let pre = json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false});
+                let decoder = json!({"type": "Sequence", "decoders": [
+                    {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                    {"type": "ByteFallback"}, {"type": "Fuse"},
+                    {"type": "Strip", "content": " ", "start": 1, "stop": 0}]});
+                (pre, decoder, merges, true)
+            }
+            other => {
+                return Err(format!(
+                    "tokenizer.ggml.model = {other:?} is not supported (supported: \"gpt2\", the byte-level BPE of SmolLM, \
+                     Llama 3 and Qwen, and \"llama\", the SentencePiece BPE of Llama 2, TinyLlama and Mistral); \
+                     convert the original checkpoint folder instead"
+                ))
+            }
+        };
+        let add_bos = md
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok());
+        let special = GgufSpecialTokens::read(content);
+        // SentencePiece vocabularies (Llama 2) start every prompt with BOS unless the file says otherwise.
+        let post_processor =
+            bos_post_processor(add_bos.unwrap_or(sentencepiece), special.bos, &tokens);
+        Ok(Self {
+            tokens,
+            types,
+            merges,
+            sentencepiece,
+            pre_tokenizer,
+            decoder,
+            post_processor,
+            special,
+        })
+    }
+
+    /// Ids of the tokens matched as whole strings before BPE (GGUF type 3 = control, i.e. special, and
+    /// 4 = user-defined), with whether each is special.
+    fn added(&self) -> impl Iterator<Item = (usize, bool)> + '_ {
+        self.types
+            .iter()
+            .take(self.tokens.len())
+            .enumerate()
+            .filter(|(_, &kind)| kind == 3 || kind == 4)
+            .map(|(id, &kind)| (id, kind == 3))
+    }
+
+    /// The tokenizer document around a model and added tokens (shared by both ways of building).
+    fn document(&self, model: Value, added: Value) -> Value {
+        json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": self.pre_tokenizer,
+            "post_processor": self.post_processor,
+            "decoder": self.decoder,
+            "model": model,
+        })
+    }
+
+    fn bpe_json(&self, vocab: Value, merges: Value) -> Value {
+        json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+               "end_of_word_suffix": null, "fuse_unk": self.sentencepiece, "byte_fallback": self.sentencepiece,
+               "ignore_merges": false, "vocab": vocab, "merges": merges})
+    }
+
+    /// The vocabulary as a `tokenizer.json` document.
+    pub fn to_json(&self) -> Value {
+        let mut vocab = serde_json::Map::with_capacity(self.tokens.len());
+        for (id, tok) in self.tokens.iter().enumerate() {
+            vocab.insert(tok.clone(), json!(id));
+        }
+        let merges: Vec<Value> = self.merges.iter().map(|(l, r)| json!([l, r])).collect();
+        let added: Vec<Value> = self
+            .added()
+            .map(|(id, special)| {
+                json!({"id": id, "content": self.tokens[id], "single_word": false, "lstrip": false,
+                       "rstrip": false, "normalized": false, "special": special})
+            })
+            .collect();
+        self.document(self.bpe_json(json!(vocab), json!(merges)), json!(added))
+    }
+
+    /// Builds the tokenizer without a document in between: the vocabulary and merges go straight into the BPE
+    /// model (the same tokenizer [`Self::to_json`] describes; a test compares the two).
+    pub fn into_tokenizer(self) -> Result<tokenizers::Tokenizer, String> {
+        use tokenizers::models::bpe::{Vocab, BPE};
+        let added: Vec<tokenizers::AddedToken> = self
+            .added()
+            .map(|(id, special)| {
+                tokenizers::AddedToken::from(self.tokens[id].clone(), special)
+                    .single_word(false)
+                    .lstrip(false)
+                    .rstrip(false)
+                    .normalized(false)
+            })
+            .collect();
+        // The small parts (pre-tokenizer, decoder, post-processor) come from the document with an empty model.
+        let shell = self.document(self.bpe_json(json!({}), json!([])), json!([]));
+        let mut tokenizer: tokenizers::Tokenizer =
+            serde_json::from_value(shell).map_err(|e| e.to_string())?;
+        let vocab: Vocab = self
+            .tokens
+            .into_iter()
+            .enumerate()
+            .map(|(id, tok)| (tok, id as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, self.merges)
+            .fuse_unk(self.sentencepiece)
+            .byte_fallback(self.sentencepiece)
+            .build()
+            .map_err(|e| e.to_string())?;
+        tokenizer.with_model(bpe);
+        tokenizer.add_tokens(&added);
+        Ok(tokenizer)
+    }
 }
 
 /// The pre-tokenizer a byte-level vocabulary's `tokenizer.ggml.pre` names.

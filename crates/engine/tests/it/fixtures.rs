@@ -5,23 +5,60 @@ use std::sync::OnceLock;
 
 pub use vibecheck_test_support::{copy_dir, reference_dir, smollm_gguf};
 
-/// The GGUF converted once per test run to a float32 Hugging Face folder.
+/// The GGUF converted once per test run to a float32 Hugging Face folder (537 MB), in the target folder's scratch
+/// space, removed when the test process exits (a static's destructor never runs, so a `TempDir` held in one
+/// would be left behind after every run).
 pub fn smollm_f32_dir() -> PathBuf {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        vibecheck_engine::convert::gguf_to_hf(
-            &smollm_gguf(),
-            dir.path(),
-            vibecheck_engine::DType::F32,
-        )
-        .unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("smollm2-f32-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap()
+            .keep();
+        REMOVE_AT_EXIT.set(dir.clone()).unwrap();
+        // SAFETY: registers a plain function with no captured state; it only removes a folder.
+        assert_eq!(unsafe { libc::atexit(remove_at_exit) }, 0);
+        vibecheck_engine::convert::gguf_to_hf(&smollm_gguf(), &dir, vibecheck_engine::DType::F32)
+            .unwrap();
         dir
     })
-    .path()
-    .to_path_buf()
+    .clone()
+}
+
+static REMOVE_AT_EXIT: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_at_exit() {
+    if let Some(dir) = REMOVE_AT_EXIT.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Checks that a GGUF's tokenizer built directly (what loading does) is the tokenizer its `tokenizer.json`
+/// document describes (what conversion writes): both serialized, compared byte for byte (vocabulary, merges in
+/// rank order, added tokens with their flags, pre-tokenizer, decoder, post-processor). Returns the vocabulary
+/// size, so callers can check the file had one.
+pub fn assert_direct_tokenizer_is_the_document(gguf: &Path) -> usize {
+    use vibecheck_engine::tokenizer::GgufVocab;
+    let mut file = std::fs::File::open(gguf).unwrap();
+    let mut content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    let document = GgufVocab::read(&content).unwrap().to_json();
+    let taken = GgufVocab::take(&mut content).unwrap();
+    assert!(
+        !content.metadata.contains_key("tokenizer.ggml.tokens"),
+        "take leaves the vocabulary in the metadata"
+    );
+    let direct = taken.into_tokenizer().unwrap();
+    let via_json: tokenizers::Tokenizer = serde_json::from_value(document).unwrap();
+    assert_eq!(
+        direct.to_string(false).unwrap(),
+        via_json.to_string(false).unwrap(),
+        "{}: the tokenizer built directly differs from its tokenizer.json",
+        gguf.display()
+    );
+    direct.get_vocab_size(true)
 }

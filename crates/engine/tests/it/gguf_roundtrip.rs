@@ -445,6 +445,8 @@ fn sentencepiece_gguf_vocabulary_tokenizes_as_transformers_does() {
         None => tmp.path().join("spm.gguf"),
     };
     write_gguf_with(&path, GgmlDType::F32, None, Some(sentencepiece_vocab()));
+    let vocab = crate::fixtures::assert_direct_tokenizer_is_the_document(&path);
+    assert!(vocab > 3 + 256, "{vocab} tokens");
     let model = Model::load(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
     assert!(!SPM_CASES.is_empty());
     for (text, ids, decoded) in SPM_CASES {

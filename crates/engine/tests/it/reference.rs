@@ -378,3 +378,33 @@ fn the_batch_thread_answers_as_single_runs() {
     let counts = batcher.counts();
     assert!(counts.largest >= 2, "{counts:?}");
 }
+
+/// `tokenizer.json` files load through our direct BPE path; every reference tokenizer (and the converted SmolLM2
+/// one) must come out exactly as `tokenizers` builds it from the whole document, serialized byte for byte.
+#[test]
+fn tokenizer_json_loads_as_tokenizers_loads_it() {
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(reference_dir().join("tiny"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("tokenizer.json"))
+        .filter(|p| p.is_file())
+        .collect();
+    paths.push(crate::fixtures::smollm_f32_dir().join("tokenizer.json"));
+    assert!(paths.len() >= 8, "{paths:?}");
+    for path in paths {
+        let direct = vibecheck_engine::tokenizer::read_tokenizer_json(&path).unwrap();
+        let whole = tokenizers::Tokenizer::from_file(&path).unwrap();
+        assert_eq!(
+            direct.to_string(false).unwrap(),
+            whole.to_string(false).unwrap(),
+            "{}",
+            path.display()
+        );
+        let text = "Hello <|im_start|> world!  123 ünïcödé\n\t<s>";
+        assert_eq!(
+            direct.encode(text, true).unwrap().get_ids(),
+            whole.encode(text, true).unwrap().get_ids(),
+            "{}",
+            path.display()
+        );
+    }
+}

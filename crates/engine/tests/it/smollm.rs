@@ -120,6 +120,12 @@ fn f32_conversion_reproduces_transformers_token_for_token() {
 }
 
 #[test]
+fn gguf_tokenizer_built_directly_is_the_converted_tokenizer_json() {
+    let vocab = crate::fixtures::assert_direct_tokenizer_is_the_document(&smollm_gguf());
+    assert_eq!(vocab, 49152);
+}
+
+#[test]
 fn gguf_tokenizer_and_template_match_transformers() {
     let model = gguf_model();
     for case in cases() {
