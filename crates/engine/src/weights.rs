@@ -290,7 +290,13 @@ impl Weights {
         match &self.backend {
             Backend::Safetensors { st, .. } => {
                 let view = st.get(hf_name).map_err(|_| self.missing(hf_name))?;
-                PackedMatrix::from_safetensors(view.dtype(), view.shape(), view.data()).map(|m| {
+                PackedMatrix::from_safetensors(
+                    view.dtype(),
+                    view.shape(),
+                    view.data(),
+                    release_mapped,
+                )
+                .map(|m| {
                     let kind = match self.quantize {
                         Some(q)
                             if hf_name.contains("embed_tokens")
@@ -585,6 +591,28 @@ pub fn read_gguf(path: &Path) -> Result<gguf_file::Content, EngineError> {
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     gguf_file::Content::read(&mut reader)
         .map_err(|e| EngineError::file(path, format!("not a readable GGUF file: {e}")))
+}
+
+/// Drops the pages of memory-mapped tensor bytes from this process once they have been copied into our own
+/// format (safetensors: the mapping belongs to candle), so loading does not hold the file and the packed copy at
+/// once. The range is widened to whole pages; a later read of any of them (a neighbouring tensor) faults the
+/// same bytes back in from the page cache.
+fn release_mapped(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: `sysconf` has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        if bytes.is_empty() || !page.is_power_of_two() {
+            return;
+        }
+        let start = bytes.as_ptr() as usize & !(page - 1);
+        let end = (bytes.as_ptr() as usize + bytes.len()).next_multiple_of(page);
+        // SAFETY: the range lies in a read-only mapping of a file (the caller passes mapped tensor bytes; a
+        // mapping always spans whole pages). MADV_DONTNEED on such a mapping only unmaps pages: the memory stays
+        // valid and reads return the file's bytes again. The caller's copy is finished.
+        let _ =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
 }
 
 #[cfg(test)]

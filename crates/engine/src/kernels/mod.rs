@@ -583,44 +583,44 @@ impl PackedMatrix {
         let extra = (rows - parts[0].rows) * cols;
         let mut it = parts.into_iter().map(|p| p.format);
         let mut format = it.next()?;
-        // One allocation for the whole stack.
+        // One allocation for the whole stack (exact: `reserve` may double the first part's capacity).
         match &mut format {
-            Format::F32(a) => a.reserve(extra),
-            Format::Bf16(a) | Format::F16(a) => a.reserve(extra),
+            Format::F32(a) => a.reserve_exact(extra),
+            Format::Bf16(a) | Format::F16(a) => a.reserve_exact(extra),
             Format::Q4 { qs, dm } => {
-                qs.reserve(extra / 2);
-                dm.reserve(extra / BLOCK * 2);
+                qs.reserve_exact(extra / 2);
+                dm.reserve_exact(extra / BLOCK * 2);
             }
             Format::Q8 { qs, dm } => {
-                qs.reserve(extra);
-                dm.reserve(extra / BLOCK * 2);
+                qs.reserve_exact(extra);
+                dm.reserve_exact(extra / BLOCK * 2);
             }
             Format::Q8Sub { qs, dm } => {
-                qs.reserve(extra);
-                dm.reserve(extra / BLOCK * 4);
+                qs.reserve_exact(extra);
+                dm.reserve_exact(extra / BLOCK * 4);
             }
             Format::Q4H { qs, dm } => {
-                qs.reserve(extra / 2);
-                dm.reserve(extra / BLOCK * 2);
+                qs.reserve_exact(extra / 2);
+                dm.reserve_exact(extra / BLOCK * 2);
             }
             Format::Q4K { qs, sm, d } => {
-                qs.reserve(extra / 2);
-                sm.reserve(extra / BLOCK * 2);
-                d.reserve(extra / 128);
+                qs.reserve_exact(extra / 2);
+                sm.reserve_exact(extra / BLOCK * 2);
+                d.reserve_exact(extra / 128);
             }
             Format::Q5K { qs, sm, d } => {
-                qs.reserve(extra);
-                sm.reserve(extra / BLOCK * 2);
-                d.reserve(extra / 128);
+                qs.reserve_exact(extra);
+                sm.reserve_exact(extra / BLOCK * 2);
+                d.reserve_exact(extra / 128);
             }
             Format::Q8X16 { qs, sc, d } => {
-                qs.reserve(extra);
-                sc.reserve(extra / 16);
-                d.reserve(extra / 256);
+                qs.reserve_exact(extra);
+                sc.reserve_exact(extra / 16);
+                d.reserve_exact(extra / 256);
             }
             Format::Q8H { qs, dm } => {
-                qs.reserve(extra);
-                dm.reserve(extra / BLOCK * 2);
+                qs.reserve_exact(extra);
+                dm.reserve_exact(extra / BLOCK * 2);
             }
         }
         for next in it {

@@ -294,26 +294,20 @@ impl PackedMatrix {
         Ok(Self { rows, cols, format })
     }
 
-    /// Packs a safetensors tensor straight from its (memory-mapped) bytes.
+    /// Packs a safetensors tensor straight from its (memory-mapped) bytes; `copied` sees each piece of `data`
+    /// once it has been copied.
     pub fn from_safetensors(
         dtype: safetensors::Dtype,
         shape: &[usize],
         data: &[u8],
+        mut copied: impl FnMut(&[u8]),
     ) -> Result<Self, PackError> {
         let [rows, cols] = shape[..] else {
             return Err(PackError::NotMatrix(shape.to_vec()));
         };
-        let (format, width) = match dtype {
-            safetensors::Dtype::F32 => (
-                Format::F32(
-                    data.chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect(),
-                ),
-                4,
-            ),
-            safetensors::Dtype::BF16 => (Format::Bf16(u16s(data)), 2),
-            safetensors::Dtype::F16 => (Format::F16(u16s(data)), 2),
+        let width = match dtype {
+            safetensors::Dtype::F32 => 4,
+            safetensors::Dtype::BF16 | safetensors::Dtype::F16 => 2,
             other => return Err(PackError::Dtype(format!("{other:?}"))),
         };
         if data.len() != rows * cols * width {
@@ -322,6 +316,36 @@ impl PackedMatrix {
                 expected: rows * cols * width,
             });
         }
+        // Copied a few MB at a time, each piece handed to `copied` once done with (the loader releases its
+        // mapped pages, so loading never holds a whole large tensor twice).
+        const PIECE: usize = 4 << 20;
+        let format = if width == 4 {
+            let mut out = Vec::with_capacity(rows * cols);
+            for piece in data.chunks(PIECE) {
+                out.extend(
+                    piece
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                );
+                copied(piece);
+            }
+            Format::F32(out)
+        } else {
+            let mut out = Vec::with_capacity(rows * cols);
+            for piece in data.chunks(PIECE) {
+                out.extend(
+                    piece
+                        .chunks_exact(2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]])),
+                );
+                copied(piece);
+            }
+            if dtype == safetensors::Dtype::BF16 {
+                Format::Bf16(out)
+            } else {
+                Format::F16(out)
+            }
+        };
         Ok(Self { rows, cols, format })
     }
 
