@@ -103,6 +103,32 @@ fn main() {
                     );
                 });
             }
+            // A decoding batch: each input's cost beside one input's (the weights are read once for the batch).
+            for (rows, cols) in [(1536, 576), (49152, 576)] {
+                let m = matrix(kind, rows, cols, &mut seed);
+                let mut line =
+                    format!("{threads} thr {kind:>4} {rows}x{cols} batches, us per input:");
+                for inputs in [1usize, 2, 3, 4, 5, 8] {
+                    let x: Vec<f32> = (0..cols * inputs)
+                        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                        .collect();
+                    let mut out = vec![0f32; rows * inputs];
+                    let reps = (100_000_000 / m.bytes()).clamp(3, 400);
+                    let best = pool.install(|| {
+                        let mut best = f64::INFINITY;
+                        for _ in 0..5 {
+                            let t = Instant::now();
+                            for _ in 0..reps {
+                                m.matmul(&x, inputs, &mut out);
+                            }
+                            best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+                        }
+                        best
+                    });
+                    line += &format!("  {inputs}: {:5.1}", best / inputs as f64 * 1e6);
+                }
+                println!("{line}");
+            }
             if kind == "f32" || kind == "bf16" {
                 continue;
             }

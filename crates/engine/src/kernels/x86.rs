@@ -907,7 +907,15 @@ macro_rules! dense_batch_kernels {
             let mut a0 = [_mm256_setzero_ps(); 4];
             let mut a1 = [_mm256_setzero_ps(); 4];
             let mut i = 0;
+            // Two rows read at once are two streams the hardware prefetcher follows poorly (memory-resident
+            // matrices ran at a fifth of the bandwidth): fetch the next two rows' lines ahead, as the quantized
+            // four-row kernels do.
+            let line = 64 / std::mem::size_of::<$t>();
             while i + 8 <= n {
+                if i % line == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(p0.wrapping_add(2 * n + i) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(p1.wrapping_add(2 * n + i) as *const i8);
+                }
                 let (v0, v1) = ($load(p0.add(i)), $load(p1.add(i)));
                 for k in 0..4 {
                     let xv = _mm256_loadu_ps(xp[k].add(i));
