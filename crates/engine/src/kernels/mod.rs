@@ -142,6 +142,13 @@ pub fn integer_gemm() -> bool {
 /// every row equals a lone input's).
 pub const GEMM_MIN_INPUTS: usize = 32;
 
+/// Whether the CPU has AVX-512 F and VL (the dense pair kernels' 32 vector registers).
+#[cfg(target_arch = "x86_64")]
+fn avx512vl() -> bool {
+    static CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CPU.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl"))
+}
+
 /// A pointer to an output handed to the threads of one operation, each of which writes a disjoint part of it
 /// (the GEMMs' panels and groups of rows, the attention's units); the users say why their parts are disjoint.
 pub(crate) struct SendPtr(pub(crate) *mut f32);
@@ -428,12 +435,14 @@ impl PackedMatrix {
         None
     }
 
-    /// Rows `r` and `r + 1` against four inputs, where a kernel for it exists (float32 and bfloat16 on AVX2).
+    /// Rows `r` and `r + 1` against four inputs, where a kernel for it exists (float32 and bfloat16 on CPUs with
+    /// AVX-512VL: the kernel keeps sixteen sums in registers).
     fn rows2_dot4(&self, kernel: Kernel, r: usize, x: [&[f32]; 4]) -> Option<[[f32; 4]; 2]> {
         let c = self.cols;
         #[cfg(target_arch = "x86_64")]
-        if kernel == Kernel::Avx2 {
-            // SAFETY: `Kernel::Avx2` is only chosen when the CPU has AVX2, FMA and F16C.
+        if kernel == Kernel::Avx2 && avx512vl() {
+            // SAFETY: `Kernel::Avx2` is only chosen when the CPU has AVX2, FMA and F16C; `avx512vl` checked
+            // AVX-512 F and VL.
             unsafe {
                 match &self.format {
                     Format::F32(w) => {

@@ -632,7 +632,15 @@ mod tests {
     #[test]
     fn row_groups_and_batches_compute_each_row_as_one_row_alone() {
         let kernel = Kernel::detect();
-        for (rows, cols) in [(13usize, 576usize), (9, 1536), (8, 64), (11, 512)] {
+        // 72 and 40 columns (dense only): the columns past the last 16 are summed one by one.
+        for (rows, cols) in [
+            (13usize, 576usize),
+            (9, 1536),
+            (8, 64),
+            (11, 512),
+            (7, 72),
+            (5, 40),
+        ] {
             let w = random(rows, cols, 11);
             let xs: Vec<f32> = random(5, cols, 12)
                 .flatten_all()
@@ -651,12 +659,16 @@ mod tests {
             } else {
                 &[]
             };
-            let simple = [
-                GgmlDType::Q4_0,
-                GgmlDType::Q4_1,
-                GgmlDType::Q5_1,
-                GgmlDType::Q8_0,
-            ];
+            let simple: &[GgmlDType] = if cols % 32 == 0 {
+                &[
+                    GgmlDType::Q4_0,
+                    GgmlDType::Q4_1,
+                    GgmlDType::Q5_1,
+                    GgmlDType::Q8_0,
+                ]
+            } else {
+                &[]
+            };
             let mut mats: Vec<(String, PackedMatrix)> = simple
                 .iter()
                 .chain(k_quants)
@@ -672,10 +684,19 @@ mod tests {
             for kind in [
                 crate::kernels::Quantize::Q8_0,
                 crate::kernels::Quantize::Q4_1,
-            ] {
+            ]
+            .into_iter()
+            .filter(|_| cols % 32 == 0)
+            {
                 let dense = PackedMatrix::from_dense(&w).unwrap();
                 mats.push((kind.to_string(), dense.quantized(kind).unwrap()));
             }
+            // Dense weights: float32 and bfloat16.
+            mats.push(("f32".into(), PackedMatrix::from_dense(&w).unwrap()));
+            mats.push((
+                "bf16".into(),
+                PackedMatrix::from_dense(&w.to_dtype(DType::BF16).unwrap()).unwrap(),
+            ));
             for (dtype, p) in &mats {
                 let xq = crate::kernels::QuantizedInput::new(x);
                 let alone: Vec<f32> = (0..rows)

@@ -869,8 +869,12 @@ pub unsafe fn dot4_q8sub(qs: &[i8], dm: &[f32], x: [&QuantizedInput; 4]) -> [f32
 
 /// The dense batch kernels of a weight type `$t`: `$dot4` (one weight row with four inputs, each weight loaded and
 /// widened once) and `$dot2x4` (two weight rows with four inputs: each input vector loaded once for both rows,
-/// which halves the loads that bound the four-input kernel, for a batch decoding together). Each row's arithmetic
-/// is the one-row kernel's (`dot_f32`, `dot_bf16`).
+/// which halves the loads that bound the four-input kernel, for a batch decoding together). Each (row, input)
+/// pair is summed exactly as the one-row kernel sums it (`dot_f32`, `dot_bf16`: columns in 16s, the first eight
+/// into one accumulator and the next eight into another, the two added before the horizontal sum, the columns
+/// past the last 16 added one by one), so an answer does not depend on the batch it was decoded in. That takes
+/// two accumulators per pair: sixteen for `$dot2x4`, which is therefore compiled for AVX-512VL (32 vector
+/// registers, the same 256-bit arithmetic) and chosen only where the CPU has it.
 macro_rules! dense_batch_kernels {
     ($dot4:ident, $dot2x4:ident, $t:ty, $load:ident, $widen:expr) => {
         #[doc = concat!("One `", stringify!($t), "` weight row with four inputs (see `dense_batch_kernels!`).")]
@@ -879,16 +883,18 @@ macro_rules! dense_batch_kernels {
             let n = w.len();
             let wp = w.as_ptr();
             let xp = x.map(|v| v.as_ptr());
-            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut a0 = [_mm256_setzero_ps(); 4];
+            let mut a1 = [_mm256_setzero_ps(); 4];
             let mut i = 0;
-            while i + 8 <= n {
-                let wv = $load(wp.add(i));
+            while i + 16 <= n {
+                let (v0, v1) = ($load(wp.add(i)), $load(wp.add(i + 8)));
                 for k in 0..4 {
-                    acc[k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp[k].add(i)), acc[k]);
+                    a0[k] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(xp[k].add(i)), a0[k]);
+                    a1[k] = _mm256_fmadd_ps(v1, _mm256_loadu_ps(xp[k].add(i + 8)), a1[k]);
                 }
-                i += 8;
+                i += 16;
             }
-            let mut out = acc.map(|a| hsum(a));
+            let mut out: [f32; 4] = std::array::from_fn(|k| hsum(_mm256_add_ps(a0[k], a1[k])));
             while i < n {
                 for k in 0..4 {
                     out[k] += $widen(w[i]) * x[k][i];
@@ -899,32 +905,36 @@ macro_rules! dense_batch_kernels {
         }
 
         #[doc = concat!("Two `", stringify!($t), "` weight rows with four inputs (see `dense_batch_kernels!`).")]
-        #[target_feature(enable = "avx2,fma,f16c")]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
         pub unsafe fn $dot2x4(w0: &[$t], w1: &[$t], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
             let n = w0.len();
             let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
             let xp = x.map(|v| v.as_ptr());
-            let mut a0 = [_mm256_setzero_ps(); 4];
-            let mut a1 = [_mm256_setzero_ps(); 4];
+            // [row][half of the 16 columns][input]
+            let mut acc = [[[_mm256_setzero_ps(); 4]; 2]; 2];
             let mut i = 0;
             // Two rows read at once are two streams the hardware prefetcher follows poorly (memory-resident
             // matrices ran at a fifth of the bandwidth): fetch the next two rows' lines ahead, as the quantized
             // four-row kernels do.
             let line = 64 / std::mem::size_of::<$t>();
-            while i + 8 <= n {
-                if i % line == 0 {
+            while i + 16 <= n {
+                if i % line < 16 {
                     _mm_prefetch::<_MM_HINT_T0>(p0.wrapping_add(2 * n + i) as *const i8);
                     _mm_prefetch::<_MM_HINT_T0>(p1.wrapping_add(2 * n + i) as *const i8);
                 }
-                let (v0, v1) = ($load(p0.add(i)), $load(p1.add(i)));
-                for k in 0..4 {
-                    let xv = _mm256_loadu_ps(xp[k].add(i));
-                    a0[k] = _mm256_fmadd_ps(v0, xv, a0[k]);
-                    a1[k] = _mm256_fmadd_ps(v1, xv, a1[k]);
+                for h in 0..2 {
+                    let (v0, v1) = ($load(p0.add(i + 8 * h)), $load(p1.add(i + 8 * h)));
+                    for k in 0..4 {
+                        let xv = _mm256_loadu_ps(xp[k].add(i + 8 * h));
+                        acc[0][h][k] = _mm256_fmadd_ps(v0, xv, acc[0][h][k]);
+                        acc[1][h][k] = _mm256_fmadd_ps(v1, xv, acc[1][h][k]);
+                    }
                 }
-                i += 8;
+                i += 16;
             }
-            let mut out = [a0.map(|a| hsum(a)), a1.map(|a| hsum(a))];
+            let mut out: [[f32; 4]; 2] = std::array::from_fn(|r| {
+                std::array::from_fn(|k| hsum(_mm256_add_ps(acc[r][0][k], acc[r][1][k])))
+            });
             while i < n {
                 for k in 0..4 {
                     out[0][k] += $widen(w0[i]) * x[k][i];
