@@ -158,8 +158,11 @@ pub fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer, EngineE
         Ok(Kind { kind: Some(k) }) if k == "BPE" => {}
         _ => return whole(),
     }
-    let bpe: tokenizers::models::bpe::BPE =
-        serde_json::from_str(model.get()).map_err(|e| bad(&format!("model: {e}")))?;
+    // Anything the direct route cannot read goes through `tokenizers`' own loading, whose error names the
+    // document's line and column.
+    let Ok(bpe) = serde_json::from_str::<tokenizers::models::bpe::BPE>(model.get()) else {
+        return whole();
+    };
     #[derive(serde::Deserialize)]
     struct AddedWithId {
         #[allow(dead_code)]
@@ -167,10 +170,12 @@ pub fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer, EngineE
         #[serde(flatten)]
         token: tokenizers::AddedToken,
     }
-    let added: Vec<AddedWithId> = match doc.get("added_tokens") {
-        Some(raw) => {
-            serde_json::from_str(raw.get()).map_err(|e| bad(&format!("added_tokens: {e}")))?
-        }
+    let added: Vec<AddedWithId> = match doc
+        .get("added_tokens")
+        .map(|raw| serde_json::from_str(raw.get()))
+    {
+        Some(Ok(added)) => added,
+        Some(Err(_)) => return whole(),
         None => Vec::new(),
     };
     // The rest of the document around an empty model; the added tokens go in once the real model is in place
@@ -181,7 +186,9 @@ pub fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer, EngineE
     doc.insert("model".into(), &empty_model);
     doc.insert("added_tokens".into(), &no_tokens);
     let shell = serde_json::to_string(&doc).map_err(|e| bad(&e))?;
-    let mut tokenizer: tokenizers::Tokenizer = shell.parse().map_err(|e| bad(&e))?;
+    let Ok(mut tokenizer) = shell.parse::<tokenizers::Tokenizer>() else {
+        return whole();
+    };
     tokenizer.with_model(bpe);
     let added: Vec<tokenizers::AddedToken> = added.into_iter().map(|a| a.token).collect();
     tokenizer.add_tokens(&added);

@@ -290,12 +290,11 @@ impl Weights {
         match &self.backend {
             Backend::Safetensors { st, .. } => {
                 let view = st.get(hf_name).map_err(|_| self.missing(hf_name))?;
-                PackedMatrix::from_safetensors(
-                    view.dtype(),
-                    view.shape(),
-                    view.data(),
-                    release_mapped,
-                )
+                PackedMatrix::from_safetensors(view.dtype(), view.shape(), view.data(), |piece| {
+                    // SAFETY: candle maps every safetensors file read-only (`memmap2::MmapOptions::map`), and
+                    // `piece` is part of a tensor's bytes in that mapping.
+                    unsafe { release_mapped(piece) }
+                })
                 .map(|m| {
                     let kind = match self.quantize {
                         Some(q)
@@ -597,7 +596,12 @@ pub fn read_gguf(path: &Path) -> Result<gguf_file::Content, EngineError> {
 /// format (safetensors: the mapping belongs to candle), so loading does not hold the file and the packed copy at
 /// once. The range is widened to whole pages; a later read of any of them (a neighbouring tensor) faults the
 /// same bytes back in from the page cache.
-fn release_mapped(bytes: &[u8]) {
+///
+/// # Safety
+///
+/// `bytes` must lie in a read-only mapping of a file (never in anonymous memory such as a `Vec`'s: MADV_DONTNEED
+/// would zero it).
+unsafe fn release_mapped(bytes: &[u8]) {
     #[cfg(unix)]
     {
         // SAFETY: `sysconf` has no preconditions.
@@ -613,6 +617,8 @@ fn release_mapped(bytes: &[u8]) {
         let _ =
             unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
     }
+    #[cfg(not(unix))]
+    let _ = bytes;
 }
 
 #[cfg(test)]

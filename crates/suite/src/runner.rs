@@ -78,9 +78,9 @@ fn short(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(f64::from(x))
 }
 
-/// The parameters as stored with the answer, with the batch size it was decoded in (on the CPU every kernel sums
-/// a batch's rows exactly as a lone decode does, but a GPU's batched products may round differently, so the
-/// batch is part of what reproduces an answer exactly).
+/// The parameters as stored with the answer, with the batch size it was decoded in (on the CPU a batch of up to
+/// 31 sequences computes each exactly as a lone decode does, but larger batches take the prompt GEMM and a GPU's
+/// batched products may round differently, so the batch is part of what reproduces an answer exactly).
 fn params_json(p: &SamplingParams, batch: usize, quantize: Option<&str>) -> String {
     let mut v = json!({"temperature": short(p.temperature), "top_p": short(p.top_p), "top_k": p.top_k,
                        "min_p": short(p.min_p), "repetition_penalty": short(p.repetition_penalty),

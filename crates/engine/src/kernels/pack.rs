@@ -715,11 +715,18 @@ mod tests {
                 );
                 let mut batch = vec![0f32; 5 * rows];
                 p.matmul(&xs, 5, &mut batch);
-                assert_eq!(
-                    batch[..rows],
-                    alone[..],
-                    "{dtype:?} {rows}x{cols}: first of a batch"
-                );
+                for t in 0..5 {
+                    let xt = &xs[t * cols..(t + 1) * cols];
+                    let xq = crate::kernels::QuantizedInput::new(xt);
+                    let lone: Vec<f32> = (0..rows)
+                        .map(|r| p.row_dot(kernel, r, xt, Some(&xq)))
+                        .collect();
+                    assert_eq!(
+                        batch[t * rows..(t + 1) * rows],
+                        lone[..],
+                        "{dtype:?} {rows}x{cols}: input {t} of a batch"
+                    );
+                }
             }
         }
     }

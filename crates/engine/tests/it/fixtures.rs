@@ -11,14 +11,7 @@ pub use vibecheck_test_support::{copy_dir, reference_dir, smollm_gguf};
 pub fn smollm_f32_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("smollm2-f32-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap()
-            .keep();
-        REMOVE_AT_EXIT.set(dir.clone()).unwrap();
-        // SAFETY: registers a plain function with no captured state; it only removes a folder.
-        assert_eq!(unsafe { libc::atexit(remove_at_exit) }, 0);
+        let dir = scratch_dir("smollm2-f32-");
         vibecheck_engine::convert::gguf_to_hf(&smollm_gguf(), &dir, vibecheck_engine::DType::F32)
             .unwrap();
         dir
@@ -26,10 +19,31 @@ pub fn smollm_f32_dir() -> PathBuf {
     .clone()
 }
 
-static REMOVE_AT_EXIT: OnceLock<PathBuf> = OnceLock::new();
+/// A new folder under the target's scratch space, removed when the test process exits (each one, even when the
+/// setup that made it failed and a later test makes another).
+fn scratch_dir(prefix: &str) -> PathBuf {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: registers a plain function with no captured state; it only removes folders.
+        assert_eq!(unsafe { libc::atexit(remove_scratch_dirs) }, 0);
+    });
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+        .keep();
+    SCRATCH
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(dir.clone());
+    dir
+}
 
-extern "C" fn remove_at_exit() {
-    if let Some(dir) = REMOVE_AT_EXIT.get() {
+static SCRATCH: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn remove_scratch_dirs() {
+    let dirs = std::mem::take(&mut *SCRATCH.lock().unwrap_or_else(|e| e.into_inner()));
+    for dir in dirs {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
