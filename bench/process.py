@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Whole-process benchmark: start, load the GGUF, a chat prompt, 128 generated tokens, exit — `vibecheck generate`
 against llama.cpp's `llama-cli` (single turn), same file, same threads, several runs each, alternating. Reports
-wall time and peak resident memory (from the kernel's accounting of each child, `wait4`).
+wall time, peak resident memory (from the kernel's accounting of each child, `wait4`) and peak private memory
+(anonymous pages, sampled from /proc every 2 ms: resident memory also counts shared code and file pages).
 
 Usage: python bench/process.py --llama-cli PATH/TO/llama-cli [--runs 5] [--threads 2]
 """
@@ -10,22 +11,46 @@ import os
 import pathlib
 import statistics
 import subprocess
+import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROMPT = "Write a short story about a robot who learns to paint, in three paragraphs."
 
 
+def private_peak(pid, stop):
+    """Largest private (anonymous) resident memory of a running process, in MiB, sampled every 2 ms from
+    /proc/PID/status until `stop` is set (resident memory also counts the binary's code and mapped files' pages,
+    which other processes share)."""
+    peak = 0
+    while not stop.is_set():
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        peak = max(peak, int(line.split()[1]))
+        except OSError:
+            break
+        time.sleep(0.002)
+    return peak / 1024
+
+
 def timed(cmd, env=None):
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env=env)
+    stop = threading.Event()
+    anon = []
+    sampler = threading.Thread(target=lambda: anon.append(private_peak(proc.pid, stop)))
+    sampler.start()
     err = proc.stderr.read()
+    stop.set()
+    sampler.join()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if status != 0:
         raise SystemExit(f"{cmd[0]} failed: {err.decode(errors='replace')[-2000:]}")
-    return wall, usage.ru_maxrss / 1024, err.decode(errors="replace")
+    return wall, usage.ru_maxrss / 1024, anon[0], err.decode(errors="replace")
 
 
 def main():
@@ -45,16 +70,17 @@ def main():
     results = {"vibecheck": [], "llama-cli": []}
     for i in range(a.runs + 1):  # the first round warms the page cache and is not counted
         for name, cmd, e in (("vibecheck", ours, None), ("llama-cli", peer, env)):
-            wall, rss, err = timed(cmd, e)
+            wall, rss, anon, err = timed(cmd, e)
             if i > 0:
-                results[name].append((wall, rss))
+                results[name].append((wall, rss, anon))
             if i == 1 and name == "vibecheck":
                 print("vibecheck:", err.strip().splitlines()[-1])
     for name, rows in results.items():
-        walls = [w for w, _ in rows]
+        walls = [w for w, _, _ in rows]
         print(f"{name:10} wall median {statistics.median(walls):.2f} s (min {min(walls):.2f}, max {max(walls):.2f}), "
-              f"peak RSS {max(r for _, r in rows):.0f} MiB")
-    ratio = statistics.median(w for w, _ in results["llama-cli"]) / statistics.median(w for w, _ in results["vibecheck"])
+              f"peak RSS {max(r for _, r, _ in rows):.0f} MiB, peak private {max(a for _, _, a in rows):.0f} MiB")
+    ratio = (statistics.median(w for w, _, _ in results["llama-cli"])
+             / statistics.median(w for w, _, _ in results["vibecheck"]))
     print(f"llama-cli time / vibecheck time: {ratio:.2f}x (>1: vibecheck finishes sooner)")
 
 
