@@ -442,6 +442,9 @@ fn bench(a: BenchArgs) -> Result<()> {
         .model
         .threads
         .map_or_else(|| "all".to_string(), |t| t.to_string());
+    const MIB: f64 = 1024.0 * 1024.0;
+    let weights_mib = model.packed_bytes as f64 / MIB;
+    let peak_mib = peak_resident_bytes().map(|b| b as f64 / MIB);
     if a.json {
         println!(
             "{}",
@@ -451,6 +454,7 @@ fn bench(a: BenchArgs) -> Result<()> {
                 "decode_tokens": a.decode_tokens, "decode_tok_s": r.decode_tok_s,
                 "first_token_s": load_s + r.first_token_s,
                 "batch": a.batch, "batch_decode_tok_s": batched,
+                "weights_mib": weights_mib, "peak_resident_mib": peak_mib,
             })
         );
     } else {
@@ -469,8 +473,22 @@ fn bench(a: BenchArgs) -> Result<()> {
         if let (Some(n), Some(b)) = (a.batch, batched) {
             println!("decode, batch {n:<2} {b:.1} tok/s (all sequences together)");
         }
+        match peak_mib {
+            Some(p) => println!(
+                "memory          {p:.0} MiB peak resident ({weights_mib:.0} MiB of weights as packed)"
+            ),
+            None => println!("memory          {weights_mib:.0} MiB of weights as packed"),
+        }
     }
     Ok(())
+}
+
+/// This process's peak resident memory (`VmHWM`), where the system reports it (Linux).
+fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// `8G`, `512M`, `64K` or a plain number of bytes.
