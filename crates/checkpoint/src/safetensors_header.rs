@@ -30,6 +30,8 @@ pub struct Header {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Size of the whole file.
     pub file_len: u64,
+    /// Where the data section starts (tensor offsets count from here).
+    pub data_start: u64,
 }
 
 /// Bytes per element of a safetensors dtype name, `None` for names we do not know.
@@ -124,6 +126,7 @@ pub fn read(path: &Path) -> Result<Header, CheckpointError> {
         tensors,
         metadata,
         file_len,
+        data_start: 8 + header_len,
     })
 }
 

@@ -6,7 +6,6 @@
 //! un-permuted on the way) and shared between users (a tied `lm_head` reuses the embedding). On a GPU it is a
 //! candle tensor or candle quantized matrix.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -84,7 +83,27 @@ pub enum Stored {
 }
 
 /// A GGUF tensor's format, dimensions (rows first) and bytes.
-type GgufTensorBytes<'a> = (GgmlDType, Vec<usize>, Cow<'a, [u8]>);
+type GgufTensorBytes = (GgmlDType, Vec<usize>, TensorBytes);
+
+/// A GGUF tensor's bytes: a memory mapping of its own range of the file, unmapped when dropped, or a copy (Q/K
+/// rows un-permuted). One mapping per tensor rather than one for the file, so loading holds only the file pages
+/// of the tensors being packed: releasing pages of a whole-file mapping with `madvise(DONTNEED)` proved
+/// unreliable (with files written in large pieces the kernel maps whole large folios on a fault, and a load's
+/// resident file pages grew to 65 MiB).
+enum TensorBytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for TensorBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            TensorBytes::Mapped(m) => m,
+            TensorBytes::Owned(v) => v,
+        }
+    }
+}
 
 /// The tensors of a checkpoint, by Hugging Face name.
 pub struct Weights {
@@ -101,10 +120,16 @@ enum Backend {
     Safetensors {
         st: candle_core::safetensors::MmapedSafetensors,
         files: Vec<PathBuf>,
+        /// The shards, open for the packed tensors' own mappings.
+        opened: Vec<std::fs::File>,
+        /// Each tensor's shard, absolute byte offset and length (from the validated headers).
+        ranges: HashMap<String, (usize, u64, usize)>,
     },
     Gguf {
         content: gguf_file::Content,
-        mmap: memmap2::Mmap,
+        file: std::fs::File,
+        /// The file's length when it was opened (every tensor range was checked against it).
+        file_len: usize,
         path: PathBuf,
         heads: usize,
         kv_heads: usize,
@@ -133,8 +158,25 @@ impl Weights {
         // file sizes just before. A file truncated after this point is the one hazard mmap cannot guard against.
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
             .map_err(|e| EngineError::file(&files[0], format!("cannot map safetensors: {e}")))?;
+        let mut opened = Vec::with_capacity(files.len());
+        let mut ranges = HashMap::new();
+        for (i, path) in files.iter().enumerate() {
+            let header = vibecheck_checkpoint::safetensors_header::read(path)?;
+            for t in header.tensors {
+                ranges.insert(
+                    t.name,
+                    (i, header.data_start + t.begin, (t.end - t.begin) as usize),
+                );
+            }
+            opened.push(std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?);
+        }
         Ok(Self {
-            backend: Backend::Safetensors { st, files },
+            backend: Backend::Safetensors {
+                st,
+                files,
+                opened,
+                ranges,
+            },
             dtype,
             device: device.clone(),
             packed: Default::default(),
@@ -151,16 +193,16 @@ impl Weights {
         device: &Device,
     ) -> Result<Self, EngineError> {
         let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
-        // SAFETY: read-only mapping of a file we only read; every range used is checked against its length.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
+        let file_len = file.metadata().map_err(|e| EngineError::io(path, e))?.len() as usize;
         for (name, info) in &content.tensor_infos {
-            gguf_range(&content, info, mmap.len())
+            gguf_range(&content, info, file_len)
                 .map_err(|m| EngineError::file(path, format!("tensor {name:?}: {m}")))?;
         }
         Ok(Self {
             backend: Backend::Gguf {
                 content,
-                mmap,
+                file,
+                file_len,
                 path: path.to_path_buf(),
                 heads,
                 kv_heads,
@@ -200,10 +242,11 @@ impl Weights {
     }
 
     /// A GGUF tensor's info and (un-permuted) bytes.
-    fn gguf_bytes(&self, hf_name: &str) -> Result<GgufTensorBytes<'_>, EngineError> {
+    fn gguf_bytes(&self, hf_name: &str) -> Result<GgufTensorBytes, EngineError> {
         let Backend::Gguf {
             content,
-            mmap,
+            file,
+            file_len,
             heads,
             kv_heads,
             ..
@@ -216,17 +259,25 @@ impl Weights {
             .tensor_infos
             .get(&name)
             .ok_or_else(|| self.missing(hf_name))?;
-        let range = gguf_range(content, info, mmap.len()).map_err(|m| self.bad(&name, m))?;
+        let range = gguf_range(content, info, *file_len).map_err(|m| self.bad(&name, m))?;
         let dims = info.shape.dims().to_vec();
-        let bytes = &mmap[range];
+        // SAFETY: a read-only mapping of a range checked against the file's length when it was opened; a file
+        // truncated while it is being read is the one hazard a mapping cannot guard against.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(range.start as u64)
+                .len(range.len())
+                .map(file)
+        }
+        .map_err(|e| self.bad(&name, format!("cannot map its bytes: {e}")))?;
         Ok(match gguf_permute_heads(&name, *heads, *kv_heads) {
             Some(h) => {
-                let row_bytes = bytes.len() / dims[0].max(1);
+                let row_bytes = map.len() / dims[0].max(1);
                 let permuted =
-                    unpermute_rows(bytes, dims[0], row_bytes, h).map_err(|m| self.bad(&name, m))?;
-                (info.ggml_dtype, dims, Cow::Owned(permuted))
+                    unpermute_rows(&map, dims[0], row_bytes, h).map_err(|m| self.bad(&name, m))?;
+                (info.ggml_dtype, dims, TensorBytes::Owned(permuted))
             }
-            None => (info.ggml_dtype, dims, Cow::Borrowed(bytes)),
+            None => (info.ggml_dtype, dims, TensorBytes::Mapped(map)),
         })
     }
 
@@ -240,12 +291,27 @@ impl Weights {
     /// Loads a tensor as stored (copied out of the mapping).
     pub fn stored(&self, hf_name: &str) -> Result<Stored, EngineError> {
         match &self.backend {
-            Backend::Safetensors { st, .. } => {
-                if st.get(hf_name).is_err() {
-                    return Err(self.missing(hf_name));
+            Backend::Safetensors {
+                st, opened, ranges, ..
+            } => {
+                let view = st.get(hf_name).map_err(|_| self.missing(hf_name))?;
+                let &(shard, offset, len) =
+                    ranges.get(hf_name).ok_or_else(|| self.missing(hf_name))?;
+                // Read through a mapping of the tensor alone (unmapped when dropped): a read through the
+                // whole-file mapping maps the large folio around it too, and these small tensors (norms) sit
+                // between the large ones.
+                // SAFETY: as in `pack`.
+                let map = unsafe {
+                    memmap2::MmapOptions::new()
+                        .offset(offset)
+                        .len(len)
+                        .map(&opened[shard])
                 }
-                let t = st
-                    .load(hf_name, &self.device)
+                .map_err(|e| self.bad(hf_name, format!("cannot map its bytes: {e}")))?;
+                let own =
+                    safetensors::tensor::TensorView::new(view.dtype(), view.shape().to_vec(), &map)
+                        .map_err(|e| self.bad(hf_name, format!("{e:?}")))?;
+                let t = candle_core::safetensors::Load::load(&own, &self.device)
                     .map_err(|e| self.bad(hf_name, e))?;
                 Ok(Stored::Dense(t))
             }
@@ -288,14 +354,26 @@ impl Weights {
     /// Packs one matrix (quantizing it on the way when asked), without caching it.
     fn pack(&self, hf_name: &str) -> Result<PackedMatrix, EngineError> {
         match &self.backend {
-            Backend::Safetensors { st, .. } => {
+            Backend::Safetensors {
+                st, opened, ranges, ..
+            } => {
                 let view = st.get(hf_name).map_err(|_| self.missing(hf_name))?;
-                PackedMatrix::from_safetensors(view.dtype(), view.shape(), view.data(), |piece| {
-                    // SAFETY: candle maps every safetensors file read-only (`memmap2::MmapOptions::map`), and
-                    // `piece` is part of a tensor's bytes in that mapping.
-                    unsafe { release_mapped(piece) }
-                })
-                .map(|m| {
+                let &(shard, offset, len) =
+                    ranges.get(hf_name).ok_or_else(|| self.missing(hf_name))?;
+                // The tensor's bytes a few MB at a time, each piece its own mapping, unmapped once copied.
+                const PIECE: usize = 4 << 20;
+                let pieces = (0..len).step_by(PIECE).map(|at| {
+                    // SAFETY: a read-only mapping of a range the validated header puts inside the file; a file
+                    // truncated while it is read is the one hazard a mapping cannot guard against.
+                    unsafe {
+                        memmap2::MmapOptions::new()
+                            .offset(offset + at as u64)
+                            .len(PIECE.min(len - at))
+                            .map(&opened[shard])
+                    }
+                    .map_err(|e| PackError::Read(e.to_string()))
+                });
+                PackedMatrix::from_safetensors(view.dtype(), view.shape(), len, pieces).map(|m| {
                     let kind = match self.quantize {
                         Some(q)
                             if hf_name.contains("embed_tokens")
@@ -320,34 +398,11 @@ impl Weights {
                     ),
                     other => other,
                 };
-                drop(bytes);
-                self.release_gguf(hf_name);
+                drop(bytes); // unmaps the tensor's pages
                 packed
             }
         }
         .map_err(|e| self.bad(hf_name, e))
-    }
-
-    /// Drops a GGUF tensor's pages from this process once it has been copied into our own format, so loading
-    /// does not hold the file's pages and the packed copy at once (peak memory). The pages stay in the page
-    /// cache; a later read of the range faults them back in.
-    fn release_gguf(&self, hf_name: &str) {
-        #[cfg(unix)]
-        if let Backend::Gguf { content, mmap, .. } = &self.backend {
-            let info = gguf_name(hf_name).and_then(|n| content.tensor_infos.get(&n));
-            if let Some(Ok(range)) = info.map(|i| gguf_range(content, i, mmap.len())) {
-                // SAFETY: a read-only shared mapping of a file: MADV_DONTNEED only unmaps the pages, and any
-                // later access reads the same bytes back from the file. No reference into the range is alive
-                // (the caller's borrow ended above).
-                let _ = unsafe {
-                    mmap.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        range.start,
-                        range.len(),
-                    )
-                };
-            }
-        }
     }
 
     /// A projection weight must be `[out_dim, in_dim]` as config.json implies.
@@ -579,7 +634,7 @@ pub fn unpermute_qk_rows(q: &QTensor, heads: usize) -> candle_core::Result<QTens
     let data = q.data()?;
     let row_bytes = data.len() / dims[0].max(1);
     let out = unpermute_rows(&data, dims[0], row_bytes, heads).map_err(candle_core::Error::msg)?;
-    let storage = QStorage::from_data(Cow::Owned(out), &q.device(), q.dtype())?;
+    let storage = QStorage::from_data(std::borrow::Cow::Owned(out), &q.device(), q.dtype())?;
     QTensor::new(storage, dims)
 }
 
@@ -590,35 +645,6 @@ pub fn read_gguf(path: &Path) -> Result<gguf_file::Content, EngineError> {
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     gguf_file::Content::read(&mut reader)
         .map_err(|e| EngineError::file(path, format!("not a readable GGUF file: {e}")))
-}
-
-/// Drops the pages of memory-mapped tensor bytes from this process once they have been copied into our own
-/// format (safetensors: the mapping belongs to candle), so loading does not hold the file and the packed copy at
-/// once. The range is widened to whole pages; a later read of any of them (a neighbouring tensor) faults the
-/// same bytes back in from the page cache.
-///
-/// # Safety
-///
-/// `bytes` must lie in a read-only mapping of a file (never in anonymous memory such as a `Vec`'s: MADV_DONTNEED
-/// would zero it).
-unsafe fn release_mapped(bytes: &[u8]) {
-    #[cfg(unix)]
-    {
-        // SAFETY: `sysconf` has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        if bytes.is_empty() || !page.is_power_of_two() {
-            return;
-        }
-        let start = bytes.as_ptr() as usize & !(page - 1);
-        let end = (bytes.as_ptr() as usize + bytes.len()).next_multiple_of(page);
-        // SAFETY: the range lies in a read-only mapping of a file (the caller passes mapped tensor bytes; a
-        // mapping always spans whole pages). MADV_DONTNEED on such a mapping only unmaps pages: the memory stays
-        // valid and reads return the file's bytes again. The caller's copy is finished.
-        let _ =
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
-    }
-    #[cfg(not(unix))]
-    let _ = bytes;
 }
 
 #[cfg(test)]

@@ -172,13 +172,56 @@ fn bench_reports_load_prefill_and_decode() {
     // float16 offset beside each scale).
     let weights = v["weights_mib"].as_f64().unwrap();
     assert!((85.0..105.0).contains(&weights), "weights_mib in {out}");
-    // Loading must not hold the mapped file, a tokenizer document or other transients beside the packed weights:
-    // a whole bench process peaked at 1.9x the weights before the tokenizer was built directly (~1.4x since).
-    if cfg!(target_os = "linux") {
+}
+
+/// Loading must not hold the checkpoint's file pages, a tokenizer document or other transients beside the packed
+/// weights. The files are rewritten here in 1 MiB writes, as downloads and trainers write them: the kernel then
+/// caches them in large folios and maps a whole folio on each fault, which defeated releasing pages of a
+/// whole-file mapping (a GGUF load peaked at 1.8x its weights, a bf16 folder at 1.6x; 1.9x and 2.3x before this
+/// round's loading changes).
+#[test]
+#[cfg(target_os = "linux")]
+fn loading_holds_little_beyond_the_packed_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rewrite = |from: &std::path::Path, to: &std::path::Path| {
+        use std::io::Write;
+        let data = std::fs::read(from).unwrap();
+        let mut f = std::fs::File::create(to).unwrap();
+        for piece in data.chunks(1 << 20) {
+            f.write_all(piece).unwrap();
+        }
+    };
+    let gguf = tmp.path().join("model.gguf");
+    rewrite(&smollm_gguf(), &gguf);
+    let folder = tmp.path().join("bf16");
+    let (ok, _, err) = run(bin()
+        .arg("convert")
+        .arg(&gguf)
+        .arg(&folder)
+        .args(["--dtype", "bf16"]));
+    assert!(ok, "{err}");
+    let st = folder.join("model.safetensors");
+    let copy = tmp.path().join("copy.safetensors");
+    rewrite(&st, &copy);
+    std::fs::rename(&copy, &st).unwrap();
+    for (model, limit) in [(&gguf, 1.55), (&folder, 1.35)] {
+        let (ok, out, err) = run(bin().arg("bench").arg(model).args([
+            "--threads",
+            "1",
+            "--prompt-tokens",
+            "16",
+            "--decode-tokens",
+            "8",
+            "--json",
+        ]));
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let weights = v["weights_mib"].as_f64().unwrap();
         let peak = v["peak_resident_mib"].as_f64().unwrap();
         assert!(
-            peak > weights && peak < 1.7 * weights,
-            "peak resident {peak:.0} MiB for {weights:.0} MiB of weights: {out}"
+            peak > weights && peak < limit * weights,
+            "{}: peak resident {peak:.0} MiB for {weights:.0} MiB of weights (limit {limit}x)",
+            model.display()
         );
     }
 }

@@ -15,6 +15,8 @@ pub enum PackError {
     Dtype(String),
     #[error("data has {got} bytes, expected {expected}")]
     Size { got: usize, expected: usize },
+    #[error("cannot read the weights: {0}")]
+    Read(String),
     #[error("{0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -294,13 +296,14 @@ impl PackedMatrix {
         Ok(Self { rows, cols, format })
     }
 
-    /// Packs a safetensors tensor straight from its (memory-mapped) bytes; `copied` sees each piece of `data`
-    /// once it has been copied.
-    pub fn from_safetensors(
+    /// Packs a safetensors tensor of `len` bytes from its bytes handed over in consecutive pieces (the loader maps
+    /// a few MB of the file at a time and unmaps each piece once it is copied, so loading never holds a large
+    /// tensor's file pages beside its packed copy). Every piece but the last holds whole elements.
+    pub fn from_safetensors<P: std::ops::Deref<Target = [u8]>>(
         dtype: safetensors::Dtype,
         shape: &[usize],
-        data: &[u8],
-        mut copied: impl FnMut(&[u8]),
+        len: usize,
+        pieces: impl IntoIterator<Item = Result<P, PackError>>,
     ) -> Result<Self, PackError> {
         let [rows, cols] = shape[..] else {
             return Err(PackError::NotMatrix(shape.to_vec()));
@@ -310,41 +313,50 @@ impl PackedMatrix {
             safetensors::Dtype::BF16 | safetensors::Dtype::F16 => 2,
             other => return Err(PackError::Dtype(format!("{other:?}"))),
         };
-        if data.len() != rows * cols * width {
-            return Err(PackError::Size {
-                got: data.len(),
-                expected: rows * cols * width,
-            });
+        let expected = rows * cols * width;
+        if len != expected {
+            return Err(PackError::Size { got: len, expected });
         }
-        // Copied a few MB at a time, each piece handed to `copied` once done with (the loader releases its
-        // mapped pages, so loading never holds a whole large tensor twice).
-        const PIECE: usize = 4 << 20;
-        let format = if width == 4 {
-            let mut out = Vec::with_capacity(rows * cols);
-            for piece in data.chunks(PIECE) {
-                out.extend(
+        let (mut words, mut floats) = (Vec::new(), Vec::new());
+        if width == 4 {
+            floats.reserve_exact(rows * cols);
+        } else {
+            words.reserve_exact(rows * cols);
+        }
+        let mut got = 0;
+        for piece in pieces {
+            let piece = piece?;
+            if piece.len() % width != 0 {
+                return Err(PackError::Read(format!(
+                    "a piece of {} bytes is not whole {width}-byte elements",
+                    piece.len()
+                )));
+            }
+            got += piece.len();
+            if got > expected {
+                break;
+            }
+            if width == 4 {
+                floats.extend(
                     piece
                         .chunks_exact(4)
                         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
                 );
-                copied(piece);
-            }
-            Format::F32(out)
-        } else {
-            let mut out = Vec::with_capacity(rows * cols);
-            for piece in data.chunks(PIECE) {
-                out.extend(
+            } else {
+                words.extend(
                     piece
                         .chunks_exact(2)
                         .map(|b| u16::from_le_bytes([b[0], b[1]])),
                 );
-                copied(piece);
             }
-            if dtype == safetensors::Dtype::BF16 {
-                Format::Bf16(out)
-            } else {
-                Format::F16(out)
-            }
+        }
+        if got != expected {
+            return Err(PackError::Size { got, expected });
+        }
+        let format = match dtype {
+            safetensors::Dtype::F32 => Format::F32(floats),
+            safetensors::Dtype::BF16 => Format::Bf16(words),
+            _ => Format::F16(words),
         };
         Ok(Self { rows, cols, format })
     }
