@@ -85,11 +85,8 @@ pub enum Stored {
 /// A GGUF tensor's format, dimensions (rows first) and bytes.
 type GgufTensorBytes = (GgmlDType, Vec<usize>, TensorBytes);
 
-/// A GGUF tensor's bytes: a memory mapping of its own range of the file, unmapped when dropped, or a copy (Q/K
-/// rows un-permuted). One mapping per tensor rather than one for the file, so loading holds only the file pages
-/// of the tensors being packed: releasing pages of a whole-file mapping with `madvise(DONTNEED)` proved
-/// unreliable (with files written in large pieces the kernel maps whole large folios on a fault, and a load's
-/// resident file pages grew to 65 MiB).
+/// A GGUF tensor's bytes: a mapping of its own range of the file ([`map_range`]), unmapped when dropped, or a copy
+/// (Q/K rows un-permuted).
 enum TensorBytes {
     Mapped(memmap2::Mmap),
     Owned(Vec<u8>),
@@ -241,6 +238,28 @@ impl Weights {
         EngineError::file(self.origin(), format!("tensor {name:?}: {e}"))
     }
 
+    /// A safetensors tensor's dtype and shape, with its shard and byte range in it.
+    fn safetensors_tensor(
+        &self,
+        hf_name: &str,
+    ) -> Result<(safetensors::Dtype, Vec<usize>, &std::fs::File, u64, usize), EngineError> {
+        let Backend::Safetensors {
+            st, opened, ranges, ..
+        } = &self.backend
+        else {
+            unreachable!("only called for safetensors")
+        };
+        let view = st.get(hf_name).map_err(|_| self.missing(hf_name))?;
+        let &(shard, offset, len) = ranges.get(hf_name).ok_or_else(|| self.missing(hf_name))?;
+        Ok((
+            view.dtype(),
+            view.shape().to_vec(),
+            &opened[shard],
+            offset,
+            len,
+        ))
+    }
+
     /// A GGUF tensor's info and (un-permuted) bytes.
     fn gguf_bytes(&self, hf_name: &str) -> Result<GgufTensorBytes, EngineError> {
         let Backend::Gguf {
@@ -261,15 +280,9 @@ impl Weights {
             .ok_or_else(|| self.missing(hf_name))?;
         let range = gguf_range(content, info, *file_len).map_err(|m| self.bad(&name, m))?;
         let dims = info.shape.dims().to_vec();
-        // SAFETY: a read-only mapping of a range checked against the file's length when it was opened; a file
-        // truncated while it is being read is the one hazard a mapping cannot guard against.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(range.start as u64)
-                .len(range.len())
-                .map(file)
-        }
-        .map_err(|e| self.bad(&name, format!("cannot map its bytes: {e}")))?;
+        // SAFETY: the range was checked against the file's length when it was opened.
+        let map = unsafe { map_range(file, range.start as u64, range.len()) }
+            .map_err(|e| self.bad(&name, format!("cannot map its bytes: {e}")))?;
         Ok(match gguf_permute_heads(&name, *heads, *kv_heads) {
             Some(h) => {
                 let row_bytes = map.len() / dims[0].max(1);
@@ -291,26 +304,16 @@ impl Weights {
     /// Loads a tensor as stored (copied out of the mapping).
     pub fn stored(&self, hf_name: &str) -> Result<Stored, EngineError> {
         match &self.backend {
-            Backend::Safetensors {
-                st, opened, ranges, ..
-            } => {
-                let view = st.get(hf_name).map_err(|_| self.missing(hf_name))?;
-                let &(shard, offset, len) =
-                    ranges.get(hf_name).ok_or_else(|| self.missing(hf_name))?;
+            Backend::Safetensors { .. } => {
                 // Read through a mapping of the tensor alone (unmapped when dropped): a read through the
                 // whole-file mapping maps the large folio around it too, and these small tensors (norms) sit
                 // between the large ones.
-                // SAFETY: as in `pack`.
-                let map = unsafe {
-                    memmap2::MmapOptions::new()
-                        .offset(offset)
-                        .len(len)
-                        .map(&opened[shard])
-                }
-                .map_err(|e| self.bad(hf_name, format!("cannot map its bytes: {e}")))?;
-                let own =
-                    safetensors::tensor::TensorView::new(view.dtype(), view.shape().to_vec(), &map)
-                        .map_err(|e| self.bad(hf_name, format!("{e:?}")))?;
+                let (dtype, shape, file, offset, len) = self.safetensors_tensor(hf_name)?;
+                // SAFETY: the range comes from the shard's validated header.
+                let map = unsafe { map_range(file, offset, len) }
+                    .map_err(|e| self.bad(hf_name, format!("cannot map its bytes: {e}")))?;
+                let own = safetensors::tensor::TensorView::new(dtype, shape, &map)
+                    .map_err(|e| self.bad(hf_name, format!("{e:?}")))?;
                 let t = candle_core::safetensors::Load::load(&own, &self.device)
                     .map_err(|e| self.bad(hf_name, e))?;
                 Ok(Stored::Dense(t))
@@ -354,26 +357,16 @@ impl Weights {
     /// Packs one matrix (quantizing it on the way when asked), without caching it.
     fn pack(&self, hf_name: &str) -> Result<PackedMatrix, EngineError> {
         match &self.backend {
-            Backend::Safetensors {
-                st, opened, ranges, ..
-            } => {
-                let view = st.get(hf_name).map_err(|_| self.missing(hf_name))?;
-                let &(shard, offset, len) =
-                    ranges.get(hf_name).ok_or_else(|| self.missing(hf_name))?;
+            Backend::Safetensors { .. } => {
+                let (dtype, shape, file, offset, len) = self.safetensors_tensor(hf_name)?;
                 // The tensor's bytes a few MB at a time, each piece its own mapping, unmapped once copied.
                 const PIECE: usize = 4 << 20;
                 let pieces = (0..len).step_by(PIECE).map(|at| {
-                    // SAFETY: a read-only mapping of a range the validated header puts inside the file; a file
-                    // truncated while it is read is the one hazard a mapping cannot guard against.
-                    unsafe {
-                        memmap2::MmapOptions::new()
-                            .offset(offset + at as u64)
-                            .len(PIECE.min(len - at))
-                            .map(&opened[shard])
-                    }
-                    .map_err(|e| PackError::Read(e.to_string()))
+                    // SAFETY: the range comes from the shard's validated header.
+                    unsafe { map_range(file, offset + at as u64, PIECE.min(len - at)) }
+                        .map_err(|e| PackError::Read(e.to_string()))
                 });
-                PackedMatrix::from_safetensors(view.dtype(), view.shape(), len, pieces).map(|m| {
+                PackedMatrix::from_safetensors(dtype, &shape, len, pieces).map(|m| {
                     let kind = match self.quantize {
                         Some(q)
                             if hf_name.contains("embed_tokens")
@@ -645,6 +638,29 @@ pub fn read_gguf(path: &Path) -> Result<gguf_file::Content, EngineError> {
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     gguf_file::Content::read(&mut reader)
         .map_err(|e| EngineError::file(path, format!("not a readable GGUF file: {e}")))
+}
+
+/// A read-only mapping of `len` bytes of `file` from `offset`, unmapped when dropped. Loading reads each tensor
+/// through its own mappings rather than one of the whole file: releasing pages of a whole-file mapping with
+/// `madvise(DONTNEED)` proved unreliable (with files written in large pieces the kernel caches large folios and
+/// maps a whole folio on each fault, and a load's resident file pages grew to 65 MiB).
+///
+/// # Safety
+///
+/// The range must lie inside the file; a file truncated while it is mapped is the one hazard a mapping cannot
+/// guard against (the checkpoint loader refuses files still being written).
+unsafe fn map_range(
+    file: &std::fs::File,
+    offset: u64,
+    len: usize,
+) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: the caller's contract; the mapping is read-only.
+    unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map(file)
+    }
 }
 
 #[cfg(test)]

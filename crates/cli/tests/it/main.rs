@@ -152,9 +152,9 @@ fn convert_writes_a_checkpoint_folder_that_answers_the_same() {
     assert!(out.contains("Paris"), "{out}");
 }
 
-#[test]
-fn bench_reports_load_prefill_and_decode() {
-    let (ok, out, err) = run(bin().arg("bench").arg(smollm_gguf()).args([
+/// `vibecheck bench MODEL --json` at one thread, 16 prompt tokens and 8 decoded.
+fn bench_json(model: &Path) -> serde_json::Value {
+    let (ok, out, err) = run(bin().arg("bench").arg(model).args([
         "--threads",
         "1",
         "--prompt-tokens",
@@ -164,7 +164,13 @@ fn bench_reports_load_prefill_and_decode() {
         "--json",
     ]));
     assert!(ok, "{err}");
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+#[test]
+fn bench_reports_load_prefill_and_decode() {
+    let v = bench_json(&smollm_gguf());
+    let out = v.to_string();
     for k in ["load_s", "prefill_tok_s", "decode_tok_s", "first_token_s"] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k} in {out}");
     }
@@ -183,8 +189,7 @@ fn bench_reports_load_prefill_and_decode() {
 #[cfg(target_os = "linux")]
 fn loading_holds_little_beyond_the_packed_weights() {
     let tmp = tempfile::tempdir().unwrap();
-    let rewrite = |from: &std::path::Path, to: &std::path::Path| {
-        use std::io::Write;
+    let rewrite = |from: &Path, to: &Path| {
         let data = std::fs::read(from).unwrap();
         let mut f = std::fs::File::create(to).unwrap();
         for piece in data.chunks(1 << 20) {
@@ -205,17 +210,7 @@ fn loading_holds_little_beyond_the_packed_weights() {
     rewrite(&st, &copy);
     std::fs::rename(&copy, &st).unwrap();
     for (model, limit) in [(&gguf, 1.55), (&folder, 1.35)] {
-        let (ok, out, err) = run(bin().arg("bench").arg(model).args([
-            "--threads",
-            "1",
-            "--prompt-tokens",
-            "16",
-            "--decode-tokens",
-            "8",
-            "--json",
-        ]));
-        assert!(ok, "{err}");
-        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let v = bench_json(model);
         let weights = v["weights_mib"].as_f64().unwrap();
         let peak = v["peak_resident_mib"].as_f64().unwrap();
         assert!(
