@@ -115,12 +115,11 @@ pub struct Weights {
 
 enum Backend {
     Safetensors {
-        st: candle_core::safetensors::MmapedSafetensors,
         files: Vec<PathBuf>,
-        /// The shards, open for the packed tensors' own mappings.
+        /// The shards, open for each tensor's own mappings ([`map_range`]).
         opened: Vec<std::fs::File>,
-        /// Each tensor's shard, absolute byte offset and length (from the validated headers).
-        ranges: HashMap<String, (usize, u64, usize)>,
+        /// Every tensor, from the shards' validated headers (a name in several shards: the last one's).
+        tensors: HashMap<String, SafetensorsEntry>,
     },
     Gguf {
         content: gguf_file::Content,
@@ -131,6 +130,16 @@ enum Backend {
         heads: usize,
         kv_heads: usize,
     },
+}
+
+/// Where a safetensors tensor lies and what it holds.
+struct SafetensorsEntry {
+    shard: usize,
+    /// Absolute byte offset in the shard.
+    offset: u64,
+    len: usize,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
 }
 
 /// What a GGUF tensor needs before use: Q and K rows of llama files are permuted for llama.cpp's RoPE.
@@ -145,34 +154,41 @@ fn gguf_permute_heads(gguf: &str, heads: usize, kv_heads: usize) -> Option<usize
 }
 
 impl Weights {
-    /// Memory-maps safetensors files (already validated by `vibecheck_checkpoint::shard_files`).
+    /// Reads the safetensors files' headers (already validated by `vibecheck_checkpoint::shard_files`); the
+    /// tensors are mapped one by one as they load.
     pub fn from_safetensors(
         files: Vec<PathBuf>,
         dtype: DType,
         device: &Device,
     ) -> Result<Self, EngineError> {
-        // SAFETY: memory-mapping is how every safetensors loader works; the headers were validated against the
-        // file sizes just before. A file truncated after this point is the one hazard mmap cannot guard against.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
-            .map_err(|e| EngineError::file(&files[0], format!("cannot map safetensors: {e}")))?;
         let mut opened = Vec::with_capacity(files.len());
-        let mut ranges = HashMap::new();
-        for (i, path) in files.iter().enumerate() {
+        let mut tensors = HashMap::new();
+        for (shard, path) in files.iter().enumerate() {
             let header = vibecheck_checkpoint::safetensors_header::read(path)?;
             for t in header.tensors {
-                ranges.insert(
-                    t.name,
-                    (i, header.data_start + t.begin, (t.end - t.begin) as usize),
-                );
+                let dtype = serde_json::from_value(serde_json::Value::String(t.dtype.clone()))
+                    .map_err(|_| {
+                        EngineError::file(
+                            path,
+                            format!("tensor {:?}: unknown dtype {:?}", t.name, t.dtype),
+                        )
+                    })?;
+                let entry = SafetensorsEntry {
+                    shard,
+                    offset: header.data_start + t.begin,
+                    len: (t.end - t.begin) as usize,
+                    dtype,
+                    shape: t.shape,
+                };
+                tensors.insert(t.name, entry);
             }
             opened.push(std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?);
         }
         Ok(Self {
             backend: Backend::Safetensors {
-                st,
                 files,
                 opened,
-                ranges,
+                tensors,
             },
             dtype,
             device: device.clone(),
@@ -220,7 +236,7 @@ impl Weights {
 
     pub fn contains(&self, hf_name: &str) -> bool {
         match &self.backend {
-            Backend::Safetensors { st, .. } => st.get(hf_name).is_ok(),
+            Backend::Safetensors { tensors, .. } => tensors.contains_key(hf_name),
             Backend::Gguf { content, .. } => {
                 gguf_name(hf_name).is_some_and(|n| content.tensor_infos.contains_key(&n))
             }
@@ -238,26 +254,19 @@ impl Weights {
         EngineError::file(self.origin(), format!("tensor {name:?}: {e}"))
     }
 
-    /// A safetensors tensor's dtype and shape, with its shard and byte range in it.
+    /// A safetensors tensor's entry and the shard that holds it.
     fn safetensors_tensor(
         &self,
         hf_name: &str,
-    ) -> Result<(safetensors::Dtype, Vec<usize>, &std::fs::File, u64, usize), EngineError> {
+    ) -> Result<(&SafetensorsEntry, &std::fs::File), EngineError> {
         let Backend::Safetensors {
-            st, opened, ranges, ..
+            opened, tensors, ..
         } = &self.backend
         else {
             unreachable!("only called for safetensors")
         };
-        let view = st.get(hf_name).map_err(|_| self.missing(hf_name))?;
-        let &(shard, offset, len) = ranges.get(hf_name).ok_or_else(|| self.missing(hf_name))?;
-        Ok((
-            view.dtype(),
-            view.shape().to_vec(),
-            &opened[shard],
-            offset,
-            len,
-        ))
+        let t = tensors.get(hf_name).ok_or_else(|| self.missing(hf_name))?;
+        Ok((t, &opened[t.shard]))
     }
 
     /// A GGUF tensor's info and (un-permuted) bytes.
@@ -308,11 +317,11 @@ impl Weights {
                 // Read through a mapping of the tensor alone (unmapped when dropped): a read through the
                 // whole-file mapping maps the large folio around it too, and these small tensors (norms) sit
                 // between the large ones.
-                let (dtype, shape, file, offset, len) = self.safetensors_tensor(hf_name)?;
+                let (t, file) = self.safetensors_tensor(hf_name)?;
                 // SAFETY: the range comes from the shard's validated header.
-                let map = unsafe { map_range(file, offset, len) }
+                let map = unsafe { map_range(file, t.offset, t.len) }
                     .map_err(|e| self.bad(hf_name, format!("cannot map its bytes: {e}")))?;
-                let own = safetensors::tensor::TensorView::new(dtype, shape, &map)
+                let own = safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &map)
                     .map_err(|e| self.bad(hf_name, format!("{e:?}")))?;
                 let t = candle_core::safetensors::Load::load(&own, &self.device)
                     .map_err(|e| self.bad(hf_name, e))?;
@@ -358,15 +367,15 @@ impl Weights {
     fn pack(&self, hf_name: &str) -> Result<PackedMatrix, EngineError> {
         match &self.backend {
             Backend::Safetensors { .. } => {
-                let (dtype, shape, file, offset, len) = self.safetensors_tensor(hf_name)?;
+                let (t, file) = self.safetensors_tensor(hf_name)?;
                 // The tensor's bytes a few MB at a time, each piece its own mapping, unmapped once copied.
                 const PIECE: usize = 4 << 20;
-                let pieces = (0..len).step_by(PIECE).map(|at| {
+                let pieces = (0..t.len).step_by(PIECE).map(|at| {
                     // SAFETY: the range comes from the shard's validated header.
-                    unsafe { map_range(file, offset + at as u64, PIECE.min(len - at)) }
+                    unsafe { map_range(file, t.offset + at as u64, PIECE.min(t.len - at)) }
                         .map_err(|e| PackError::Read(e.to_string()))
                 });
-                PackedMatrix::from_safetensors(dtype, &shape, len, pieces).map(|m| {
+                PackedMatrix::from_safetensors(t.dtype, &t.shape, t.len, pieces).map(|m| {
                     let kind = match self.quantize {
                         Some(q)
                             if hf_name.contains("embed_tokens")
