@@ -10,6 +10,18 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+# The NEON kernels: the engine's tests cross-built for AArch64 and run under qemu-user (.ci/run installs the tools).
+armfailed=0
+if command -v qemu-aarch64 >/dev/null && command -v aarch64-linux-gnu-gcc >/dev/null \
+  && rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+  scripts/test-aarch64.sh 2>&1 | tee -a "$log" || status=$?
+elif [ -n "${CI:-}" ]; then
+  echo "the AArch64 cross tools are missing: the NEON kernels' tests cannot run"
+  status=1
+  armfailed=1
+else
+  echo "AArch64 (NEON) tests skipped: see scripts/test-aarch64.sh for the cross tools they need"
+fi
 passed=$({ grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" || true; } | awk '{s+=$4} END {print s+0}')
 failed=$({ grep -oE '[0-9]+ failed;' "$log" || true; } | awk '{s+=$1} END {print s+0}')
 
@@ -43,5 +55,5 @@ elif [ -n "${CI:-}" ]; then
 else
   echo "browser test skipped: install Debian's chromium to run it"
 fi
-echo "total: $((passed + ${pypassed:-0} + ${brpassed:-0})) passed, $((failed + pyfailed + ${brfailed:-0})) failed"
+echo "total: $((passed + ${pypassed:-0} + ${brpassed:-0})) passed, $((failed + armfailed + pyfailed + ${brfailed:-0})) failed"
 exit "$status"

@@ -76,10 +76,10 @@ impl Linear {
     }
 }
 
-/// A tensor as stored: dense, or in a ggml block format.
+/// A tensor as stored: dense, or in a ggml block format (boxed: a `QTensor` is large on some targets).
 pub enum Stored {
     Dense(Tensor),
-    Quant(QTensor),
+    Quant(Box<QTensor>),
 }
 
 /// A GGUF tensor's format, dimensions (rows first) and bytes.
@@ -333,7 +333,7 @@ impl Weights {
                     GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                         Stored::Dense(q.dequantize(&self.device)?)
                     }
-                    _ => Stored::Quant(q),
+                    _ => Stored::Quant(Box::new(q)),
                 })
             }
         }
@@ -508,7 +508,7 @@ impl Weights {
             Stored::Quant(q) => {
                 check(q.shape().dims())?;
                 Linear::Quant {
-                    weight: QMatMul::from_qtensor(q)?,
+                    weight: QMatMul::from_qtensor(*q)?,
                     bias,
                 }
             }

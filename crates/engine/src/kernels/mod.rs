@@ -27,9 +27,10 @@
 //! - `Q8Sub`: 8-bit signed values with a float32 scale and offset per 16 (`w = d·q + m`), holding Q2_K (whose
 //!   16-weight blocks have minimums) exactly, at 1.5 bytes per weight.
 //!
-//! The inner products are selected at run time (AVX2+FMA+F16C on x86-64, a portable loop elsewhere), so one
-//! binary runs everywhere. Rows are split across rayon's threads; a lone input meets quantized rows four at a
-//! time (each input block loaded once for four rows, four independent sums, the next rows prefetched), with
+//! The inner products are selected at run time (AVX2+FMA+F16C on x86-64, NEON on AArch64, a portable loop
+//! elsewhere), so one binary runs everywhere. Rows are split across rayon's threads; a lone input meets quantized
+//! rows four at a time (each input block loaded once for four rows, four independent sums, the next rows
+//! prefetched on x86), with
 //! every row's arithmetic exactly that of the one-row kernel, and so do the four-input kernels of a batch; a
 //! prompt ([`GEMM_MIN_INPUTS`] inputs or more) goes through a GEMM instead: on CPUs with AVX-512 VNNI, quantized
 //! weights meet the prompt's 16-bit activations in an integer GEMM (`vnni`: `vpdpwssd`, twice the multiply-adds
@@ -37,6 +38,8 @@
 //! float32 GEMM on rows widened to float32. `cargo run --release -p vibecheck-engine --example kernels` measures
 //! each format's throughput beside the row-at-a-time kernel, and each GEMM beside the float32 one.
 
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod pack;
 mod quantize;
 mod scalar;
@@ -431,6 +434,44 @@ impl PackedMatrix {
                 }
             };
         }
+        #[cfg(target_arch = "aarch64")]
+        if kernel == Kernel::Neon {
+            let x = xq?;
+            // SAFETY: NEON is part of AArch64; the slices hold four rows.
+            return unsafe {
+                match &self.format {
+                    Format::Q4 { qs, dm } => Some(neon::dot_q4_rows4(
+                        rows(qs, c / 2, r, 4),
+                        rows(dm, 2 * nb, r, 4),
+                        c / 2,
+                        2 * nb,
+                        x,
+                    )),
+                    Format::Q4H { qs, dm } => Some(neon::dot_q4h_rows4(
+                        rows(qs, c / 2, r, 4),
+                        rows(dm, 2 * nb, r, 4),
+                        c / 2,
+                        2 * nb,
+                        x,
+                    )),
+                    Format::Q8 { qs, dm } => Some(neon::dot_q8_rows4(
+                        rows(qs, c, r, 4),
+                        rows(dm, 2 * nb, r, 4),
+                        c,
+                        2 * nb,
+                        x,
+                    )),
+                    Format::Q8H { qs, dm } => Some(neon::dot_q8h_rows4(
+                        rows(qs, c, r, 4),
+                        rows(dm, 2 * nb, r, 4),
+                        c,
+                        2 * nb,
+                        x,
+                    )),
+                    _ => None,
+                }
+            };
+        }
         let _ = (kernel, r, xq, c, nb, ns);
         None
     }
@@ -527,7 +568,32 @@ impl PackedMatrix {
                 }
             }
         }
-        let _ = (nb, ns);
+        #[cfg(target_arch = "aarch64")]
+        if kernel == Kernel::Neon {
+            let q = || xq.map(|q| q.expect("quantized input"));
+            // SAFETY: NEON is part of AArch64; the slices hold one row.
+            unsafe {
+                match &self.format {
+                    Format::F32(w) => return neon::dot4_f32(rows(w, c, r, 1), x),
+                    Format::Bf16(w) => return neon::dot4_bf16(rows(w, c, r, 1), x),
+                    Format::F16(w) => return neon::dot4_f16(rows(w, c, r, 1), x),
+                    Format::Q4 { qs, dm } => {
+                        return neon::dot4_q4(rows(qs, c / 2, r, 1), rows(dm, 2 * nb, r, 1), q())
+                    }
+                    Format::Q4H { qs, dm } => {
+                        return neon::dot4_q4h(rows(qs, c / 2, r, 1), rows(dm, 2 * nb, r, 1), q())
+                    }
+                    Format::Q8 { qs, dm } => {
+                        return neon::dot4_q8(rows(qs, c, r, 1), rows(dm, 2 * nb, r, 1), q())
+                    }
+                    Format::Q8H { qs, dm } => {
+                        return neon::dot4_q8h(rows(qs, c, r, 1), rows(dm, 2 * nb, r, 1), q())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let _ = (c, nb, ns);
         [0, 1, 2, 3].map(|i| self.row_dot(kernel, r, x[i], xq[i]))
     }
 
@@ -885,6 +951,8 @@ pub enum Kernel {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 impl Kernel {
@@ -902,6 +970,14 @@ impl Kernel {
                 return Kernel::Avx2;
             }
         }
+        // NEON is part of the base AArch64 architecture: no run-time check.
+        #[cfg(target_arch = "aarch64")]
+        {
+            static NEON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            if *NEON.get_or_init(|| std::env::var_os("VIBECHECK_PORTABLE_KERNELS").is_none()) {
+                return Kernel::Neon;
+            }
+        }
         Kernel::Portable
     }
 
@@ -910,12 +986,14 @@ impl Kernel {
             Kernel::Portable => "portable",
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => "avx2",
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => "neon",
         }
     }
 }
 
-/// `Kernel` methods that run the portable or the AVX2 version of one inner product (same name in `scalar` and
-/// `x86`).
+/// `Kernel` methods that run the portable, AVX2 or NEON version of one inner product (same name in `scalar`, `x86`
+/// and `neon`).
 macro_rules! dispatch {
     ($($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {
         impl Kernel {
@@ -928,6 +1006,9 @@ macro_rules! dispatch {
                         // SAFETY: `detect` checked that the CPU has AVX2, FMA and F16C.
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Avx2 => unsafe { x86::$name($($arg),*) },
+                        // SAFETY: NEON is part of AArch64; the arguments are what the portable version takes.
+                        #[cfg(target_arch = "aarch64")]
+                        Kernel::Neon => unsafe { neon::$name($($arg),*) },
                     }
                 }
             )*
