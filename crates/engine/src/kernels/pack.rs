@@ -33,12 +33,16 @@ fn f16(bytes: &[u8], at: usize) -> f32 {
 
 /// The values as float16 bits, if every one of them is a float16 value.
 fn halves(v: &[f32]) -> Option<Vec<u16>> {
-    v.iter()
-        .map(|&x| {
-            let h = half::f16::from_f32(x);
-            (h.to_f32().to_bits() == x.to_bits()).then_some(h.to_bits())
-        })
-        .collect()
+    // Allocated exactly: collecting into `Option<Vec<_>>` knows no length and grows by doubling.
+    let mut out = Vec::with_capacity(v.len());
+    for &x in v {
+        let h = half::f16::from_f32(x);
+        if h.to_f32().to_bits() != x.to_bits() {
+            return None;
+        }
+        out.push(h.to_bits());
+    }
+    Some(out)
 }
 
 /// The 6-bit scale and minimum of sub-block `j` in a K-quant superblock.
