@@ -24,7 +24,7 @@ unsafe fn widen_f16(v: uint16x4_t) -> float32x4_t {
         "fcvtl {o:v}.4s, {i:v}.4h",
         i = in(vreg) v,
         o = out(vreg) out,
-        options(pure, nomem, nostack, preserves_flags),
+        options(pure, nomem, nostack),
     );
     out
 }
@@ -45,14 +45,6 @@ unsafe fn load4_bf16(p: *const u16) -> float32x4_t {
 #[inline(always)]
 unsafe fn load4_f16(p: *const u16) -> float32x4_t {
     widen_f16(vld1_u16(p))
-}
-
-/// A float16 pair (a block's `(d, m)`) as float32.
-#[inline(always)]
-unsafe fn f16_pair(p: *const u16) -> (f32, f32) {
-    let bits = (p as *const u32).read_unaligned();
-    let f = widen_f16(vreinterpret_u16_u32(vdup_n_u32(bits)));
-    (vgetq_lane_f32::<0>(f), vgetq_lane_f32::<1>(f))
 }
 
 /// The dense one-row kernel and its four-input twin for one element type: sixteen columns per pass in four
@@ -149,6 +141,20 @@ macro_rules! attention_kernels {
             assert!(n == 0 || v.len() >= (n - 1) * stride + hd, "values past the cache");
             let (vp, op) = (v.as_ptr(), out.as_mut_ptr());
             let mut c = 0;
+            // Sixty-four columns (sixteen registers) per pass over the keys, then sixteen, then four: each
+            // column's multiply-adds fall in the same order whichever pass takes it.
+            while c + 64 <= hd {
+                let mut a: [float32x4_t; 16] = std::array::from_fn(|i| vld1q_f32(op.add(c + 4 * i)));
+                for (j, &pj) in p.iter().enumerate() {
+                    for (i, a) in a.iter_mut().enumerate() {
+                        *a = vfmaq_n_f32(*a, $load(vp.add(j * stride + c + 4 * i)), pj);
+                    }
+                }
+                for (i, a) in a.iter().enumerate() {
+                    vst1q_f32(op.add(c + 4 * i), *a);
+                }
+                c += 64;
+            }
             while c + 16 <= hd {
                 let mut a: [float32x4_t; 4] = std::array::from_fn(|i| vld1q_f32(op.add(c + 4 * i)));
                 for (j, &pj) in p.iter().enumerate() {
@@ -235,11 +241,8 @@ pub unsafe fn softmax(s: &mut [f32]) {
         mv = vmaxq_f32(mv, vld1q_f32(p.add(i)));
         i += 4;
     }
-    // `fmaxv` propagates a NaN score, and so does the scalar tail's comparison below (NaN − NaN is NaN).
-    let mut max = vmaxvq_f32(mv);
-    for &v in &s[body..] {
-        max = if v.is_nan() { v } else { max.max(v) };
-    }
+    // A NaN score (a broken model) makes the sum NaN below, and so every probability, as in the portable loop.
+    let max = s[body..].iter().fold(vmaxvq_f32(mv), |m, &v| m.max(v));
     let (m, mut acc) = (vdupq_n_f32(max), vdupq_n_f32(0.0));
     i = 0;
     while i < body {
@@ -275,68 +278,80 @@ unsafe fn load_x(x: *const i16) -> [int16x8_t; 4] {
     ]
 }
 
-/// `acc + Σ w·x` over sixteen signed 8-bit weights and sixteen 16-bit inputs, in 32-bit lanes (exact).
+/// Sixteen signed 8-bit weights as two vectors of 16-bit lanes.
 #[inline(always)]
-unsafe fn madd16(acc: int32x4_t, w: int8x16_t, x0: int16x8_t, x1: int16x8_t) -> int32x4_t {
-    let (w0, w1) = (vmovl_s8(vget_low_s8(w)), vmovl_high_s8(w));
-    let acc = vmlal_s16(acc, vget_low_s16(w0), vget_low_s16(x0));
+unsafe fn widen8(w: int8x16_t) -> [int16x8_t; 2] {
+    [vmovl_s8(vget_low_s8(w)), vmovl_high_s8(w)]
+}
+
+/// A 4-bit block (byte `j` holds weights `j` and `j + 16`) as four vectors of 16-bit lanes, weights 0–31 in order.
+#[inline(always)]
+unsafe fn unpack_q4(q: *const u8) -> [int16x8_t; 4] {
+    let v = vld1q_u8(q);
+    let [a, b] = widen8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F))));
+    let [c, d] = widen8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)));
+    [a, b, c, d]
+}
+
+/// A signed 8-bit block of 32 as four vectors of 16-bit lanes.
+#[inline(always)]
+unsafe fn unpack_q8(q: *const i8) -> [int16x8_t; 4] {
+    let [a, b] = widen8(vld1q_s8(q));
+    let [c, d] = widen8(vld1q_s8(q.add(16)));
+    [a, b, c, d]
+}
+
+/// `Σ w·x` over sixteen 16-bit weights and inputs in four 32-bit lanes (exact): a chain of four multiply-adds.
+#[inline(always)]
+unsafe fn dot16(w0: int16x8_t, w1: int16x8_t, x0: int16x8_t, x1: int16x8_t) -> int32x4_t {
+    let acc = vmull_s16(vget_low_s16(w0), vget_low_s16(x0));
     let acc = vmlal_high_s16(acc, w0, x0);
     let acc = vmlal_s16(acc, vget_low_s16(w1), vget_low_s16(x1));
     vmlal_high_s16(acc, w1, x1)
 }
 
-/// Σ q·x16 of a 4-bit block (byte `j` holds weights `j` and `j + 16`) in four 32-bit lanes.
+/// `Σ w·x` over a block of 32 in four 32-bit lanes (exact): its two halves in independent chains.
 #[inline(always)]
-unsafe fn sum_q4(q: *const u8, x: &[int16x8_t; 4]) -> int32x4_t {
-    let v = vld1q_u8(q);
-    let lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
-    let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v));
-    madd16(madd16(vdupq_n_s32(0), lo, x[0], x[1]), hi, x[2], x[3])
+unsafe fn dot32(w: &[int16x8_t; 4], x: &[int16x8_t; 4]) -> int32x4_t {
+    vaddq_s32(dot16(w[0], w[1], x[0], x[1]), dot16(w[2], w[3], x[2], x[3]))
 }
 
-/// Σ q·x16 of a signed 8-bit block of 32 in four 32-bit lanes.
+/// A block's `(d·sx, m·sum)` for (d, m) as float32 (`Q4`, `Q8`; `ss`: the input's (sx, sum) of the block): the
+/// products the portable kernel forms.
 #[inline(always)]
-unsafe fn sum_q8(q: *const i8, x: &[int16x8_t; 4]) -> int32x4_t {
-    let acc = madd16(vdupq_n_s32(0), vld1q_s8(q), x[0], x[1]);
-    madd16(acc, vld1q_s8(q.add(16)), x[2], x[3])
+unsafe fn f32_scales(dm: *const f32, ss: *const f32) -> float32x2_t {
+    vmul_f32(vld1_f32(dm), vld1_f32(ss))
 }
 
-/// A block's `d·sx` and `m·sum` for (d, m) as float32 (`Q4`, `Q8`): the products the portable kernel forms.
+/// A block's `(d·sx, m·sum)` for (d, m) as float16 (`Q4H`, `Q8H`).
 #[inline(always)]
-unsafe fn f32_scales(dm: *const f32, x: &QuantizedInput, b: usize) -> (f32, f32) {
-    (
-        *dm * *x.sx.get_unchecked(b),
-        *dm.add(1) * *x.sum.get_unchecked(b),
-    )
-}
-
-/// A block's `d·sx` and `m·sum` for (d, m) as float16 (`Q4H`, `Q8H`).
-#[inline(always)]
-unsafe fn f16_scales(dm: *const u16, x: &QuantizedInput, b: usize) -> (f32, f32) {
-    let (d, m) = f16_pair(dm);
-    (d * *x.sx.get_unchecked(b), m * *x.sum.get_unchecked(b))
+unsafe fn f16_scales(dm: *const u16, ss: *const f32) -> float32x2_t {
+    let bits = (dm as *const u32).read_unaligned();
+    let dm = widen_f16(vreinterpret_u16_u32(vdup_n_u32(bits)));
+    vmul_f32(vget_low_f32(dm), vld1_f32(ss))
 }
 
 /// The one-row, four-row and four-input kernels of a format with one (d, m) per 32 weights (`Q4`, `Q8`, `Q4H`,
-/// `Q8H`): Σ_b d_b·sx_b·(Σ q·x16) + m_b·sum_b. The four-row kernel loads each input block once for four rows;
-/// the four-input kernel reads each weight block once for four inputs; each row's arithmetic is the one-row
-/// kernel's in all three.
+/// `Q8H`): Σ_b d_b·sx_b·(Σ q·x16) + m_b·sum_b, the block's integer sum scaled by lane 0 of its scales and lane 1
+/// added to the offsets (lane 0 of `off` gathers nothing used). The four-row kernel loads each input block once
+/// for four rows; the four-input kernel unpacks each weight block once for four inputs; each row's arithmetic is
+/// the one-row kernel's in all three.
 macro_rules! block_kernels {
-    ($dot:ident, $rows4:ident, $dot4:ident, $elem:ty, $bytes:expr, $sum:ident, $dm:ty, $scales:ident) => {
+    ($dot:ident, $rows4:ident, $dot4:ident, $elem:ty, $bytes:expr, $unpack:ident, $dm:ty, $scales:ident) => {
         #[doc = concat!("One row of `", stringify!($elem), "` weights (see `block_kernels!`).")]
         pub unsafe fn $dot(qs: &[$elem], dm: &[$dm], x: &QuantizedInput) -> f32 {
             let nb = x.sx.len();
-            assert!(qs.len() >= nb * $bytes && dm.len() >= nb * 2 && x.q.len() >= nb * BLOCK);
-            let (qp, dp, xp) = (qs.as_ptr(), dm.as_ptr(), x.q.as_ptr());
-            let mut acc = vdupq_n_f32(0.0);
-            let mut offset = 0f32;
+            assert!(qs.len() >= nb * $bytes && dm.len() >= nb * 2);
+            assert!(x.q.len() >= nb * BLOCK && x.ss.len() >= nb * 2);
+            let (qp, dp, xp, sp) = (qs.as_ptr(), dm.as_ptr(), x.q.as_ptr(), x.ss.as_ptr());
+            let (mut acc, mut off) = (vdupq_n_f32(0.0), vdup_n_f32(0.0));
             for b in 0..nb {
-                let s = $sum(qp.add(b * $bytes), &load_x(xp.add(b * BLOCK)));
-                let (scale, off) = $scales(dp.add(2 * b), x, b);
-                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), scale);
-                offset += off;
+                let s = dot32(&$unpack(qp.add(b * $bytes)), &load_x(xp.add(b * BLOCK)));
+                let sc = $scales(dp.add(2 * b), sp.add(2 * b));
+                acc = vfmaq_lane_f32::<0>(acc, vcvtq_f32_s32(s), sc);
+                off = vadd_f32(off, sc);
             }
-            vaddvq_f32(acc) + offset
+            vaddvq_f32(acc) + vget_lane_f32::<1>(off)
         }
 
         #[doc = concat!("[`", stringify!($dot), "`] for four weight rows (`row_q`/`row_dm` apart) against one input.")]
@@ -349,39 +364,40 @@ macro_rules! block_kernels {
         ) -> [f32; 4] {
             let nb = x.sx.len();
             assert!(qs.len() >= 3 * row_q + nb * $bytes && dm.len() >= 3 * row_dm + nb * 2);
-            assert!(x.q.len() >= nb * BLOCK);
-            let (qp, dp, xp) = (qs.as_ptr(), dm.as_ptr(), x.q.as_ptr());
+            assert!(x.q.len() >= nb * BLOCK && x.ss.len() >= nb * 2);
+            let (qp, dp, xp, sp) = (qs.as_ptr(), dm.as_ptr(), x.q.as_ptr(), x.ss.as_ptr());
             let mut acc = [vdupq_n_f32(0.0); 4];
-            let mut offset = [0f32; 4];
+            let mut off = [vdup_n_f32(0.0); 4];
             for b in 0..nb {
                 let xv = load_x(xp.add(b * BLOCK));
                 for r in 0..4 {
-                    let s = $sum(qp.add(r * row_q + b * $bytes), &xv);
-                    let (scale, off) = $scales(dp.add(r * row_dm + 2 * b), x, b);
-                    acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(s), scale);
-                    offset[r] += off;
+                    let s = dot32(&$unpack(qp.add(r * row_q + b * $bytes)), &xv);
+                    let sc = $scales(dp.add(r * row_dm + 2 * b), sp.add(2 * b));
+                    acc[r] = vfmaq_lane_f32::<0>(acc[r], vcvtq_f32_s32(s), sc);
+                    off[r] = vadd_f32(off[r], sc);
                 }
             }
-            [0, 1, 2, 3].map(|r| vaddvq_f32(acc[r]) + offset[r])
+            [0, 1, 2, 3].map(|r| vaddvq_f32(acc[r]) + vget_lane_f32::<1>(off[r]))
         }
 
         #[doc = concat!("[`", stringify!($dot), "`] of one weight row with four inputs.")]
         pub unsafe fn $dot4(qs: &[$elem], dm: &[$dm], x: [&QuantizedInput; 4]) -> [f32; 4] {
             let nb = x[0].sx.len();
             assert!(qs.len() >= nb * $bytes && dm.len() >= nb * 2);
-            assert!(x.iter().all(|x| x.sx.len() == nb && x.q.len() >= nb * BLOCK));
+            assert!(x.iter().all(|x| x.q.len() >= nb * BLOCK && x.ss.len() >= nb * 2));
             let (qp, dp) = (qs.as_ptr(), dm.as_ptr());
             let mut acc = [vdupq_n_f32(0.0); 4];
-            let mut offset = [0f32; 4];
+            let mut off = [vdup_n_f32(0.0); 4];
             for b in 0..nb {
+                let w = $unpack(qp.add(b * $bytes));
                 for k in 0..4 {
-                    let s = $sum(qp.add(b * $bytes), &load_x(x[k].q.as_ptr().add(b * BLOCK)));
-                    let (scale, off) = $scales(dp.add(2 * b), x[k], b);
-                    acc[k] = vfmaq_n_f32(acc[k], vcvtq_f32_s32(s), scale);
-                    offset[k] += off;
+                    let s = dot32(&w, &load_x(x[k].q.as_ptr().add(b * BLOCK)));
+                    let sc = $scales(dp.add(2 * b), x[k].ss.as_ptr().add(2 * b));
+                    acc[k] = vfmaq_lane_f32::<0>(acc[k], vcvtq_f32_s32(s), sc);
+                    off[k] = vadd_f32(off[k], sc);
                 }
             }
-            [0, 1, 2, 3].map(|k| vaddvq_f32(acc[k]) + offset[k])
+            [0, 1, 2, 3].map(|k| vaddvq_f32(acc[k]) + vget_lane_f32::<1>(off[k]))
         }
     };
 }
@@ -392,7 +408,7 @@ block_kernels!(
     dot4_q4,
     u8,
     16,
-    sum_q4,
+    unpack_q4,
     f32,
     f32_scales
 );
@@ -402,7 +418,7 @@ block_kernels!(
     dot4_q8,
     i8,
     BLOCK,
-    sum_q8,
+    unpack_q8,
     f32,
     f32_scales
 );
@@ -412,7 +428,7 @@ block_kernels!(
     dot4_q4h,
     u8,
     16,
-    sum_q4,
+    unpack_q4,
     u16,
     f16_scales
 );
@@ -422,7 +438,7 @@ block_kernels!(
     dot4_q8h,
     i8,
     BLOCK,
-    sum_q8,
+    unpack_q8,
     u16,
     f16_scales
 );
@@ -430,17 +446,17 @@ block_kernels!(
 /// A K-quant with 6-bit scales and minimums per 32 weights and (d, dmin) per 256: each block's `(d·sc, −dmin·mn)`
 /// formed as ggml forms it ([`kquant_dm`]), then as in the one-(d, m)-per-block kernels.
 macro_rules! kquant_kernel {
-    ($dot:ident, $elem:ty, $bytes:expr, $sum:ident) => {
+    ($dot:ident, $elem:ty, $bytes:expr, $unpack:ident) => {
         #[doc = concat!("One row of `", stringify!($elem), "` K-quant superblocks.")]
         pub unsafe fn $dot(qs: &[$elem], sm: &[u8], d: &[f32], x: &QuantizedInput) -> f32 {
             let nb = x.sx.len();
             assert!(qs.len() >= nb * $bytes && sm.len() >= nb * 2 && d.len() >= nb / 4);
-            assert!(x.q.len() >= nb * BLOCK && nb % 8 == 0);
+            assert!(x.q.len() >= nb * BLOCK && x.sum.len() >= nb && nb % 8 == 0);
             let (qp, xp) = (qs.as_ptr(), x.q.as_ptr());
             let mut acc = vdupq_n_f32(0.0);
             let mut offset = 0f32;
             for b in 0..nb {
-                let s = $sum(qp.add(b * $bytes), &load_x(xp.add(b * BLOCK)));
+                let s = dot32(&$unpack(qp.add(b * $bytes)), &load_x(xp.add(b * BLOCK)));
                 let (a, o) = kquant_dm(sm, d, b);
                 acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), a * x.sx[b]);
                 offset += o * x.sum[b];
@@ -450,8 +466,8 @@ macro_rules! kquant_kernel {
     };
 }
 
-kquant_kernel!(dot_q4k, u8, 16, sum_q4);
-kquant_kernel!(dot_q5k, i8, BLOCK, sum_q8);
+kquant_kernel!(dot_q4k, u8, 16, unpack_q4);
+kquant_kernel!(dot_q5k, i8, BLOCK, unpack_q8);
 
 /// The 8-bit formats with a scale per 16 weights: `dm(b, h)` gives half `h` of block `b`'s (d, m).
 #[inline(always)]
@@ -462,14 +478,9 @@ unsafe fn halves(qs: &[i8], x: &QuantizedInput, dm: impl Fn(usize, usize) -> (f3
     let mut acc = vdupq_n_f32(0.0);
     let mut offset = 0f32;
     for b in 0..nb {
-        let xv = load_x(xp.add(b * BLOCK));
+        let (w, xv) = (unpack_q8(qp.add(b * BLOCK)), load_x(xp.add(b * BLOCK)));
         for h in 0..2 {
-            let s = madd16(
-                vdupq_n_s32(0),
-                vld1q_s8(qp.add(b * BLOCK + 16 * h)),
-                xv[2 * h],
-                xv[2 * h + 1],
-            );
+            let s = dot16(w[2 * h], w[2 * h + 1], xv[2 * h], xv[2 * h + 1]);
             let (d, m) = dm(b, h);
             acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), d * x.sx[b]);
             offset += m * x.half_sum[2 * b + h];
