@@ -358,44 +358,54 @@ impl PackedMatrix {
         });
     }
 
-    /// Rows `r..r + 4` against one quantized input, where a kernel for it exists (the quantized formats on AVX2).
+    /// Rows `r..r + 4` against one quantized input, where a kernel for it exists (the quantized formats on AVX2;
+    /// those with one (d, m) per 32 weights on NEON).
     fn rows4_dot(&self, kernel: Kernel, r: usize, xq: Option<&QuantizedInput>) -> Option<[f32; 4]> {
         let (c, nb, ns) = (self.cols, self.cols / BLOCK, self.cols / 256);
+        // The four-row kernels of the formats with one (d, m) per block, in ISA module `$isa`: each takes the four
+        // rows' slices and how far apart the rows are in each.
+        #[allow(unused_macros)]
+        macro_rules! block_rows4 {
+            ($isa:ident, $format:expr, $x:expr) => {
+                match $format {
+                    Format::Q4 { qs, dm } => Some($isa::dot_q4_rows4(
+                        rows(qs, c / 2, r, 4),
+                        rows(dm, 2 * nb, r, 4),
+                        c / 2,
+                        2 * nb,
+                        $x,
+                    )),
+                    Format::Q4H { qs, dm } => Some($isa::dot_q4h_rows4(
+                        rows(qs, c / 2, r, 4),
+                        rows(dm, 2 * nb, r, 4),
+                        c / 2,
+                        2 * nb,
+                        $x,
+                    )),
+                    Format::Q8 { qs, dm } => Some($isa::dot_q8_rows4(
+                        rows(qs, c, r, 4),
+                        rows(dm, 2 * nb, r, 4),
+                        c,
+                        2 * nb,
+                        $x,
+                    )),
+                    Format::Q8H { qs, dm } => Some($isa::dot_q8h_rows4(
+                        rows(qs, c, r, 4),
+                        rows(dm, 2 * nb, r, 4),
+                        c,
+                        2 * nb,
+                        $x,
+                    )),
+                    _ => None,
+                }
+            };
+        }
         #[cfg(target_arch = "x86_64")]
         if kernel == Kernel::Avx2 {
             let x = xq?;
-            // Each kernel takes the four rows' slices and how far apart the rows are in each.
             // SAFETY: `Kernel::Avx2` is only chosen when the CPU has AVX2, FMA and F16C; the slices hold four rows.
             return unsafe {
                 match &self.format {
-                    Format::Q4 { qs, dm } => Some(x86::dot_q4_rows4(
-                        rows(qs, c / 2, r, 4),
-                        rows(dm, 2 * nb, r, 4),
-                        c / 2,
-                        2 * nb,
-                        x,
-                    )),
-                    Format::Q4H { qs, dm } => Some(x86::dot_q4h_rows4(
-                        rows(qs, c / 2, r, 4),
-                        rows(dm, 2 * nb, r, 4),
-                        c / 2,
-                        2 * nb,
-                        x,
-                    )),
-                    Format::Q8 { qs, dm } => Some(x86::dot_q8_rows4(
-                        rows(qs, c, r, 4),
-                        rows(dm, 2 * nb, r, 4),
-                        c,
-                        2 * nb,
-                        x,
-                    )),
-                    Format::Q8H { qs, dm } => Some(x86::dot_q8h_rows4(
-                        rows(qs, c, r, 4),
-                        rows(dm, 2 * nb, r, 4),
-                        c,
-                        2 * nb,
-                        x,
-                    )),
                     Format::Q8Sub { qs, dm } => Some(x86::dot_q8sub_rows4(
                         rows(qs, c, r, 4),
                         rows(dm, 4 * nb, r, 4),
@@ -430,7 +440,7 @@ impl PackedMatrix {
                         ns,
                         x,
                     )),
-                    Format::F32(_) | Format::Bf16(_) | Format::F16(_) => None,
+                    other => block_rows4!(x86, other, x),
                 }
             };
         }
@@ -438,39 +448,7 @@ impl PackedMatrix {
         if kernel == Kernel::Neon {
             let x = xq?;
             // SAFETY: NEON is part of AArch64; the slices hold four rows.
-            return unsafe {
-                match &self.format {
-                    Format::Q4 { qs, dm } => Some(neon::dot_q4_rows4(
-                        rows(qs, c / 2, r, 4),
-                        rows(dm, 2 * nb, r, 4),
-                        c / 2,
-                        2 * nb,
-                        x,
-                    )),
-                    Format::Q4H { qs, dm } => Some(neon::dot_q4h_rows4(
-                        rows(qs, c / 2, r, 4),
-                        rows(dm, 2 * nb, r, 4),
-                        c / 2,
-                        2 * nb,
-                        x,
-                    )),
-                    Format::Q8 { qs, dm } => Some(neon::dot_q8_rows4(
-                        rows(qs, c, r, 4),
-                        rows(dm, 2 * nb, r, 4),
-                        c,
-                        2 * nb,
-                        x,
-                    )),
-                    Format::Q8H { qs, dm } => Some(neon::dot_q8h_rows4(
-                        rows(qs, c, r, 4),
-                        rows(dm, 2 * nb, r, 4),
-                        c,
-                        2 * nb,
-                        x,
-                    )),
-                    _ => None,
-                }
-            };
+            return unsafe { block_rows4!(neon, &self.format, x) };
         }
         let _ = (kernel, r, xq, c, nb, ns);
         None
@@ -517,83 +495,88 @@ impl PackedMatrix {
         xq: [Option<&QuantizedInput>; 4],
     ) -> [f32; 4] {
         let (c, nb, ns) = (self.cols, self.cols / BLOCK, self.cols / 256);
+        let q = || xq.map(|q| q.expect("quantized input"));
+        // The four-input kernels of float32, bfloat16 and the formats with one (d, m) per block, in ISA module
+        // `$isa`; `None` for the other formats.
+        #[allow(unused_macros)]
+        macro_rules! common_dot4 {
+            ($isa:ident, $format:expr) => {
+                match $format {
+                    Format::F32(w) => Some($isa::dot4_f32(rows(w, c, r, 1), x)),
+                    Format::Bf16(w) => Some($isa::dot4_bf16(rows(w, c, r, 1), x)),
+                    Format::Q4 { qs, dm } => Some($isa::dot4_q4(
+                        rows(qs, c / 2, r, 1),
+                        rows(dm, 2 * nb, r, 1),
+                        q(),
+                    )),
+                    Format::Q4H { qs, dm } => Some($isa::dot4_q4h(
+                        rows(qs, c / 2, r, 1),
+                        rows(dm, 2 * nb, r, 1),
+                        q(),
+                    )),
+                    Format::Q8 { qs, dm } => Some($isa::dot4_q8(
+                        rows(qs, c, r, 1),
+                        rows(dm, 2 * nb, r, 1),
+                        q(),
+                    )),
+                    Format::Q8H { qs, dm } => Some($isa::dot4_q8h(
+                        rows(qs, c, r, 1),
+                        rows(dm, 2 * nb, r, 1),
+                        q(),
+                    )),
+                    _ => None,
+                }
+            };
+        }
         #[cfg(target_arch = "x86_64")]
         if kernel == Kernel::Avx2 {
-            let q = || xq.map(|q| q.expect("quantized input"));
             // SAFETY: `Kernel::Avx2` is only chosen when the CPU has AVX2, FMA and F16C.
-            unsafe {
+            let v = unsafe {
                 match &self.format {
-                    Format::F32(w) => return x86::dot4_f32(rows(w, c, r, 1), x),
-                    Format::Bf16(w) => return x86::dot4_bf16(rows(w, c, r, 1), x),
-                    Format::F16(_) => {}
-                    Format::Q4 { qs, dm } => {
-                        return x86::dot4_q4(rows(qs, c / 2, r, 1), rows(dm, 2 * nb, r, 1), q())
-                    }
-                    Format::Q4H { qs, dm } => {
-                        return x86::dot4_q4h(rows(qs, c / 2, r, 1), rows(dm, 2 * nb, r, 1), q())
-                    }
-                    Format::Q8 { qs, dm } => {
-                        return x86::dot4_q8(rows(qs, c, r, 1), rows(dm, 2 * nb, r, 1), q())
-                    }
-                    Format::Q8H { qs, dm } => {
-                        return x86::dot4_q8h(rows(qs, c, r, 1), rows(dm, 2 * nb, r, 1), q())
-                    }
-                    Format::Q8Sub { qs, dm } => {
-                        return x86::dot4_q8sub(rows(qs, c, r, 1), rows(dm, 4 * nb, r, 1), q())
-                    }
-                    Format::Q4K { qs, sm, d } => {
-                        let (qs, sm, d) = (
-                            rows(qs, c / 2, r, 1),
-                            rows(sm, 16 * ns, r, 1),
-                            rows(d, 2 * ns, r, 1),
-                        );
-                        return x86::dot4_q4k(qs, sm, d, q());
-                    }
-                    Format::Q5K { qs, sm, d } => {
-                        let (qs, sm, d) = (
-                            rows(qs, c, r, 1),
-                            rows(sm, 16 * ns, r, 1),
-                            rows(d, 2 * ns, r, 1),
-                        );
-                        return x86::dot4_q5k(qs, sm, d, q());
-                    }
-                    Format::Q8X16 { qs, sc, d } => {
-                        let (qs, sc, d) = (
-                            rows(qs, c, r, 1),
-                            rows(sc, 16 * ns, r, 1),
-                            rows(d, ns, r, 1),
-                        );
-                        return x86::dot4_q8x16(qs, sc, d, q());
-                    }
+                    Format::Q8Sub { qs, dm } => Some(x86::dot4_q8sub(
+                        rows(qs, c, r, 1),
+                        rows(dm, 4 * nb, r, 1),
+                        q(),
+                    )),
+                    Format::Q4K { qs, sm, d } => Some(x86::dot4_q4k(
+                        rows(qs, c / 2, r, 1),
+                        rows(sm, 16 * ns, r, 1),
+                        rows(d, 2 * ns, r, 1),
+                        q(),
+                    )),
+                    Format::Q5K { qs, sm, d } => Some(x86::dot4_q5k(
+                        rows(qs, c, r, 1),
+                        rows(sm, 16 * ns, r, 1),
+                        rows(d, 2 * ns, r, 1),
+                        q(),
+                    )),
+                    Format::Q8X16 { qs, sc, d } => Some(x86::dot4_q8x16(
+                        rows(qs, c, r, 1),
+                        rows(sc, 16 * ns, r, 1),
+                        rows(d, ns, r, 1),
+                        q(),
+                    )),
+                    other => common_dot4!(x86, other),
                 }
+            };
+            if let Some(v) = v {
+                return v;
             }
         }
         #[cfg(target_arch = "aarch64")]
         if kernel == Kernel::Neon {
-            let q = || xq.map(|q| q.expect("quantized input"));
             // SAFETY: NEON is part of AArch64; the slices hold one row.
-            unsafe {
+            let v = unsafe {
                 match &self.format {
-                    Format::F32(w) => return neon::dot4_f32(rows(w, c, r, 1), x),
-                    Format::Bf16(w) => return neon::dot4_bf16(rows(w, c, r, 1), x),
-                    Format::F16(w) => return neon::dot4_f16(rows(w, c, r, 1), x),
-                    Format::Q4 { qs, dm } => {
-                        return neon::dot4_q4(rows(qs, c / 2, r, 1), rows(dm, 2 * nb, r, 1), q())
-                    }
-                    Format::Q4H { qs, dm } => {
-                        return neon::dot4_q4h(rows(qs, c / 2, r, 1), rows(dm, 2 * nb, r, 1), q())
-                    }
-                    Format::Q8 { qs, dm } => {
-                        return neon::dot4_q8(rows(qs, c, r, 1), rows(dm, 2 * nb, r, 1), q())
-                    }
-                    Format::Q8H { qs, dm } => {
-                        return neon::dot4_q8h(rows(qs, c, r, 1), rows(dm, 2 * nb, r, 1), q())
-                    }
-                    _ => {}
+                    Format::F16(w) => Some(neon::dot4_f16(rows(w, c, r, 1), x)),
+                    other => common_dot4!(neon, other),
                 }
+            };
+            if let Some(v) = v {
+                return v;
             }
         }
-        let _ = (c, nb, ns);
+        let _ = (c, nb, ns, &q);
         [0, 1, 2, 3].map(|i| self.row_dot(kernel, r, x[i], xq[i]))
     }
 

@@ -140,40 +140,31 @@ macro_rules! attention_kernels {
             let (hd, n) = (out.len(), p.len());
             assert!(n == 0 || v.len() >= (n - 1) * stride + hd, "values past the cache");
             let (vp, op) = (v.as_ptr(), out.as_mut_ptr());
-            let mut c = 0;
+            /// Columns `c..c + 4·R` of the sum, kept in `R` registers across all the keys.
+            #[inline(always)]
+            unsafe fn tile<const R: usize>(vp: *const $t, stride: usize, p: &[f32], op: *mut f32, c: usize) {
+                let mut a: [float32x4_t; R] = std::array::from_fn(|i| vld1q_f32(op.add(c + 4 * i)));
+                for (j, &pj) in p.iter().enumerate() {
+                    for (i, a) in a.iter_mut().enumerate() {
+                        *a = vfmaq_n_f32(*a, $load(vp.add(j * stride + c + 4 * i)), pj);
+                    }
+                }
+                for (i, a) in a.iter().enumerate() {
+                    vst1q_f32(op.add(c + 4 * i), *a);
+                }
+            }
             // Sixty-four columns (sixteen registers) per pass over the keys, then sixteen, then four: each
             // column's multiply-adds fall in the same order whichever pass takes it.
-            while c + 64 <= hd {
-                let mut a: [float32x4_t; 16] = std::array::from_fn(|i| vld1q_f32(op.add(c + 4 * i)));
-                for (j, &pj) in p.iter().enumerate() {
-                    for (i, a) in a.iter_mut().enumerate() {
-                        *a = vfmaq_n_f32(*a, $load(vp.add(j * stride + c + 4 * i)), pj);
+            let mut c = 0;
+            for width in [64, 16, 4] {
+                while c + width <= hd {
+                    match width {
+                        64 => tile::<16>(vp, stride, p, op, c),
+                        16 => tile::<4>(vp, stride, p, op, c),
+                        _ => tile::<1>(vp, stride, p, op, c),
                     }
+                    c += width;
                 }
-                for (i, a) in a.iter().enumerate() {
-                    vst1q_f32(op.add(c + 4 * i), *a);
-                }
-                c += 64;
-            }
-            while c + 16 <= hd {
-                let mut a: [float32x4_t; 4] = std::array::from_fn(|i| vld1q_f32(op.add(c + 4 * i)));
-                for (j, &pj) in p.iter().enumerate() {
-                    for (i, a) in a.iter_mut().enumerate() {
-                        *a = vfmaq_n_f32(*a, $load(vp.add(j * stride + c + 4 * i)), pj);
-                    }
-                }
-                for (i, a) in a.iter().enumerate() {
-                    vst1q_f32(op.add(c + 4 * i), *a);
-                }
-                c += 16;
-            }
-            while c + 4 <= hd {
-                let mut a = vld1q_f32(op.add(c));
-                for (j, &pj) in p.iter().enumerate() {
-                    a = vfmaq_n_f32(a, $load(vp.add(j * stride + c)), pj);
-                }
-                vst1q_f32(op.add(c), a);
-                c += 4;
             }
             for d in c..hd {
                 for (j, &pj) in p.iter().enumerate() {
