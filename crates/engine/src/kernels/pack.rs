@@ -552,6 +552,76 @@ mod tests {
         }
     }
 
+    /// Attention's kernels, portable and detected (AVX2 or NEON), against float64: a query's scores against strided
+    /// keys and the probability-weighted sum of strided values added to what the output holds, over float32 and
+    /// float16 caches, head sizes with and without a tail past the vector width, one key to several.
+    #[test]
+    fn attention_kernels_match_a_float64_reference() {
+        use crate::sampling::Rng;
+        for kernel in [Kernel::Portable, Kernel::detect()] {
+            for (seed, (hd, n, stride)) in [
+                (64usize, 13usize, 64usize),
+                (36, 5, 40),
+                (128, 9, 192),
+                (80, 1, 80),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let seed = seed as u64 * 10;
+                let k = Rng::values(seed, n * stride);
+                let k16: Vec<u16> = k
+                    .iter()
+                    .map(|&v| half::f16::from_f32(v).to_bits())
+                    .collect();
+                let k16_wide: Vec<f32> = k16
+                    .iter()
+                    .map(|&b| half::f16::from_bits(b).to_f32())
+                    .collect();
+                let q = Rng::values(seed + 1, hd);
+                let p: Vec<f32> = Rng::values(seed + 2, n)
+                    .iter()
+                    .map(|v| v.abs() / 2.0)
+                    .collect();
+                let base = Rng::values(seed + 3, hd);
+                for f16_cache in [false, true] {
+                    let cache = if f16_cache { &k16_wide } else { &k };
+                    let what = format!("{} hd={hd} n={n} f16={f16_cache}", kernel.name());
+                    let mut scores = vec![0f32; n];
+                    let mut sums = base.clone();
+                    if f16_cache {
+                        kernel.scores_f16(&k16, stride, &q, &mut scores);
+                        kernel.weighted_sum_f16(&k16, stride, &p, &mut sums);
+                    } else {
+                        kernel.scores_f32(&k, stride, &q, &mut scores);
+                        kernel.weighted_sum_f32(&k, stride, &p, &mut sums);
+                    }
+                    // Float32 rounding of sums of up to 128 terms: a few 1e-6 of the terms' magnitude.
+                    for (j, &have) in scores.iter().enumerate() {
+                        let terms = (0..hd).map(|d| cache[j * stride + d] as f64 * q[d] as f64);
+                        let (want, magnitude) =
+                            terms.fold((0.0, 0.0), |(s, m), t| (s + t, m + t.abs()));
+                        assert!(
+                            (have as f64 - want).abs() <= 1e-5 * magnitude + 1e-6,
+                            "{what}: score {j}: {have} vs {want}"
+                        );
+                    }
+                    for (d, &have) in sums.iter().enumerate() {
+                        let terms = (0..n).map(|j| p[j] as f64 * cache[j * stride + d] as f64);
+                        let (want, magnitude) = terms
+                            .fold((base[d] as f64, base[d].abs() as f64), |(s, m), t| {
+                                (s + t, m + t.abs())
+                            });
+                        assert!(
+                            (have as f64 - want).abs() <= 1e-5 * magnitude + 1e-6,
+                            "{what}: column {d}: {have} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// The portable loops agree with the SIMD ones (each is also checked against the reference above).
     #[test]
     fn portable_and_detected_kernels_agree() {
