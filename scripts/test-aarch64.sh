@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 target=aarch64-unknown-linux-gnu
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+# A Cortex-A53 (ARMv8.0, as in a Raspberry Pi 3): the kernels must not need any later extension.
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a53 -L /usr/aarch64-linux-gnu"
 cargo test --locked --target "$target" -p vibecheck-engine --lib
 cargo test --locked --target "$target" -p vibecheck-engine --test it -- --exact \
   smollm::gguf_tokenizer_and_template_match_transformers smollm::gguf_agrees_on_the_first_tokens_and_is_coherent
