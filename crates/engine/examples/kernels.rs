@@ -1,7 +1,9 @@
 //! Matrix–vector throughput of each kernel format, in GB/s of weights read, at a cache-resident and a
 //! memory-resident size, on one thread and on all threads, and each quantized format's prompt product (128
-//! inputs) through the integer GEMM beside the float32 GEMM, in GFLOP/s:
-//! `cargo run --release -p vibecheck-engine --example kernels`.
+//! inputs) through the integer GEMM beside the float32 GEMM, in GFLOP/s; then a decoding step's sequence of products
+//! (SmolLM2's 30 layers of four matrices, memory-resident) beside one large matrix of as many bytes, which shows
+//! what each small product's fixed cost takes from the bandwidth:
+//! `cargo run --release -p vibecheck-engine --example kernels [FORMAT...|layers]`.
 use std::time::Instant;
 use vibecheck_engine::kernels::{Format, PackedMatrix, BLOCK};
 
@@ -62,6 +64,10 @@ fn main() {
         "kernel: {}",
         vibecheck_engine::kernels::Kernel::detect().name()
     );
+    if filter.iter().any(|f| f == "layers") {
+        layers(all, &mut seed);
+        return;
+    }
     for threads in [1, all] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -162,5 +168,51 @@ fn main() {
                 );
             });
         }
+    }
+}
+
+/// A decoding step's products as the model runs them: per layer the stacked q/k/v (960 rows), the attention output
+/// (576), the stacked gate/up (3072) and the down projection (576 × 1536), for 30 layers (memory-resident: ~210 MB in
+/// bf16), one input each, in order; beside one matrix of the same bytes, in GB/s of weights read.
+fn layers(threads: usize, seed: &mut u64) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    for kind in ["bf16", "q4h"] {
+        let shapes = [(960, 576), (576, 576), (3072, 576), (576, 1536)];
+        let mats: Vec<PackedMatrix> = (0..30)
+            .flat_map(|_| shapes)
+            .map(|(r, c)| matrix(kind, r, c, seed))
+            .collect();
+        let bytes: usize = mats.iter().map(|m| m.bytes()).sum();
+        let rows = shapes.iter().map(|(r, c)| r * c).sum::<usize>() * 30 / 576;
+        let big = matrix(kind, rows, 576, seed);
+        let x: Vec<f32> = (0..1536)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let mut out = vec![0f32; rows.max(3072)];
+        pool.install(|| {
+            let mut best = [f64::INFINITY; 2];
+            for _ in 0..7 {
+                let t = Instant::now();
+                for m in &mats {
+                    m.matmul(&x[..m.cols], 1, &mut out[..m.rows]);
+                }
+                best[0] = best[0].min(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                big.matmul(&x[..576], 1, &mut out[..rows]);
+                best[1] = best[1].min(t.elapsed().as_secs_f64());
+            }
+            println!(
+                "{threads} thr {kind:>4} a step's {} products: {:5.1} GB/s, {:6.1} us per product ({:.0} MB: one {rows}x576 matrix {:5.1} GB/s, x{:.2})",
+                mats.len(),
+                bytes as f64 / best[0] / 1e9,
+                best[0] / mats.len() as f64 * 1e6,
+                bytes as f64 / 1e6,
+                big.bytes() as f64 / best[1] / 1e9,
+                best[1] / best[0] * bytes as f64 / big.bytes() as f64,
+            );
+        });
     }
 }
