@@ -928,6 +928,12 @@ impl QuantizedInput {
     }
 }
 
+/// Whether `VIBECHECK_PORTABLE_KERNELS` is set: the portable loops instead of any SIMD kernel (read once).
+fn portable_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var_os("VIBECHECK_PORTABLE_KERNELS").is_some())
+}
+
 /// The inner-product implementation chosen for this CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
@@ -940,28 +946,24 @@ pub enum Kernel {
 
 impl Kernel {
     pub fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        {
-            static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-            let ok = *AVX2.get_or_init(|| {
-                std::env::var_os("VIBECHECK_PORTABLE_KERNELS").is_none()
-                    && is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
-            });
-            if ok {
+        static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *KERNEL.get_or_init(|| {
+            if portable_forced() {
+                return Kernel::Portable;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
                 return Kernel::Avx2;
             }
-        }
-        // NEON is part of the base AArch64 architecture: no run-time check.
-        #[cfg(target_arch = "aarch64")]
-        {
-            static NEON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-            if *NEON.get_or_init(|| std::env::var_os("VIBECHECK_PORTABLE_KERNELS").is_none()) {
-                return Kernel::Neon;
-            }
-        }
-        Kernel::Portable
+            // NEON is part of the base AArch64 architecture: no run-time check.
+            #[cfg(target_arch = "aarch64")]
+            return Kernel::Neon;
+            #[cfg(not(target_arch = "aarch64"))]
+            Kernel::Portable
+        })
     }
 
     pub fn name(self) -> &'static str {

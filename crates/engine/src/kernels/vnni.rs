@@ -39,7 +39,7 @@ pub fn available() -> bool {
     static CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     ENABLED.load(Ordering::Relaxed)
         && *CPU.get_or_init(|| {
-            std::env::var_os("VIBECHECK_PORTABLE_KERNELS").is_none()
+            !super::portable_forced()
                 && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vnni")
@@ -51,7 +51,7 @@ pub fn available() -> bool {
 fn avx512() -> bool {
     static CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *CPU.get_or_init(|| {
-        std::env::var_os("VIBECHECK_PORTABLE_KERNELS").is_none()
+        !super::portable_forced()
             && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
     })
