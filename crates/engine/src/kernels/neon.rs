@@ -156,15 +156,17 @@ macro_rules! attention_kernels {
             // Sixty-four columns (sixteen registers) per pass over the keys, then sixteen, then four: each
             // column's multiply-adds fall in the same order whichever pass takes it.
             let mut c = 0;
-            for width in [64, 16, 4] {
-                while c + width <= hd {
-                    match width {
-                        64 => tile::<16>(vp, stride, p, op, c),
-                        16 => tile::<4>(vp, stride, p, op, c),
-                        _ => tile::<1>(vp, stride, p, op, c),
-                    }
-                    c += width;
-                }
+            while c + 64 <= hd {
+                tile::<16>(vp, stride, p, op, c);
+                c += 64;
+            }
+            while c + 16 <= hd {
+                tile::<4>(vp, stride, p, op, c);
+                c += 16;
+            }
+            while c + 4 <= hd {
+                tile::<1>(vp, stride, p, op, c);
+                c += 4;
             }
             for d in c..hd {
                 for (j, &pj) in p.iter().enumerate() {
