@@ -150,7 +150,7 @@ impl ModelConfig {
     /// Reads `config.json` in `dir`.
     pub fn from_hf_dir(dir: &Path) -> Result<Self, EngineError> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
+        let text = read_small_file(&path)?;
         let json: Value = serde_json::from_str(&text)
             .map_err(|e| EngineError::file(&path, format!("not valid JSON: {e}")))?;
         Self::from_hf_json(&json).map_err(|m| EngineError::file(&path, m))
@@ -170,14 +170,33 @@ impl ModelConfig {
             )
         })?;
         let f = Fields(json);
-        let hidden_size = f.usize("hidden_size")?;
-        let num_heads = f.usize("num_attention_heads")?;
-        let num_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
-        let head_dim = f
-            .opt_usize("head_dim")?
-            .unwrap_or(hidden_size / num_heads.max(1));
-        let num_layers = f.usize("num_hidden_layers")?;
-        let max_position_embeddings = f.opt_usize("max_position_embeddings")?.unwrap_or(4096);
+        let hidden_size = bounded("hidden_size", f.usize("hidden_size")?, Limit::Width)?;
+        let num_heads = bounded(
+            "num_attention_heads",
+            f.usize("num_attention_heads")?,
+            Limit::Heads,
+        )?;
+        let num_kv_heads = bounded(
+            "num_key_value_heads",
+            f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads),
+            Limit::Heads,
+        )?;
+        let head_dim = bounded(
+            "head_dim",
+            f.opt_usize("head_dim")?
+                .unwrap_or(hidden_size / num_heads.max(1)),
+            Limit::Width,
+        )?;
+        let num_layers = bounded(
+            "num_hidden_layers",
+            f.usize("num_hidden_layers")?,
+            Limit::Layers,
+        )?;
+        let max_position_embeddings = bounded(
+            "max_position_embeddings",
+            f.opt_usize("max_position_embeddings")?.unwrap_or(4096),
+            Limit::Positions,
+        )?;
         if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
             return Err(format!(
                 "num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})"
@@ -239,12 +258,16 @@ impl ModelConfig {
         Ok(ModelConfig {
             arch,
             hidden_size,
-            intermediate_size: f.usize("intermediate_size")?,
+            intermediate_size: bounded(
+                "intermediate_size",
+                f.usize("intermediate_size")?,
+                Limit::Width,
+            )?,
             num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
-            vocab_size: f.usize("vocab_size")?,
+            vocab_size: bounded("vocab_size", f.usize("vocab_size")?, Limit::Vocab)?,
             rms_norm_eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
             max_position_embeddings,
             tie_word_embeddings: json
@@ -285,6 +308,66 @@ pub fn token_ids(v: Option<&Value>) -> Vec<u32> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// What a count in a model's description may be at most: far beyond any published model (the largest have
+/// about 130 layers, hidden sizes of 25 600, vocabularies of 260 000 and contexts of 10 M positions), so only a
+/// damaged or hostile file reaches them. Counts are checked before anything is sized by them, and again against
+/// the weights actually present when the decoder loads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Limit {
+    Layers,
+    Heads,
+    /// Hidden, head and intermediate sizes.
+    Width,
+    Vocab,
+    Positions,
+}
+
+impl Limit {
+    fn max(self) -> usize {
+        match self {
+            Limit::Layers => 1 << 10,
+            Limit::Heads => 1 << 10,
+            Limit::Width => 1 << 18,
+            Limit::Vocab => 1 << 23,
+            Limit::Positions => 1 << 26,
+        }
+    }
+}
+
+/// `value` of `field`, or an error naming the field when it passes its [`Limit`].
+pub(crate) fn bounded(field: &str, value: usize, limit: Limit) -> Result<usize, String> {
+    if value > limit.max() {
+        return Err(format!(
+            "`{field}` is {value}, past the most vibecheck accepts ({}): the file is damaged or not a real model's",
+            limit.max()
+        ));
+    }
+    Ok(value)
+}
+
+/// The largest JSON description (config.json, generation_config.json) read: real ones are a few kB.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// A small JSON file's text, refused unread past [`MAX_CONFIG_BYTES`] (so a huge file cannot exhaust memory).
+pub(crate) fn read_small_file(path: &Path) -> Result<String, EngineError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| EngineError::io(path, e))?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(EngineError::file(
+            path,
+            format!(
+                "is larger than {} MiB; a model description is a few kB (is this the right file?)",
+                MAX_CONFIG_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(text)
 }
 
 struct Fields<'a>(&'a Value);

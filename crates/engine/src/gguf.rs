@@ -5,7 +5,7 @@
 
 use candle_core::quantized::gguf_file::{Content, Value};
 
-use crate::config::{Activation, Arch, ModelConfig, RopeConfig, RopeScaling};
+use crate::config::{bounded, Activation, Arch, Limit, ModelConfig, RopeConfig, RopeScaling};
 
 fn get<'a>(c: &'a Content, key: &str) -> Option<&'a Value> {
     c.metadata.get(key)
@@ -37,18 +37,32 @@ pub fn config_from_gguf(c: &Content) -> Result<ModelConfig, String> {
             "GGUF architecture {arch:?} is not supported (supported: \"llama\"); use the Hugging Face checkpoint folder instead"
         ));
     }
-    let need = |k: &str| -> Result<usize, String> {
-        get_u(c, &format!("llama.{k}"))?.ok_or_else(|| format!("missing `llama.{k}`"))
+    let need = |k: &str, limit: Limit| -> Result<usize, String> {
+        let key = format!("llama.{k}");
+        let v = get_u(c, &key)?.ok_or_else(|| format!("missing `{key}`"))?;
+        bounded(&key, v, limit)
     };
-    let hidden = need("embedding_length")?;
-    let heads = need("attention.head_count")?;
-    let kv_heads = get_u(c, "llama.attention.head_count_kv")?.unwrap_or(heads);
+    let hidden = need("embedding_length", Limit::Width)?;
+    let heads = need("attention.head_count", Limit::Heads)?;
+    let kv_heads = bounded(
+        "llama.attention.head_count_kv",
+        get_u(c, "llama.attention.head_count_kv")?.unwrap_or(heads),
+        Limit::Heads,
+    )?;
     if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
         return Err(format!("head counts {heads}/{kv_heads} are inconsistent"));
     }
-    let head_dim = get_u(c, "llama.attention.key_length")?.unwrap_or(hidden / heads);
+    let head_dim = bounded(
+        "llama.attention.key_length",
+        get_u(c, "llama.attention.key_length")?.unwrap_or(hidden / heads),
+        Limit::Width,
+    )?;
     let vocab = match c.tensor_infos.get("token_embd.weight") {
-        Some(t) => t.shape.dims()[0],
+        Some(t) => bounded(
+            "token_embd.weight's rows",
+            t.shape.dims().first().copied().unwrap_or(0),
+            Limit::Vocab,
+        )?,
         None => return Err("missing tensor `token_embd.weight`".into()),
     };
     let scaling = match get(c, "llama.rope.scaling.type")
@@ -65,18 +79,22 @@ pub fn config_from_gguf(c: &Content) -> Result<ModelConfig, String> {
         .iter()
         .filter_map(|k| get(c, k).and_then(|v| v.to_u32().ok()))
         .collect();
-    let num_layers = need("block_count")?;
+    let num_layers = need("block_count", Limit::Layers)?;
     Ok(ModelConfig {
         arch: Arch::Llama,
         hidden_size: hidden,
-        intermediate_size: need("feed_forward_length")?,
+        intermediate_size: need("feed_forward_length", Limit::Width)?,
         num_layers,
         num_heads: heads,
         num_kv_heads: kv_heads,
         head_dim,
         vocab_size: vocab,
         rms_norm_eps: get_f(c, "llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-        max_position_embeddings: get_u(c, "llama.context_length")?.unwrap_or(2048),
+        max_position_embeddings: bounded(
+            "llama.context_length",
+            get_u(c, "llama.context_length")?.unwrap_or(2048),
+            Limit::Positions,
+        )?,
         tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
         rope: RopeConfig {
             theta: get_f(c, "llama.rope.freq_base").unwrap_or(10000.0),

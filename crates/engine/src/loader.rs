@@ -255,7 +255,7 @@ fn compile_template(
 
 /// The dtype named in `config.json` (`torch_dtype` or `dtype`), float32 when absent.
 fn stored_dtype(dir: &Path) -> DType {
-    let text = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
+    let text = crate::config::read_small_file(&dir.join("config.json")).unwrap_or_default();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     match json
         .get("torch_dtype")
@@ -273,7 +273,7 @@ pub fn read_generation_config(path: &Path) -> Result<(GenerationDefaults, Vec<u3
     if !path.is_file() {
         return Ok((GenerationDefaults::default(), Vec::new()));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+    let text = crate::config::read_small_file(path)?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| EngineError::file(path, format!("not valid JSON: {e}")))?;
     let f = |k: &str| json.get(k).and_then(|v| v.as_f64()).map(|x| x as f32);

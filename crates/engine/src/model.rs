@@ -279,6 +279,19 @@ impl Decoder {
                 cfg.vocab_size
             )));
         }
+        // The layer count is the file's claim: checked against the layers the weights hold before anything is
+        // sized by it.
+        let present = w.layer_count();
+        if cfg.num_layers > present {
+            return Err(EngineError::file(
+                w.origin_path(),
+                format!(
+                    "the model's description says {} layers, but the weights hold {present}: the config does not \
+                     belong to these weights, or the checkpoint is incomplete",
+                    cfg.num_layers
+                ),
+            ));
+        }
         // Layers are packed in parallel (the tokenizer may be building on another thread meanwhile).
         use rayon::prelude::*;
         let layers = (0..cfg.num_layers)

@@ -3,8 +3,11 @@
 //! A [`Batcher`] owns a thread and a batched KV cache for one model. Every step decodes one token for each
 //! running sequence in a single forward pass, so the weights are read once per step for all of them. New requests
 //! are prefilled each in its own cache (no work on padding), `prefill_chunk` tokens per step while others are
-//! decoding (a long prompt slows the running streams a little instead of stopping them), and then merged into the
-//! running batch together ([`Cache::stack`], [`Cache::merge`]). A sequence that ends — end of sequence, stop
+//! decoding (a long prompt slows the running streams a little instead of stopping them) and
+//! [`IDLE_PREFILL_CHUNK`] when nothing else runs, shortest remaining prompt first, so a short request that arrives
+//! during a long prompt is answered without waiting for it; each joins the running batch as soon as its prompt is
+//! in ([`Cache::stack`], [`Cache::merge`]). Between chunks each joining request's listener is asked whether its
+//! client is still there ([`BatchEvent::Prefilling`]). A sequence that ends — end of sequence, stop
 //! string, token budget, the context limit, or its receiver cancelling — leaves at once ([`Cache::retain`]) and
 //! the cache drops padding nobody needs ([`Cache::trim`]).
 //!
@@ -27,6 +30,13 @@ use crate::EngineError;
 /// What a request's receiver hears, in order: text pieces, then one `Done` or `Failed`.
 #[derive(Debug)]
 pub enum BatchEvent {
+    /// Sent before each chunk of the prompt is run (`done` of `total` prompt tokens are in): nothing to show, but
+    /// returning `false` cancels the request before the next chunk, so a client that left mid-prompt stops
+    /// costing the batch at once.
+    Prefilling {
+        done: usize,
+        total: usize,
+    },
     /// Text that is final (complete characters, not part of a possible stop string).
     Text(String),
     Done(Generation),
@@ -41,7 +51,8 @@ pub type Listener = Box<dyn FnMut(BatchEvent) -> bool + Send>;
 pub struct BatcherSettings {
     /// Sequences decoded together at most; more requests wait in line.
     pub max_batch: usize,
-    /// Prompt tokens prefilled per step while other sequences are decoding (all of a prompt at once otherwise).
+    /// Prompt tokens prefilled per step while other sequences are decoding (at least [`IDLE_PREFILL_CHUNK`]
+    /// when nothing else runs).
     pub prefill_chunk: usize,
 }
 
@@ -53,6 +64,10 @@ impl Default for BatcherSettings {
         }
     }
 }
+
+/// Prompt tokens run per step when nothing is decoding: large enough for the prompt GEMM's full speed, small
+/// enough that a request arriving meanwhile (or a client leaving) waits for one chunk, not a whole long prompt.
+pub const IDLE_PREFILL_CHUNK: usize = 512;
 
 /// Counters of a batch thread (for metrics): how full its batches were.
 #[derive(Debug, Default)]
@@ -262,9 +277,7 @@ impl Loop {
                     }
                 }
             }
-            if self.joining.is_none() {
-                self.start_group();
-            }
+            self.admit();
             if self.joining.is_some() {
                 self.prefill_step();
             }
@@ -274,9 +287,14 @@ impl Loop {
         }
     }
 
-    /// Takes waiting requests into a new prefill group, as many as the batch has room for.
-    fn start_group(&mut self) {
-        let room = self.settings.max_batch.saturating_sub(self.running.len());
+    /// Takes waiting requests into the prefill group (started if there is none), as many as the batch has room
+    /// for.
+    fn admit(&mut self) {
+        let joining = self.joining.as_ref().map_or(0, |g| g.members.len());
+        let room = self
+            .settings
+            .max_batch
+            .saturating_sub(self.running.len() + joining);
         let max_pos = self.model.decoder.max_positions();
         let mut live = Vec::new();
         while live.len() < room {
@@ -316,35 +334,46 @@ impl Loop {
             return;
         }
         let cfg = &self.model.decoder.cfg;
-        self.joining = Some(Group {
-            members: live
-                .into_iter()
-                .map(|(live, prompt)| Member {
-                    live,
-                    prompt,
-                    cache: Cache::new(cfg, 1),
-                    done: 0,
-                    last: None,
-                })
-                .collect(),
+        let group = self.joining.get_or_insert_with(|| Group {
+            members: Vec::new(),
         });
+        group
+            .members
+            .extend(live.into_iter().map(|(live, prompt)| Member {
+                live,
+                prompt,
+                cache: Cache::new(cfg, 1),
+                done: 0,
+                last: None,
+            }));
     }
 
-    /// Runs the joining prompts: all of them when nothing else is running, else the next `prefill_chunk` tokens.
-    /// When every prompt is in, samples each one's first token and merges the group into the running batch.
+    /// Runs the next chunk of the joining prompts, shortest remaining first: `prefill_chunk` tokens in all while
+    /// others are decoding, [`IDLE_PREFILL_CHUNK`] (or `prefill_chunk` if larger) when nothing else runs. A member
+    /// whose listener says its client left is dropped before its chunk; each member whose prompt is in samples its
+    /// first token and joins the running batch.
     fn prefill_step(&mut self) {
         let Some(mut g) = self.joining.take() else {
             return;
         };
         let mut budget = if self.running.is_empty() {
-            usize::MAX
+            self.settings.prefill_chunk.max(IDLE_PREFILL_CHUNK)
         } else {
             self.settings.prefill_chunk
         };
+        g.members.sort_by_key(|m| m.prompt.len() - m.done);
         let mut failed = None;
         for m in g.members.iter_mut().filter(|m| m.last.is_none()) {
             if budget == 0 {
                 break;
+            }
+            let progress = BatchEvent::Prefilling {
+                done: m.done,
+                total: m.prompt.len(),
+            };
+            if !(m.live.listener)(progress) {
+                m.live.seq.finish = Some(FinishReason::Cancelled);
+                continue;
             }
             let take = budget.min(m.prompt.len() - m.done);
             let started = Instant::now();
@@ -378,13 +407,18 @@ impl Loop {
             g.members.into_iter().for_each(|m| m.live.fail(&e));
             return;
         }
-        if g.members.iter().any(|m| m.last.is_none()) {
-            self.joining = Some(g);
-            return;
+        // Cancelled members leave; finished ones join the batch; the rest go on at the next step.
+        let (ready, waiting): (Vec<Member>, Vec<Member>) = g
+            .members
+            .into_iter()
+            .filter(|m| m.live.seq.finish != Some(FinishReason::Cancelled))
+            .partition(|m| m.last.is_some());
+        if !waiting.is_empty() {
+            self.joining = Some(Group { members: waiting });
         }
         let mut kept = Vec::new();
         let mut caches = Vec::new();
-        for mut m in g.members {
+        for mut m in ready {
             let mut row = m.last.take().unwrap_or_default();
             if self.sample(&mut m.live, &mut row) {
                 kept.push(m.live);

@@ -1,8 +1,10 @@
-//! Where tensors come from: memory-mapped safetensors shards or a memory-mapped GGUF file, behind one
-//! [`Weights`] type that the decoder asks for tensors by their Hugging Face names.
+//! Where tensors come from: safetensors shards or a GGUF file, behind one [`Weights`] type that the decoder asks
+//! for tensors by their Hugging Face names. Tensor bytes are read (`pread`), never memory-mapped: a trainer that
+//! re-saves a checkpoint in place can shrink a file while it loads, and a mapping would then kill the whole
+//! process with SIGBUS where a read just comes up short ([`read_range`] reports "changed while loading").
 //!
 //! This is also the kernels' seam: a projection is a [`Linear`]. On the CPU it is a [`PackedMatrix`] for our
-//! own kernels, packed straight from the mapped file bytes (ggml blocks repacked exactly, GGUF Q/K rows
+//! own kernels, packed straight from the file's bytes (ggml blocks repacked exactly, GGUF Q/K rows
 //! un-permuted on the way) and shared between users (a tied `lm_head` reuses the embedding). On a GPU it is a
 //! candle tensor or candle quantized matrix.
 
@@ -82,25 +84,8 @@ pub enum Stored {
     Quant(Box<QTensor>),
 }
 
-/// A GGUF tensor's format, dimensions (rows first) and bytes.
-type GgufTensorBytes = (GgmlDType, Vec<usize>, TensorBytes);
-
-/// A GGUF tensor's bytes: a mapping of its own range of the file ([`map_range`]), unmapped when dropped, or a copy
-/// (Q/K rows un-permuted).
-enum TensorBytes {
-    Mapped(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
-
-impl std::ops::Deref for TensorBytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            TensorBytes::Mapped(m) => m,
-            TensorBytes::Owned(v) => v,
-        }
-    }
-}
+/// A GGUF tensor's format, dimensions (rows first) and bytes (Q/K rows un-permuted).
+type GgufTensorBytes = (GgmlDType, Vec<usize>, Vec<u8>);
 
 /// The tensors of a checkpoint, by Hugging Face name.
 pub struct Weights {
@@ -116,7 +101,7 @@ pub struct Weights {
 enum Backend {
     Safetensors {
         files: Vec<PathBuf>,
-        /// The shards, open for each tensor's own mappings ([`map_range`]).
+        /// The shards, open for reading each tensor ([`read_range`]).
         opened: Vec<std::fs::File>,
         /// Every tensor, from the shards' validated headers (a name in several shards: the last one's).
         tensors: HashMap<String, SafetensorsEntry>,
@@ -155,7 +140,7 @@ fn gguf_permute_heads(gguf: &str, heads: usize, kv_heads: usize) -> Option<usize
 
 impl Weights {
     /// Reads the safetensors files' headers (already validated by `vibecheck_checkpoint::shard_files`); the
-    /// tensors are mapped one by one as they load.
+    /// tensors are read one by one as they load.
     pub fn from_safetensors(
         files: Vec<PathBuf>,
         dtype: DType,
@@ -197,7 +182,7 @@ impl Weights {
         })
     }
 
-    /// Memory-maps a GGUF file whose header is `content`; every tensor's byte range is checked against the file.
+    /// Opens a GGUF file whose header is `content`; every tensor's byte range is checked against the file.
     pub fn from_gguf(
         content: gguf_file::Content,
         path: &Path,
@@ -241,6 +226,31 @@ impl Weights {
                 gguf_name(hf_name).is_some_and(|n| content.tensor_infos.contains_key(&n))
             }
         }
+    }
+
+    /// How many decoder layers the file holds: one past the highest layer index of any tensor name
+    /// (`model.layers.N.` in safetensors, `blk.N.` in GGUF).
+    pub fn layer_count(&self) -> usize {
+        let index = |name: &str, prefix: &str| -> Option<usize> {
+            name.strip_prefix(prefix)?.split('.').next()?.parse().ok()
+        };
+        let highest = match &self.backend {
+            Backend::Safetensors { tensors, .. } => tensors
+                .keys()
+                .filter_map(|n| index(n, "model.layers."))
+                .max(),
+            Backend::Gguf { content, .. } => content
+                .tensor_infos
+                .keys()
+                .filter_map(|n| index(n, "blk."))
+                .max(),
+        };
+        highest.map_or(0, |h| h + 1)
+    }
+
+    /// The file the weights come from (the first shard of a folder).
+    pub fn origin_path(&self) -> &Path {
+        self.origin()
     }
 
     fn missing(&self, name: &str) -> EngineError {
@@ -289,39 +299,33 @@ impl Weights {
             .ok_or_else(|| self.missing(hf_name))?;
         let range = gguf_range(content, info, *file_len).map_err(|m| self.bad(&name, m))?;
         let dims = info.shape.dims().to_vec();
-        // SAFETY: the range was checked against the file's length when it was opened.
-        let map = unsafe { map_range(file, range.start as u64, range.len()) }
-            .map_err(|e| self.bad(&name, format!("cannot map its bytes: {e}")))?;
+        let bytes =
+            read_range(file, range.start as u64, range.len()).map_err(|m| self.bad(&name, m))?;
         Ok(match gguf_permute_heads(&name, *heads, *kv_heads) {
             Some(h) => {
-                let row_bytes = map.len() / dims[0].max(1);
-                let permuted =
-                    unpermute_rows(&map, dims[0], row_bytes, h).map_err(|m| self.bad(&name, m))?;
-                (info.ggml_dtype, dims, TensorBytes::Owned(permuted))
+                let row_bytes = bytes.len() / dims[0].max(1);
+                let permuted = unpermute_rows(&bytes, dims[0], row_bytes, h)
+                    .map_err(|m| self.bad(&name, m))?;
+                (info.ggml_dtype, dims, permuted)
             }
-            None => (info.ggml_dtype, dims, TensorBytes::Mapped(map)),
+            None => (info.ggml_dtype, dims, bytes),
         })
     }
 
-    /// A GGUF tensor as a candle ggml tensor (copied out of the mapping, Q/K rows un-permuted).
+    /// A GGUF tensor as a candle ggml tensor (Q/K rows un-permuted).
     fn gguf_qtensor(&self, hf_name: &str) -> Result<QTensor, EngineError> {
         let (dtype, dims, bytes) = self.gguf_bytes(hf_name)?;
         candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &bytes, dims, &self.device)
             .map_err(|e| self.bad(hf_name, e))
     }
 
-    /// Loads a tensor as stored (copied out of the mapping).
+    /// Loads a tensor as stored.
     pub fn stored(&self, hf_name: &str) -> Result<Stored, EngineError> {
         match &self.backend {
             Backend::Safetensors { .. } => {
-                // Read through a mapping of the tensor alone (unmapped when dropped): a read through the
-                // whole-file mapping maps the large folio around it too, and these small tensors (norms) sit
-                // between the large ones.
                 let (t, file) = self.safetensors_tensor(hf_name)?;
-                // SAFETY: the range comes from the shard's validated header.
-                let map = unsafe { map_range(file, t.offset, t.len) }
-                    .map_err(|e| self.bad(hf_name, format!("cannot map its bytes: {e}")))?;
-                let own = safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &map)
+                let bytes = read_range(file, t.offset, t.len).map_err(|m| self.bad(hf_name, m))?;
+                let own = safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &bytes)
                     .map_err(|e| self.bad(hf_name, format!("{e:?}")))?;
                 let t = candle_core::safetensors::Load::load(&own, &self.device)
                     .map_err(|e| self.bad(hf_name, e))?;
@@ -363,17 +367,25 @@ impl Weights {
         Ok(m)
     }
 
-    /// Packs one matrix (quantizing it on the way when asked), without caching it.
+    /// Packs one matrix (quantizing it on the way when asked), without caching it. A matrix holding NaN or
+    /// infinite values is refused, naming it: its answers would be garbage, and the reason is worth knowing.
     fn pack(&self, hf_name: &str) -> Result<PackedMatrix, EngineError> {
+        let m = self.pack_unchecked(hf_name)?;
+        if m.has_non_finite() {
+            return Err(self.bad(hf_name, NON_FINITE));
+        }
+        Ok(m)
+    }
+
+    fn pack_unchecked(&self, hf_name: &str) -> Result<PackedMatrix, EngineError> {
         match &self.backend {
             Backend::Safetensors { .. } => {
                 let (t, file) = self.safetensors_tensor(hf_name)?;
-                // The tensor's bytes a few MB at a time, each piece its own mapping, unmapped once copied.
+                // The tensor's bytes a few MB at a time, each piece dropped once packed.
                 const PIECE: usize = 4 << 20;
                 let pieces = (0..t.len).step_by(PIECE).map(|at| {
-                    // SAFETY: the range comes from the shard's validated header.
-                    unsafe { map_range(file, t.offset + at as u64, PIECE.min(t.len - at)) }
-                        .map_err(|e| PackError::Read(e.to_string()))
+                    read_range(file, t.offset + at as u64, PIECE.min(t.len - at))
+                        .map_err(PackError::Read)
                 });
                 PackedMatrix::from_safetensors(t.dtype, &t.shape, t.len, pieces).map(|m| {
                     let kind = match self.quantize {
@@ -400,7 +412,7 @@ impl Weights {
                     ),
                     other => other,
                 };
-                drop(bytes); // unmaps the tensor's pages
+                drop(bytes);
                 packed
             }
         }
@@ -462,12 +474,19 @@ impl Weights {
         Ok(Some(Linear::Packed { weight, bias }))
     }
 
-    /// A dense tensor in the compute dtype (quantized ones are dequantized).
+    /// A dense tensor in the compute dtype (quantized ones are dequantized); NaN or infinite values are refused as
+    /// in [`Weights::packed`]. Used for the small tensors (norms, biases) and for everything on a GPU.
     pub fn dense(&self, hf_name: &str) -> Result<Tensor, EngineError> {
         let t = match self.stored(hf_name)? {
             Stored::Dense(t) => t,
             Stored::Quant(q) => q.dequantize(&self.device)?,
         };
+        // x − x is 0 for every finite x and NaN otherwise, so one sum says it (on any device, one number back).
+        let t32 = t.to_dtype(DType::F32)?;
+        let finite = t32.sub(&t32)?.sum_all()?.to_scalar::<f32>()?.is_finite();
+        if !finite {
+            return Err(self.bad(hf_name, NON_FINITE));
+        }
         Ok(t.to_dtype(self.dtype)?)
     }
 
@@ -515,6 +534,10 @@ impl Weights {
         })
     }
 }
+
+const NON_FINITE: &str =
+    "holds NaN or infinite values (saved after a training step diverged?); this checkpoint \
+                          cannot give meaningful answers";
 
 /// The byte range of a GGUF tensor inside the file, checked.
 fn gguf_range(
@@ -649,27 +672,38 @@ pub fn read_gguf(path: &Path) -> Result<gguf_file::Content, EngineError> {
         .map_err(|e| EngineError::file(path, format!("not a readable GGUF file: {e}")))
 }
 
-/// A read-only mapping of `len` bytes of `file` from `offset`, unmapped when dropped. Loading reads each tensor
-/// through its own mappings rather than one of the whole file: releasing pages of a whole-file mapping with
-/// `madvise(DONTNEED)` proved unreliable (with files written in large pieces the kernel caches large folios and
-/// maps a whole folio on each fault, and a load's resident file pages grew to 65 MiB).
-///
-/// # Safety
-///
-/// The range must lie inside the file; a file truncated while it is mapped is the one hazard a mapping cannot
-/// guard against (the checkpoint loader refuses files still being written).
-unsafe fn map_range(
-    file: &std::fs::File,
-    offset: u64,
-    len: usize,
-) -> std::io::Result<memmap2::Mmap> {
-    // SAFETY: the caller's contract; the mapping is read-only.
-    unsafe {
-        memmap2::MmapOptions::new()
-            .offset(offset)
-            .len(len)
-            .map(file)
-    }
+/// `len` bytes of `file` from `offset`, read into memory. A read that comes up short means the file shrank after
+/// its header was checked (a trainer re-saving the checkpoint in place): that is this checkpoint's error, worded so
+/// the user knows to wait for the save to finish, where a memory mapping would have killed the process (SIGBUS).
+pub(crate) fn read_range(file: &std::fs::File, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len)
+        .map_err(|_| format!("cannot allocate {len} bytes to read it"))?;
+    buf.resize(len, 0);
+    read_exact_at(file, &mut buf, offset).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            format!(
+                "the file changed while loading: bytes {offset}..{} are no longer there (was the checkpoint \
+                 re-saved meanwhile? it is read again once it stops changing)",
+                offset + len as u64
+            )
+        } else {
+            format!("cannot read bytes {offset}..{}: {e}", offset + len as u64)
+        }
+    })?;
+    Ok(buf)
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(mut file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(buf)
 }
 
 #[cfg(test)]

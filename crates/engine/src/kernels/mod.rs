@@ -185,6 +185,31 @@ impl PackedMatrix {
     }
 
     /// Whether products round the inputs to 16-bit integers (the quantized formats).
+    /// Whether any weight or scale is NaN or infinite (what a diverged training step saves). One pass over the
+    /// floats: every value of a dense matrix, only the scales of a quantized one (its integers are always finite).
+    pub fn has_non_finite(&self) -> bool {
+        // Exponent bits all ones: infinity or NaN. Folded without short-circuiting, so the loops vectorize.
+        fn f32s(v: &[f32]) -> bool {
+            v.iter().fold(false, |bad, x| {
+                bad | (x.to_bits() & 0x7f80_0000 == 0x7f80_0000)
+            })
+        }
+        fn halves(v: &[u16], exponent: u16) -> bool {
+            v.iter()
+                .fold(false, |bad, w| bad | (w & exponent == exponent))
+        }
+        const BF16_EXP: u16 = 0x7f80;
+        const F16_EXP: u16 = 0x7c00;
+        match &self.format {
+            Format::F32(v) => f32s(v),
+            Format::Bf16(v) => halves(v, BF16_EXP),
+            Format::F16(v) => halves(v, F16_EXP),
+            Format::Q4 { dm, .. } | Format::Q8 { dm, .. } | Format::Q8Sub { dm, .. } => f32s(dm),
+            Format::Q4H { dm, .. } | Format::Q8H { dm, .. } => halves(dm, F16_EXP),
+            Format::Q4K { d, .. } | Format::Q5K { d, .. } | Format::Q8X16 { d, .. } => f32s(d),
+        }
+    }
+
     pub fn is_quantized(&self) -> bool {
         !matches!(
             self.format,

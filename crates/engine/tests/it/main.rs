@@ -4,6 +4,7 @@
 mod bad_input;
 mod fixtures;
 mod gguf_roundtrip;
+mod hostile;
 mod hub;
 mod reference;
 mod scheduler;

@@ -42,6 +42,9 @@ fn submit(
         prompt,
         params,
         Box::new(move |ev| {
+            if matches!(ev, BatchEvent::Prefilling { .. }) {
+                return cancel_after.is_none_or(|n| seen < n);
+            }
             let text = matches!(ev, BatchEvent::Text(_));
             let _ = tx.send((Instant::now(), ev));
             if text {
@@ -60,6 +63,7 @@ fn collect(rx: Receiver<(Instant, BatchEvent)>) -> Heard {
             .recv_timeout(Duration::from_secs(120))
             .expect("the batch thread answers");
         match ev {
+            BatchEvent::Prefilling { .. } => {}
             BatchEvent::Text(t) => pieces.push((at, t)),
             BatchEvent::Done(g) => {
                 return Heard {
@@ -239,4 +243,83 @@ fn a_cancelled_request_leaves_and_bad_requests_fail_alone() {
     // Still serving.
     let after = collect(submit(&batcher, p2, SamplingParams::greedy(5), None));
     assert_eq!(after.outcome.unwrap().usage.completion_tokens, 5);
+}
+
+/// A prompt of about `tokens` tokens for the real model.
+fn long_prompt(model: &Model, tokens: usize) -> Vec<u32> {
+    let text = "The keeper climbed the stairs every night to light the lamp. ".repeat(tokens / 12);
+    let ids = chat(model, &format!("Summarise this: {text}"));
+    assert!(ids.len() >= tokens * 3 / 4, "{} tokens", ids.len());
+    ids
+}
+
+#[test]
+fn regression_a_client_leaving_mid_prefill_stops_its_prompt() {
+    // Hostile probe: a client that disconnected 0.5 s into a 3 800-token prefill kept the model busy ~23 s.
+    let model = model();
+    let batcher = Batcher::new(model.clone(), BatcherSettings::default()).unwrap();
+    let prompt = long_prompt(&model, 1400);
+    let (tx, rx) = channel();
+    let mut probes = 0;
+    batcher.submit(
+        prompt.clone(),
+        SamplingParams::greedy(4),
+        Box::new(move |ev| {
+            if let BatchEvent::Prefilling { done, total } = ev {
+                probes += 1;
+                let _ = tx.send((done, total));
+                // Still there for the first chunk, gone before the second.
+                return probes < 2;
+            }
+            true
+        }),
+    );
+    let first = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(first, (0, prompt.len()));
+    let second = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(second.0 > 0 && second.0 < prompt.len(), "{second:?}");
+    // The batch thread is free again: a short request is answered, and the long prompt ran one chunk only.
+    let after = collect(submit(
+        &batcher,
+        chat(&model, "Name a colour."),
+        SamplingParams::greedy(3),
+        None,
+    ));
+    assert!(after.outcome.is_ok());
+    assert!(rx.try_recv().is_err(), "no probe after the client left");
+    let chunks = batcher.counts().prefill_chunks;
+    assert!(
+        chunks <= 2,
+        "{chunks} prefill passes: the cancelled {}-token prompt went on",
+        prompt.len()
+    );
+}
+
+#[test]
+fn regression_a_short_request_is_not_held_behind_a_long_prefill() {
+    // Hostile probe: a short request arriving during a 3 800-token prefill waited 26 s for it to finish.
+    let model = model();
+    let batcher = Batcher::new(model.clone(), BatcherSettings::default()).unwrap();
+    let long = submit(
+        &batcher,
+        long_prompt(&model, 1400),
+        SamplingParams::greedy(2),
+        None,
+    );
+    let short = submit(
+        &batcher,
+        chat(&model, "What is the capital of France?"),
+        SamplingParams::greedy(6),
+        None,
+    );
+    let short = collect(short).outcome.unwrap();
+    let long = collect(long).outcome.unwrap();
+    assert!(short.usage.completion_tokens > 0);
+    // Both were submitted together: the short one's whole answer was out before the long prompt was in.
+    let short_end = short.timings.first_token_ms + short.timings.decode_ms;
+    assert!(
+        short_end < long.timings.first_token_ms,
+        "the short request ended at {short_end:.0} ms, the long prompt's first token came at {:.0} ms",
+        long.timings.first_token_ms
+    );
 }
