@@ -20,7 +20,7 @@ pub use judge::{Battle, Judgment, NewJudgment, Send};
 /// Why the store could not do what was asked. Each names the database file and says what would fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the database {path} is locked by another process (another `vibecheck watch` writing?); wait for it to finish or pass a different --db")]
+    #[error("the database {path} stayed locked by another process for {} s (another `vibecheck watch` writing, or a `sqlite3` shell holding a transaction?); wait for it to finish or pass a different --db", BUSY_WAIT.as_secs())]
     Locked { path: PathBuf },
     #[error("{path} is not a vibecheck database or is damaged ({detail}); move it aside and run again to start a new one, or pass a different --db")]
     Corrupt { path: PathBuf, detail: String },
@@ -48,6 +48,11 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// How long a statement waits for a lock another process holds (SQLite retries with growing sleeps meanwhile)
+/// before it fails with [`StoreError::Locked`]. Generous: a backup tool or a `sqlite3` shell may hold the file for
+/// a while, and the watcher retries a failed write at its next look rather than stopping.
+pub const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A training run being watched (or the synthetic demo run).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Run {
@@ -69,6 +74,8 @@ pub struct Checkpoint {
     pub step: Option<i64>,
     pub content_hash: String,
     pub seen: String,
+    /// Why this checkpoint could not be loaded at its last attempt (`None` once it loaded).
+    pub load_error: Option<String>,
 }
 
 /// A prompt suite version: its content hash, name and full canonical body (JSON).
@@ -209,6 +216,7 @@ fn checkpoint_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
         step: row.get(4)?,
         content_hash: row.get(5)?,
         seen: row.get(6)?,
+        load_error: row.get(7)?,
     })
 }
 
@@ -265,9 +273,7 @@ impl Store {
     }
 
     fn setup(&mut self) -> Result<()> {
-        self.conn
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(|e| self.err(e))?;
+        self.conn.busy_timeout(BUSY_WAIT).map_err(|e| self.err(e))?;
         // WAL lets the UI read while a watcher writes. It is a property of the file, so it is only switched on
         // when it is not on yet (switching takes a lock that readers opening at the same moment would contend for).
         let mut mode: String = self
@@ -347,7 +353,7 @@ impl Store {
             .map_err(|e| self.err(e))?;
         self.conn
             .query_row(
-                "SELECT id, run_id, name, path, step, content_hash, seen FROM checkpoints
+                "SELECT id, run_id, name, path, step, content_hash, seen, load_error FROM checkpoints
                  WHERE run_id = ?1 AND name = ?2 AND content_hash = ?3",
                 params![run_id, name, content_hash],
                 checkpoint_row,
@@ -355,10 +361,21 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// Records why checkpoint `id` could not be loaded, or clears it (`None`) once it loads.
+    pub fn set_load_error(&mut self, id: i64, error: Option<&str>) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE checkpoints SET load_error = ?2 WHERE id = ?1",
+                params![id, error],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// A run's checkpoints by step (then by when they were first seen).
     pub fn checkpoints(&self, run_id: i64) -> Result<Vec<Checkpoint>> {
         self.rows(
-            "SELECT id, run_id, name, path, step, content_hash, seen FROM checkpoints
+            "SELECT id, run_id, name, path, step, content_hash, seen, load_error FROM checkpoints
                  WHERE run_id = ?1 ORDER BY step IS NULL, step, id",
             [run_id],
             checkpoint_row,

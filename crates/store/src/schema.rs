@@ -4,9 +4,9 @@
 use rusqlite::Connection;
 
 /// The newest schema this build knows.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
-const STEPS: [&str; 2] = [
+const STEPS: [&str; 3] = [
     r#"
 CREATE TABLE runs (
     id        INTEGER PRIMARY KEY,
@@ -92,6 +92,10 @@ CREATE TABLE battles (
     created  TEXT NOT NULL,
     voted    TEXT
 );
+"#,
+    // Why a checkpoint could not be loaded (NULL once it loads), so a failed checkpoint is shown, never left out.
+    r#"
+ALTER TABLE checkpoints ADD COLUMN load_error TEXT;
 "#,
 ];
 

@@ -45,6 +45,8 @@ pub struct Timeline {
     pub suites: Vec<SuiteRow>,
     /// Checkpoints with at least one answer to this suite, by step.
     pub checkpoints: Vec<Checkpoint>,
+    /// Checkpoints whose last load failed, with the reason in `load_error` (never left out in silence).
+    pub failed: Vec<Checkpoint>,
     pub prompts: Vec<PromptRow>,
     pub sample: u32,
 }
@@ -83,6 +85,12 @@ pub fn timeline(
         ))
     })?;
     let suites = store.run_suites(run.id)?;
+    let all_checkpoints = store.checkpoints(run.id)?;
+    let failed: Vec<Checkpoint> = all_checkpoints
+        .iter()
+        .filter(|c| c.load_error.is_some())
+        .cloned()
+        .collect();
     let chosen = match suite {
         None => suites.first().cloned(),
         Some(prefix) => {
@@ -95,7 +103,11 @@ pub fn timeline(
     }
     .ok_or_else(|| {
         TimelineError::NotFound(match suite {
-            None => format!("run {:?} has no answers yet", run.name),
+            None => format!(
+                "run {:?} has no answers yet{}",
+                run.name,
+                failed_list(&failed)
+            ),
             Some(p) => format!(
                 "no single suite version of run {:?} starts with {p:?}",
                 run.name
@@ -107,8 +119,7 @@ pub fn timeline(
         .into_iter()
         .filter(|a| a.sample == sample)
         .collect();
-    let checkpoints: Vec<Checkpoint> = store
-        .checkpoints(run.id)?
+    let checkpoints: Vec<Checkpoint> = all_checkpoints
         .into_iter()
         .filter(|c| answers.iter().any(|a| a.checkpoint_id == c.id))
         .collect();
@@ -155,7 +166,25 @@ pub fn timeline(
         suite: chosen,
         suites,
         checkpoints,
+        failed,
         prompts,
         sample,
     })
+}
+
+/// "; 2 checkpoints could not be loaded: checkpoint-3 (reason); ..." for an error message, or nothing.
+fn failed_list(failed: &[Checkpoint]) -> String {
+    if failed.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = failed
+        .iter()
+        .map(|c| format!("{} ({})", c.name, c.load_error.as_deref().unwrap_or("")))
+        .collect();
+    format!(
+        "; {} checkpoint{} could not be loaded: {}",
+        failed.len(),
+        if failed.len() == 1 { "" } else { "s" },
+        each.join("; ")
+    )
 }

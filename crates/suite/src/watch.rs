@@ -184,9 +184,25 @@ pub fn watch(
                 Ok(None) => {
                     finished.insert(ckpt.path.clone(), size);
                 }
+                Err(HandleError::Store(e)) if transient(&e) => {
+                    // Another program holds the database past the store's wait, or the disk is full: this
+                    // checkpoint's answers wait for the next look; nothing stored is lost and the watch goes on.
+                    on_event(WatchEvent::Failed {
+                        name: &ckpt.name,
+                        error: format!("{e}; its answers are written at the next look"),
+                    });
+                    waiting += 1;
+                }
                 Err(HandleError::Store(e)) => return Err(e.into()),
-                Err(HandleError::Checkpoint(error)) => {
-                    // A checkpoint that cannot be loaded is reported and retried when its files change.
+                Err(HandleError::Checkpoint { id, error }) => {
+                    // A checkpoint that cannot be loaded is recorded with its reason (the timeline and `log` show
+                    // it), reported, and retried when its files change.
+                    if let Some(id) = id {
+                        match store.set_load_error(id, Some(&error)) {
+                            Err(e) if !transient(&e) => return Err(e.into()),
+                            _ => {}
+                        }
+                    }
                     on_event(WatchEvent::Failed {
                         name: &ckpt.name,
                         error,
@@ -274,7 +290,16 @@ impl FolderEvents {
 
 enum HandleError {
     Store(StoreError),
-    Checkpoint(String),
+    /// The checkpoint (its store row, once it has one) could not be read or loaded.
+    Checkpoint {
+        id: Option<i64>,
+        error: String,
+    },
+}
+
+/// Store failures that pass (a lock held past the store's wait, a full disk): retried at the next look.
+fn transient(e: &StoreError) -> bool {
+    matches!(e, StoreError::Locked { .. } | StoreError::Full { .. })
 }
 
 impl From<StoreError> for HandleError {
@@ -293,7 +318,10 @@ fn handle(
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(WatchEvent<'_>),
 ) -> Result<Option<CheckpointSummary>, HandleError> {
-    let hash = run::content_hash(&ckpt.path).map_err(|e| HandleError::Checkpoint(e.to_string()))?;
+    let hash = run::content_hash(&ckpt.path).map_err(|e| HandleError::Checkpoint {
+        id: None,
+        error: e.to_string(),
+    })?;
     let row = store.upsert_checkpoint(
         run_id,
         &ckpt.name,
@@ -311,8 +339,14 @@ fn handle(
         pending: jobs.len(),
     });
     let model = Model::load(&ckpt.path.to_string_lossy(), &opts.load).map_err(|e| {
-        HandleError::Checkpoint(format!("cannot load {}: {e}", ckpt.path.display()))
+        HandleError::Checkpoint {
+            id: Some(row.id),
+            error: format!("cannot load {}: {e}", ckpt.path.display()),
+        }
     })?;
+    if row.load_error.is_some() {
+        store.set_load_error(row.id, None)?;
+    }
     let name = ckpt.name.clone();
     let outcome = run_suite(
         &model,
