@@ -87,9 +87,8 @@ struct ServeArgs {
     /// Keep loaded models under this size (e.g. 8G, 512M), unloading the least recently used.
     #[arg(long, value_parser = parse_size)]
     memory_budget: Option<u64>,
-    /// Require `Authorization: Bearer KEY` on every route but /health.
-    #[arg(long, env = "VIBECHECK_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    #[command(flatten)]
+    access: crate::args::AccessArgs,
 }
 
 #[derive(Args, Clone)]
@@ -227,6 +226,8 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`| head`): nothing more to say to anyone.
+        Err(e) if crate::output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -354,7 +355,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         Prompt::Chat(messages)
     };
     let g = stream_to_stdout(&model, &prompt, &params)?;
-    println!();
+    outln!();
     print_stats(&g);
     Ok(())
 }
@@ -393,7 +394,7 @@ fn chat(a: ChatArgs) -> Result<()> {
         history.push(ChatMessage::new("user", line));
         match stream_to_stdout(&model, &Prompt::Chat(history.clone()), &params) {
             Ok(g) => {
-                println!();
+                outln!();
                 print_stats(&g);
                 history.push(ChatMessage::new("assistant", &g.text));
             }
@@ -446,7 +447,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let weights_mib = model.packed_bytes as f64 / MIB;
     let peak_mib = peak_resident_bytes().map(|b| b as f64 / MIB);
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "model": a.model.model, "threads": threads, "load_s": load_s,
@@ -458,26 +459,28 @@ fn bench(a: BenchArgs) -> Result<()> {
             })
         );
     } else {
-        println!("model           {}", a.model.model);
-        println!("threads         {threads}");
-        println!("load            {:.3} s", load_s);
-        println!("load→1st token  {:.3} s", load_s + r.first_token_s);
-        println!(
+        outln!("model           {}", a.model.model);
+        outln!("threads         {threads}");
+        outln!("load            {:.3} s", load_s);
+        outln!("load→1st token  {:.3} s", load_s + r.first_token_s);
+        outln!(
             "prefill         {:.1} tok/s ({} tokens)",
-            r.prefill_tok_s, a.prompt_tokens
+            r.prefill_tok_s,
+            a.prompt_tokens
         );
-        println!(
+        outln!(
             "decode          {:.1} tok/s ({} tokens)",
-            r.decode_tok_s, a.decode_tokens
+            r.decode_tok_s,
+            a.decode_tokens
         );
         if let (Some(n), Some(b)) = (a.batch, batched) {
-            println!("decode, batch {n:<2} {b:.1} tok/s (all sequences together)");
+            outln!("decode, batch {n:<2} {b:.1} tok/s (all sequences together)");
         }
         match peak_mib {
-            Some(p) => println!(
+            Some(p) => outln!(
                 "memory          {p:.0} MiB peak resident ({weights_mib:.0} MiB of weights as packed)"
             ),
-            None => println!("memory          {weights_mib:.0} MiB of weights as packed"),
+            None => outln!("memory          {weights_mib:.0} MiB of weights as packed"),
         }
     }
     Ok(())
@@ -555,14 +558,15 @@ fn serve(a: ServeArgs) -> Result<()> {
     if registry.entries().is_empty() {
         bail!("no complete checkpoint found in {}", a.sources.join(", "));
     }
-    let settings = vibecheck_server::ServeSettings {
+    let mut settings = vibecheck_server::ServeSettings {
         host: a.host,
         port: a.port,
         max_concurrent: a.max_concurrent.max(1),
         queue: a.queue,
-        api_key: a.api_key.filter(|k| !k.is_empty()),
         ..Default::default()
     };
+    a.access.apply(&mut settings);
+    settings.check_exposure().map_err(anyhow::Error::msg)?;
     let models: Vec<String> = registry.entries().iter().map(|e| e.id.clone()).collect();
     let state = vibecheck_server::AppState::new(registry, settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -571,7 +575,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         .build()?;
     runtime.block_on(vibecheck_server::serve(state, |addr| {
         eprintln!("serving {} model(s): {}", models.len(), models.join(", "));
-        println!("http://{addr}/v1");
+        outln!("http://{addr}/v1");
         let _ = std::io::stdout().flush();
     }))?;
     Ok(())

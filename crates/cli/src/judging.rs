@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use vibecheck_judge::{Baseline, Endpoint, JudgeOptions, JudgePrompts, Mode};
-use vibecheck_store::Store;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ModeArg {
@@ -130,8 +129,7 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
             judge.base_url
         );
     }
-    let mut store =
-        Store::open(&a.db).with_context(|| format!("opening the store {}", a.db.display()))?;
+    let mut store = crate::runs::open_existing_store(&a.db)?;
     let opts = JudgeOptions {
         run: a.run.clone(),
         suite: a.suite.clone(),
@@ -162,14 +160,19 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
 }
 
 pub fn print_summary(s: &vibecheck_judge::Summary) {
-    println!(
+    outln!(
         "run {} · judge {}",
         s.run,
         s.judge.as_deref().unwrap_or("none")
     );
-    println!(
+    outln!(
         "{:<22} {:>6} {:>13} {:>22} {:>8} {:>8}  opponent",
-        "checkpoint", "words", "score ± se", "win (tie-adj) ± se", "LC win", "n"
+        "checkpoint",
+        "words",
+        "score ± se",
+        "win (tie-adj) ± se",
+        "LC win",
+        "n"
     );
     for c in &s.checkpoints {
         let score = c
@@ -177,10 +180,10 @@ pub fn print_summary(s: &vibecheck_judge::Summary) {
             .map(|(m, se, n)| format!("{m:5.2} ± {se:4.2} ({n})"))
             .unwrap_or_else(|| "–".into());
         if c.versus.is_empty() {
-            println!("{:<22} {:>6.0} {:>13}", c.checkpoint, c.mean_words, score);
+            outln!("{:<22} {:>6.0} {:>13}", c.checkpoint, c.mean_words, score);
         }
         for v in &c.versus {
-            println!(
+            outln!(
                 "{:<22} {:>6.0} {:>13} {:>13} ± {:>5} {:>8} {:>8}  {} ({})",
                 c.checkpoint,
                 c.mean_words,
@@ -200,7 +203,7 @@ pub fn print_summary(s: &vibecheck_judge::Summary) {
         for v in &c.versus {
             if let Some(l) = v.length_controlled {
                 if l.length_coefficient.abs() > 0.5 {
-                    println!(
+                    outln!(
                         "  {} vs {}: the judge favours {} answers (length coefficient {:+.2}; raw − LC = {:+.1} points)",
                         c.checkpoint,
                         v.opponent,
@@ -213,13 +216,13 @@ pub fn print_summary(s: &vibecheck_judge::Summary) {
         }
     }
     if !s.failures.is_empty() {
-        println!(
+        outln!(
             "{} judge calls gave no verdict (stored with the raw reply; none counts as a score):",
             s.failures.len()
         );
         for f in s.failures.iter().take(10) {
             let raw: String = f.raw.chars().take(100).collect();
-            println!(
+            outln!(
                 "  {} · {} · turn {} · {}: {}",
                 f.checkpoint,
                 f.prompt_id,
@@ -245,15 +248,14 @@ pub struct PlotArgs {
 }
 
 pub fn plot(a: PlotArgs) -> Result<()> {
-    let store =
-        Store::open(&a.db).with_context(|| format!("opening the store {}", a.db.display()))?;
+    let store = crate::runs::open_existing_store(&a.db)?;
     let s = vibecheck_judge::summarize(&store, &a.run, a.judge.as_deref())?;
     let arena = vibecheck_judge::arena::leaderboard(&store.voted_battles()?);
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     for (name, svg) in vibecheck_judge::plot::run_charts(&s, &arena) {
         let path = a.out.join(format!("{name}.svg"));
         std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
-        println!("{}", path.display());
+        outln!("{}", path.display());
     }
     Ok(())
 }

@@ -1,5 +1,8 @@
 //! The `vibecheck` binary: parse arguments, set up logging, dispatch.
 
+#[macro_use]
+mod output;
+mod args;
 mod commands;
 mod judging;
 mod quality;

@@ -126,7 +126,7 @@ pub fn quant_eval(a: QuantEvalArgs) -> Result<()> {
     bar.finish_and_clear();
     if a.json {
         for r in &rows {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "weights": r.name, "bytes": r.bytes, "perplexity": r.ppl, "top1_agreement": r.top1_agree,
@@ -137,19 +137,25 @@ pub fn quant_eval(a: QuantEvalArgs) -> Result<()> {
         }
         return Ok(());
     }
-    println!(
+    outln!(
         "{} — perplexity over {} tokens of text; agreement with the unquantized model: teacher-forced top-1, and greedy answers to the {} built-in suite prompts ({} tokens)",
         a.model,
         reference.tokens,
         prompts.len(),
         a.tokens
     );
-    println!(
+    outln!(
         "{:<36} {:>9} {:>10} {:>9} {:>13} {:>15} {:>11}",
-        "weights", "MB", "perplexity", "Δ ppl", "top-1 agree", "greedy prefix", "decode tok/s"
+        "weights",
+        "MB",
+        "perplexity",
+        "Δ ppl",
+        "top-1 agree",
+        "greedy prefix",
+        "decode tok/s"
     );
     for r in &rows {
-        println!(
+        outln!(
             "{:<36} {:>9.1} {:>10.3} {:>+8.2}% {:>12.1}% {:>9.1}% ({}/{}) {:>11.1}",
             r.name,
             r.bytes as f64 / 1e6,

@@ -40,6 +40,8 @@ pub struct WatchArgs {
     host: String,
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    #[command(flatten)]
+    access: crate::args::AccessArgs,
     /// The run's name in the store (default: the folder's name).
     #[arg(long)]
     name: Option<String>,
@@ -105,6 +107,19 @@ fn open_store(db: &Path) -> Result<Store> {
     Store::open(db).with_context(|| format!("opening the store {}", db.display()))
 }
 
+/// The store at `db` for a command that only reads or adds to what a watch stored: a path that does not exist is
+/// an error (rather than a new, empty database that then has nothing to show).
+pub(crate) fn open_existing_store(db: &Path) -> Result<Store> {
+    if !db.exists() {
+        bail!(
+            "there is no store at {}: `vibecheck watch RUN_DIR` creates one there (or pass --db with the path a \
+             watch wrote to)",
+            db.display()
+        );
+    }
+    open_store(db)
+}
+
 fn load_suite(prompts: Option<&Path>) -> Result<Suite> {
     Ok(match prompts {
         Some(p) => Suite::load(p)?,
@@ -149,7 +164,7 @@ fn reporter() -> impl FnMut(WatchEvent<'_>) {
             for (prompt, e) in &summary.outcome.failed {
                 eprintln!("  {prompt}: not answered: {e}");
             }
-            println!("{summary}");
+            outln!("{summary}");
         }
         WatchEvent::Failed { name, error } => {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -164,16 +179,19 @@ fn start_server(
     db: &Path,
     host: &str,
     port: u16,
+    access: &crate::args::AccessArgs,
     load: LoadOptions,
 ) -> Result<String> {
     let registry =
         vibecheck_server::Registry::from_sources(&[run_dir.display().to_string()], load.clone())
             .unwrap_or_else(|_| vibecheck_server::Registry::empty_run(run_dir, load));
-    let settings = vibecheck_server::ServeSettings {
+    let mut settings = vibecheck_server::ServeSettings {
         host: host.to_string(),
         port,
         ..Default::default()
     };
+    access.apply(&mut settings);
+    settings.check_exposure().map_err(anyhow::Error::msg)?;
     let state = vibecheck_server::AppState::new(registry, settings).with_store(db.to_path_buf());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -220,9 +238,9 @@ pub fn watch(a: WatchArgs) -> Result<()> {
     }
     let mut store = open_store(&a.db)?;
     if a.serve {
-        let url = start_server(&a.run_dir, &a.db, &a.host, a.port, load.clone())?;
+        let url = start_server(&a.run_dir, &a.db, &a.host, a.port, &a.access, load.clone())?;
         eprintln!("timeline and chat at {url}/");
-        println!("{url}/");
+        outln!("{url}/");
         let _ = std::io::stdout().flush();
     }
     let opts = WatchOptions {
@@ -275,14 +293,21 @@ fn paint(pieces: &[Piece], color: bool) -> String {
 }
 
 pub fn log(a: LogArgs) -> Result<()> {
-    let store = open_store(&a.db)?;
+    let store = open_existing_store(&a.db)?;
     let t = vibecheck_suite::timeline(&store, &a.run, a.suite.as_deref(), 0)?;
+    for c in &t.failed {
+        outln!(
+            "failed to load {}: {}",
+            c.name,
+            c.load_error.as_deref().unwrap_or("")
+        );
+    }
     let Some(last) = t.checkpoints.len().checked_sub(1) else {
         bail!("run {:?} has no answers yet", a.run);
     };
     let ck = &t.checkpoints[last];
     let prev = last.checked_sub(1).map(|i| &t.checkpoints[i]);
-    println!(
+    outln!(
         "run {} · suite {} ({}) · newest checkpoint {}{}{}",
         t.run.name,
         t.suite.name,
@@ -309,7 +334,7 @@ pub fn log(a: LogArgs) -> Result<()> {
         } else {
             "same"
         };
-        println!("  {change:5.2}  {mark:8} {id:24} {words} words");
+        outln!("  {change:5.2}  {mark:8} {id:24} {words} words");
     }
     if let Some(pid) = a.prompt {
         let row = t.prompts.iter().find(|p| p.id == pid).with_context(|| {
@@ -332,8 +357,8 @@ pub fn log(a: LogArgs) -> Result<()> {
             "never" => false,
             _ => std::io::stdout().is_terminal(),
         };
-        println!("\n--- {pid}: word diff against the previous answer");
-        println!("{}", paint(&word_diff(&old, &new), color));
+        outln!("\n--- {pid}: word diff against the previous answer");
+        outln!("{}", paint(&word_diff(&old, &new), color));
     }
     Ok(())
 }
@@ -374,7 +399,7 @@ fn write_rows<T: serde::Serialize>(out: &mut dyn Write, rows: &[T], csv: bool) -
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
-    let store = open_store(&a.db)?;
+    let store = open_existing_store(&a.db)?;
     if a.what == "judgments" {
         let rows = match &a.run {
             Some(name) => {
@@ -469,6 +494,8 @@ pub struct DemoArgs {
     /// 0 picks a free port.
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    #[command(flatten)]
+    access: crate::args::AccessArgs,
     /// Caps the answers' length so the demo stays quick.
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
@@ -542,12 +569,13 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     let name = "smollm2-synthetic-run".to_string();
     if !a.exit_when_done {
         // Port 8080 is easy to remember; when it is taken, any free port will do.
-        let url = start_server(&run_dir, &db, &a.host, a.port, load.clone()).or_else(|e| {
-            eprintln!("{e}; using a free port instead");
-            start_server(&run_dir, &db, &a.host, 0, load.clone())
-        })?;
+        let url =
+            start_server(&run_dir, &db, &a.host, a.port, &a.access, load.clone()).or_else(|e| {
+                eprintln!("{e}; using a free port instead");
+                start_server(&run_dir, &db, &a.host, 0, &a.access, load.clone())
+            })?;
         eprintln!("open {url}/runs/{name} to watch the timeline fill in (chat at {url}/)");
-        println!("{url}/runs/{name}");
+        outln!("{url}/runs/{name}");
         let _ = std::io::stdout().flush();
     }
     let opts = WatchOptions {

@@ -62,6 +62,22 @@ impl ApiError {
         }
     }
 
+    /// 503: the server is shutting down (or cannot serve this right now).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            param: None,
+            code: Some("unavailable"),
+        }
+    }
+
+    pub fn shutting_down() -> Self {
+        Self::unavailable(
+            "the server is shutting down; retry against another instance or after it restarts",
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -82,10 +98,27 @@ impl ApiError {
     }
 }
 
+/// The longest error message sent: messages may quote what the client sent (a model id, a field), and a client
+/// must not be able to make an error echo a megabyte back.
+pub const MAX_MESSAGE: usize = 600;
+
+/// `text` cut to at most `max` bytes (at a character boundary), marked with … when cut.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let param = self.param.as_deref().map(|p| clip(p, 64));
         let body = serde_json::json!({
-            "error": {"message": self.message, "type": self.kind(), "param": self.param, "code": self.code}
+            "error": {"message": clip(&self.message, MAX_MESSAGE), "type": self.kind(), "param": param, "code": self.code}
         });
         let mut resp = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {

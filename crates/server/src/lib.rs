@@ -8,6 +8,7 @@
 mod arena;
 mod error;
 mod guard;
+mod listen;
 mod metrics;
 mod openai;
 pub mod registry;
@@ -18,6 +19,7 @@ pub mod timeline;
 use std::sync::Arc;
 
 pub use error::ApiError;
+pub use listen::HEADER_TIMEOUT;
 pub use registry::Registry;
 pub use remote::RemoteEndpoint;
 pub use routes::router;
@@ -36,9 +38,29 @@ pub struct ServeSettings {
     pub max_tokens_cap: usize,
     /// With a key, every route but `/health` needs `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
+    /// Serve a non-loopback address without a key (`--insecure-no-key`): refused unless set, warned when set.
+    pub insecure_no_key: bool,
+    /// After Ctrl-C or SIGTERM, how long running generations may go on before they are cut (queued ones are
+    /// refused at once).
+    pub shutdown_grace: std::time::Duration,
 }
 
 impl ServeSettings {
+    /// Refuses to expose the server beyond this machine with no key, unless the user said so explicitly (then
+    /// the caller warns). Anyone who can reach the port can otherwise run generations, read every stored answer
+    /// and vote in the arena.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if self.loopback() || self.api_key.is_some() || self.insecure_no_key {
+            return Ok(());
+        }
+        Err(format!(
+            "--host {} makes the server reachable from other machines, and no --api-key is set: anyone who can \
+             reach it could generate, read every stored answer and vote. Set --api-key KEY (or VIBECHECK_API_KEY), \
+             or pass --insecure-no-key if this network is yours alone",
+            self.host
+        ))
+    }
+
     /// Bound to a loopback address: then requests must name a loopback host (a DNS-rebinding defence).
     pub fn loopback(&self) -> bool {
         matches!(
@@ -57,6 +79,8 @@ impl Default for ServeSettings {
             queue: 64,
             max_tokens_cap: 4096,
             api_key: None,
+            insecure_no_key: false,
+            shutdown_grace: SHUTDOWN_GRACE,
         }
     }
 }
@@ -71,6 +95,40 @@ pub struct AppState {
     pub(crate) metrics: Arc<metrics::Metrics>,
     /// The watch store behind the timeline pages (`/runs`), when there is one.
     pub store: Option<Arc<std::path::PathBuf>>,
+    pub(crate) shutdown: Arc<Shutdown>,
+    /// The last health check's answer: checks run one at a time and callers within [`HEALTH_TTL`] share it.
+    pub(crate) health: Arc<tokio::sync::Mutex<Option<routes::HealthAnswer>>>,
+}
+
+/// How long a health check's answer is reused for other callers.
+pub(crate) const HEALTH_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Where a server is in its shutdown: draining (new and queued generations are refused with 503) from the signal
+/// on, and cut (running generations end with an error event) once the grace period is over.
+pub(crate) struct Shutdown {
+    draining: std::sync::atomic::AtomicBool,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self {
+            draining: Default::default(),
+            cut: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl Shutdown {
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once running generations must stop (never, unless the server is shutting down).
+    pub(crate) async fn cut(&self) {
+        let mut rx = self.cut.subscribe();
+        let _ = rx.wait_for(|cut| *cut).await;
+    }
 }
 
 impl AppState {
@@ -82,6 +140,8 @@ impl AppState {
             registry: Arc::new(registry),
             settings: Arc::new(settings),
             store: None,
+            shutdown: Arc::default(),
+            health: Arc::default(),
         }
     }
 
@@ -92,17 +152,34 @@ impl AppState {
     }
 }
 
-/// How long open streams may run on after Ctrl-C or SIGTERM before the server exits anyway.
+/// How long running generations may go on after Ctrl-C or SIGTERM before they are cut.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Binds `settings.host:port` and serves until Ctrl-C or SIGTERM: then it stops accepting, lets open requests
-/// finish for up to [`SHUTDOWN_GRACE`], and returns.
+/// After the grace period, how long cut streams get to send their last event before the server returns anyway.
+const CUT_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Binds `settings.host:port` and serves until Ctrl-C or SIGTERM. Then it stops accepting connections, answers
+/// queued and new requests with 503 at once, lets running generations finish for up to
+/// `settings.shutdown_grace`, cuts the rest with a final error event, and returns within a few seconds of that.
 pub async fn serve(
     state: AppState,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> std::io::Result<()> {
+    state
+        .settings
+        .check_exposure()
+        .map_err(|m| std::io::Error::new(std::io::ErrorKind::PermissionDenied, m))?;
+    if !state.settings.loopback() && state.settings.api_key.is_none() {
+        tracing::warn!(
+            host = %state.settings.host,
+            "SERVING WITHOUT AN API KEY ON A NON-LOOPBACK ADDRESS (--insecure-no-key): anyone who can reach this \
+             port can generate, read every stored answer and vote"
+        );
+    }
     let addr = format!("{}:{}", state.settings.host, state.settings.port);
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     on_ready(listener.local_addr()?);
     // New checkpoints of served run folders appear while the server runs.
     let registry = state.registry.clone();
@@ -113,9 +190,44 @@ pub async fn serve(
             let _ = tokio::task::spawn_blocking(move || r.refresh()).await;
         }
     });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+    let shutdown = state.shutdown.clone();
+    let grace = state.settings.shutdown_grace;
+    let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
+    let slots = state.slots.clone();
+    let drain = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown
+                .draining
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            // Requests waiting for a slot wake with an error (503) instead of starting.
+            slots.close();
+            tracing::info!(
+                grace_s = grace.as_secs_f64(),
+                "shutting down: refusing new requests, letting running generations finish"
+            );
+            let _ = signalled_tx.send(true);
+        }
+    };
+    let server = listen::serve_connections(listener, router(state), drain);
+    tokio::pin!(server);
+    tokio::select! {
+        () = &mut server => return Ok(()),
+        _ = async {
+            let _ = signalled.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        } => {}
+    }
+    tracing::warn!("grace period over: cutting the generations still running");
+    let _ = shutdown.cut.send(true);
+    tokio::select! {
+        () = &mut server => Ok(()),
+        _ = tokio::time::sleep(CUT_FLUSH) => {
+            tracing::warn!("connections still open after the cut; exiting anyway");
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -60,6 +60,78 @@ pub struct Common {
     pub stream_options: Option<StreamOptions>,
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
+    /// OpenAI fields vibecheck does not implement: a request that uses one is refused naming it, rather than
+    /// answered as if it had not asked ([`Unsupported`]).
+    #[serde(flatten)]
+    pub unsupported: Unsupported,
+}
+
+/// The OpenAI request fields that change what an answer must be and that vibecheck does not implement. Each may be
+/// sent in its "off" form (null, false, an empty list, `best_of: 1`, `response_format: {"type": "text"}`), which
+/// asks for nothing.
+#[derive(Debug, Default, Deserialize)]
+pub struct Unsupported {
+    logprobs: Option<Value>,
+    top_logprobs: Option<Value>,
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
+    functions: Option<Value>,
+    function_call: Option<Value>,
+    response_format: Option<Value>,
+    logit_bias: Option<Value>,
+    best_of: Option<Value>,
+    echo: Option<Value>,
+    suffix: Option<Value>,
+}
+
+impl Unsupported {
+    /// The first field set to something that asks for behaviour vibecheck does not have.
+    fn first_used(&self) -> Option<&'static str> {
+        let off = |v: &Option<Value>| match v {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => true,
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(Value::Object(o)) => o.is_empty(),
+            Some(Value::String(s)) => s.is_empty() || s == "none" || s == "auto",
+            _ => false,
+        };
+        let fields: [(&'static str, &Option<Value>, bool); 11] = [
+            ("logprobs", &self.logprobs, off(&self.logprobs)),
+            (
+                "top_logprobs",
+                &self.top_logprobs,
+                off(&self.top_logprobs) || self.top_logprobs == Some(Value::from(0)),
+            ),
+            ("tools", &self.tools, off(&self.tools)),
+            ("tool_choice", &self.tool_choice, off(&self.tool_choice)),
+            ("functions", &self.functions, off(&self.functions)),
+            (
+                "function_call",
+                &self.function_call,
+                off(&self.function_call),
+            ),
+            (
+                "response_format",
+                &self.response_format,
+                off(&self.response_format)
+                    || self
+                        .response_format
+                        .as_ref()
+                        .is_some_and(|f| f["type"] == "text"),
+            ),
+            ("logit_bias", &self.logit_bias, off(&self.logit_bias)),
+            (
+                "best_of",
+                &self.best_of,
+                off(&self.best_of) || self.best_of == Some(Value::from(1)),
+            ),
+            ("echo", &self.echo, off(&self.echo)),
+            ("suffix", &self.suffix, off(&self.suffix)),
+        ];
+        fields
+            .into_iter()
+            .find(|(_, v, is_off)| v.is_some() && !is_off)
+            .map(|(name, _, _)| name)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +176,14 @@ impl Common {
     pub fn validate(&self, cap: usize) -> Result<Valid, ApiError> {
         if self.model.is_empty() {
             return Err(ApiError::bad_request("`model` is required", Some("model")));
+        }
+        if let Some(field) = self.unsupported.first_used() {
+            return Err(ApiError::bad_request(
+                format!(
+                    "`{field}` is not supported by vibecheck yet; leave it out (the answer would not be what it asks for)"
+                ),
+                Some(field),
+            ));
         }
         let max_tokens = self
             .max_completion_tokens

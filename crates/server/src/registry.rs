@@ -243,7 +243,8 @@ impl Registry {
         entries.iter().find(|e| e.id == id).cloned().ok_or_else(|| {
             let known: Vec<&str> = entries.iter().take(8).map(|e| e.id.as_str()).collect();
             ApiError::not_found(format!(
-                "model {id:?} is not served here; GET /v1/models lists them (e.g. {})",
+                "model {:?} is not served here; GET /v1/models lists them (e.g. {})",
+                crate::error::clip(id, 80),
                 known.join(", ")
             ))
         })

@@ -193,29 +193,70 @@ impl RemoteEndpoint {
             return Err(self.upstream_error(status, &text));
         }
         let reader = std::io::BufReader::new(resp.into_body().into_reader());
+        // What came that was not an event (an HTML error page, a JSON body), to name in the error.
+        let mut other = String::new();
+        let mut events = 0usize;
         for line in reader.lines() {
             let line = line.map_err(|e| self.unreachable(ureq::Error::Io(e)))?;
             let Some(data) = line.strip_prefix("data:") else {
+                // SSE's own fields and comments are fine; anything else is kept to show.
+                let field = line.split(':').next().unwrap_or("");
+                if !line.trim().is_empty()
+                    && !matches!(field, "" | "event" | "id" | "retry")
+                    && other.len() < 200
+                {
+                    other.push_str(line.trim());
+                    other.push(' ');
+                }
                 continue;
             };
             let data = data.trim();
             if data == "[DONE]" {
+                if events == 0 {
+                    return Err(self.bad_stream(&format!(
+                        "ended its stream without any event{}",
+                        shown(&other)
+                    )));
+                }
                 return Ok(());
             }
             let event = match serde_json::from_str::<Value>(data) {
-                Ok(mut v) => {
+                Ok(mut v) if v.is_object() => {
                     if v.get("model").is_some() {
                         v["model"] = Value::String(self.id.clone());
                     }
                     v.to_string()
                 }
-                Err(_) => continue,
+                _ => {
+                    return Err(self.bad_stream(&format!(
+                        "sent a stream event that is not a JSON object: {}",
+                        prefix(data)
+                    )))
+                }
             };
+            events += 1;
             if !on_event(event) {
                 return Ok(());
             }
         }
-        Ok(())
+        Err(self.bad_stream(&if events == 0 {
+            format!(
+                "answered a streaming request without a stream{}",
+                shown(&other)
+            )
+        } else {
+            "closed the stream before its end ([DONE]); the answer is incomplete".to_string()
+        }))
+    }
+
+    /// A stream that is not what an OpenAI-compatible server sends.
+    fn bad_stream(&self, what: &str) -> ApiError {
+        ApiError {
+            status: axum::http::StatusCode::BAD_GATEWAY,
+            message: format!("{} (behind model {:?}) {what}", self.base_url, self.id),
+            param: None,
+            code: Some("upstream_error"),
+        }
     }
 
     /// Whether the endpoint answers `GET /models` (used by `/health` when only remote models are served).
@@ -229,6 +270,24 @@ impl RemoteEndpoint {
             200 => Ok(()),
             s => Err(self.upstream_error(s, "")),
         }
+    }
+}
+
+/// The first 200 characters of an upstream's text, for an error message.
+fn prefix(text: &str) -> String {
+    let mut p: String = text.chars().take(200).collect();
+    if p.len() < text.len() {
+        p.push('…');
+    }
+    p
+}
+
+/// `; its reply began: …` when there is something to show.
+fn shown(other: &str) -> String {
+    if other.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; its reply began: {}", prefix(other.trim()))
     }
 }
 

@@ -172,7 +172,36 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
+/// A health check's outcome, kept for [`crate::HEALTH_TTL`].
+pub(crate) struct HealthAnswer {
+    at: std::time::Instant,
+    status: axum::http::StatusCode,
+    body: Value,
+}
+
+/// `/health` generates a token, so it is admitted on its own terms (it needs no key, and must not be a way
+/// around the generation queue): one check runs at a time, and callers that arrive meanwhile or shortly after
+/// get its answer.
 async fn health(State(state): State<AppState>) -> Response {
+    let mut last = state.health.lock().await;
+    let fresh = last.as_ref().filter(|h| h.at.elapsed() < crate::HEALTH_TTL);
+    if fresh.is_none() {
+        let resp = health_check(&state).await;
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        *last = Some(HealthAnswer {
+            at: std::time::Instant::now(),
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        });
+    }
+    let h = last.as_ref().expect("set above");
+    (h.status, Json(h.body.clone())).into_response()
+}
+
+async fn health_check(state: &AppState) -> Response {
     let entries = state.registry.entries();
     let started = std::time::Instant::now();
     let Some(entry) = entries.iter().find(|e| e.remote().is_none()).cloned() else {
@@ -214,6 +243,9 @@ async fn health(State(state): State<AppState>) -> Response {
 
 /// A generation slot, or 429 when too many requests already wait.
 async fn slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    if state.shutdown.draining() {
+        return Err(ApiError::shutting_down());
+    }
     if let Ok(p) = state.slots.clone().try_acquire_owned() {
         return Ok(p);
     }
@@ -224,7 +256,8 @@ async fn slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, Api
     }
     let permit = state.slots.clone().acquire_owned().await;
     state.waiting.fetch_sub(1, Ordering::SeqCst);
-    permit.map_err(|_| ApiError::internal("the server is shutting down"))
+    // The slots close when a shutdown begins: whoever still waits is refused rather than started.
+    permit.map_err(|_| ApiError::shutting_down())
 }
 
 /// Tokenizes the prompt and checks it plus `max_tokens` fits the model's context. A `max_tokens` the client did
@@ -470,6 +503,7 @@ async fn run(
                 let _held = &permit;
                 // A closed channel means the client went away: the sequence leaves the batch.
                 tx.send(match event {
+                    BatchEvent::Prefilling { .. } => return !tx.is_closed(),
                     BatchEvent::Text(piece) => Msg::Piece(i, piece),
                     BatchEvent::Done(g) => {
                         metrics.record(&g);
@@ -484,9 +518,17 @@ async fn run(
     drop(tx);
     let n = valid.n;
 
+    let shutdown = state.shutdown.clone();
     if !valid.stream {
         let mut results: Vec<Option<Generation>> = (0..n).map(|_| None).collect();
-        while let Some(msg) = rx.recv().await {
+        loop {
+            let msg = tokio::select! {
+                msg = rx.recv() => msg,
+                () = shutdown.cut() => return Err(ApiError::unavailable(
+                    "the server shut down before this generation finished (its grace period ran out)",
+                )),
+            };
+            let Some(msg) = msg else { break };
             match msg {
                 Msg::Piece(..) => {}
                 Msg::Done(i, g) => results[i] = Some(g),
@@ -561,6 +603,7 @@ async fn run(
         ),
         move |mut st| {
             let chunk = chunk.clone();
+            let shutdown = shutdown.clone();
             async move {
                 loop {
                     if let Some(ev) = st.1.pop() {
@@ -571,7 +614,13 @@ async fn run(
                     }
                     let (rx, pending, started, prompt_tokens, completion_tokens, done) = &mut st;
                     let mut out = Vec::new();
-                    match rx.recv().await {
+                    let msg = tokio::select! {
+                        msg = rx.recv() => msg,
+                        () = shutdown.cut() => Some(Msg::Failed(
+                            "the server shut down before this generation finished (its grace period ran out)".into(),
+                        )),
+                    };
+                    match msg {
                         Some(Msg::Piece(i, text)) => {
                             let first = !started[i];
                             started[i] = true;

@@ -180,6 +180,31 @@ fn sparkline(values: &[Option<usize>]) -> String {
     )
 }
 
+/// Checkpoints that could not be loaded, each with its reason: a run whose later checkpoints fail must not look
+/// like a run that stopped.
+fn failed_checkpoints(t: &Timeline) -> String {
+    if t.failed.is_empty() {
+        return String::new();
+    }
+    let items: String = t
+        .failed
+        .iter()
+        .map(|c| {
+            format!(
+                "<li><b>{}</b>: {}</li>",
+                esc(&c.name),
+                esc(c.load_error.as_deref().unwrap_or(""))
+            )
+        })
+        .collect();
+    format!(
+        "<div class=\"banner failed\"><p>{} checkpoint{} could not be loaded (retried when {} files change):</p><ul>{items}</ul></div>",
+        t.failed.len(),
+        if t.failed.len() == 1 { "" } else { "s" },
+        if t.failed.len() == 1 { "its" } else { "their" }
+    )
+}
+
 fn synthetic_banner(t: &Timeline) -> &'static str {
     if t.run.synthetic {
         "<p class=\"banner\">This run is synthetic: the vibecheck demo mixes SmolLM2-135M-Instruct's weights with \
@@ -236,6 +261,7 @@ pub async fn run_page(
         synthetic_banner(&t),
         suite_picker(&t, &base)
     );
+    body.push_str(&failed_checkpoints(&t));
     body.push_str("<table class=\"heat\"><thead><tr><th>prompt</th>");
     for c in &t.checkpoints {
         body.push_str(&format!(
