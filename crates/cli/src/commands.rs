@@ -89,6 +89,10 @@ struct ServeArgs {
     memory_budget: Option<u64>,
     #[command(flatten)]
     access: crate::args::AccessArgs,
+    /// On Ctrl-C or SIGTERM, seconds running generations may go on before they are cut (queued requests get 503
+    /// at once).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    shutdown_grace: f64,
 }
 
 #[derive(Args, Clone)]
@@ -566,6 +570,10 @@ fn serve(a: ServeArgs) -> Result<()> {
         ..Default::default()
     };
     a.access.apply(&mut settings);
+    if !(a.shutdown_grace.is_finite() && (0.0..=86400.0).contains(&a.shutdown_grace)) {
+        bail!("--shutdown-grace must be between 0 and 86400 seconds");
+    }
+    settings.shutdown_grace = std::time::Duration::from_secs_f64(a.shutdown_grace);
     settings.check_exposure().map_err(anyhow::Error::msg)?;
     let models: Vec<String> = registry.entries().iter().map(|e| e.id.clone()).collect();
     let state = vibecheck_server::AppState::new(registry, settings);

@@ -671,6 +671,13 @@ async fn run(
     Ok(sse(events).into_response())
 }
 
-fn sse<S: Stream<Item = Result<Event, Infallible>> + Send + 'static>(s: S) -> Sse<S> {
-    Sse::new(s)
+/// How often a quiet stream (a long prompt still being prefilled) sends an SSE comment. Besides keeping proxies
+/// from timing out, the write is how a client that left is noticed: a failed write drops the stream, which tells
+/// the batch to stop this request between prompt chunks.
+const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn sse<S: Stream<Item = Result<Event, Infallible>> + Send + 'static>(
+    s: S,
+) -> Sse<axum::response::sse::KeepAliveStream<S>> {
+    Sse::new(s).keep_alive(axum::response::sse::KeepAlive::new().interval(SSE_KEEP_ALIVE))
 }
