@@ -640,13 +640,11 @@ pub fn unpermute_qk_rows(q: &QTensor, heads: usize) -> candle_core::Result<QTens
     QTensor::new(storage, dims)
 }
 
-/// Reads a GGUF file's header, naming the file in any error.
+/// Reads a GGUF file's header, naming the file in any error. Our reader checks every count, length, the
+/// alignment and each tensor's range before anything is allocated; candle's `Content` is built from the result.
 pub fn read_gguf(path: &Path) -> Result<gguf_file::Content, EngineError> {
-    let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
-    // Buffered: the header is tens of thousands of small reads (one per vocabulary string).
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    gguf_file::Content::read(&mut reader)
-        .map_err(|e| EngineError::file(path, format!("not a readable GGUF file: {e}")))
+    let header = vibecheck_checkpoint::gguf::read(path)?;
+    crate::gguf_header::to_content(header).map_err(|m| EngineError::file(path, m))
 }
 
 /// A read-only mapping of `len` bytes of `file` from `offset`, unmapped when dropped. Loading reads each tensor
