@@ -118,7 +118,7 @@ enum Backend {
         files: Vec<PathBuf>,
         /// The shards, open for each tensor's own mappings ([`map_range`]).
         opened: Vec<std::fs::File>,
-        /// Every tensor, from the shards' validated headers (a name in several shards: the last one's).
+        /// Every tensor, from the shards' validated headers (a name in several shards is an error).
         tensors: HashMap<String, SafetensorsEntry>,
     },
     Gguf {
@@ -162,7 +162,7 @@ impl Weights {
         device: &Device,
     ) -> Result<Self, EngineError> {
         let mut opened = Vec::with_capacity(files.len());
-        let mut tensors = HashMap::new();
+        let mut tensors: HashMap<String, SafetensorsEntry> = HashMap::new();
         for (shard, path) in files.iter().enumerate() {
             let header = vibecheck_checkpoint::safetensors_header::read(path)?;
             for t in header.tensors {
@@ -180,7 +180,22 @@ impl Weights {
                     dtype,
                     shape: t.shape,
                 };
-                tensors.insert(t.name, entry);
+                // A name in two shards is a fault of the checkpoint, not "the last one's".
+                match tensors.entry(t.name) {
+                    std::collections::hash_map::Entry::Occupied(first) => {
+                        return Err(EngineError::file(
+                            path,
+                            format!(
+                                "tensor {:?} is also in {}; a tensor must be in one shard only",
+                                first.key(),
+                                files[first.get().shard].display()
+                            ),
+                        ));
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(entry);
+                    }
+                }
             }
             opened.push(std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?);
         }

@@ -329,3 +329,40 @@ fn regression_gguf_with_a_huge_array_length_names_the_key() {
         ],
     );
 }
+
+#[test]
+fn regression_safetensors_duplicate_tensor_name_in_one_header_names_it_and_the_file() {
+    let (_t, dir) = tiny_copy();
+    let header = r#"{"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "a": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 32]);
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &["model.safetensors", "tensor \"a\" appears twice"],
+    );
+}
+
+#[test]
+fn regression_safetensors_tensor_in_two_shards_names_both_files() {
+    // Two shards that both hold every tensor: the second's copies used to replace the first's silently.
+    let (_t, dir) = tiny_copy();
+    let (first, second) = (
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    );
+    std::fs::copy(dir.join("model.safetensors"), dir.join(first)).unwrap();
+    std::fs::rename(dir.join("model.safetensors"), dir.join(second)).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"weight_map": {
+            "model.embed_tokens.weight": first,
+            "model.norm.weight": second,
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let err = load_err(&dir);
+    assert_mentions(&err, &[first, second, "one shard only"]);
+}
