@@ -1,8 +1,8 @@
 //! Checks a safetensors header against its file before anything is memory-mapped.
 //!
 //! A trainer writes shards while we watch, and users hand us files from anywhere: a header length beyond the
-//! file, offsets that overlap or leave the file, or an unknown dtype must become an error naming the file and
-//! the tensor, never a panic or an allocation sized by the file's own claims.
+//! file, offsets that overlap or leave the file, a tensor name given twice, or an unknown dtype must become an
+//! error naming the file and the tensor, never a panic or an allocation sized by the file's own claims.
 
 use std::io::Read;
 use std::path::Path;
@@ -45,82 +45,142 @@ pub fn dtype_size(dtype: &str) -> Option<u64> {
     })
 }
 
+/// What is wrong with a safetensors header. The caller adds the file.
+#[derive(Debug, thiserror::Error)]
+pub enum SafetensorsError {
+    #[error(
+        "safetensors file is only {file_len} bytes, shorter than its 8-byte header length (truncated, or still being written?)"
+    )]
+    TooShort { file_len: u64 },
+    #[error(
+        "safetensors header claims {header_len} bytes, more than the {MAX_HEADER_BYTES}-byte limit (corrupt file?)"
+    )]
+    HeaderTooLarge { header_len: u64 },
+    #[error(
+        "safetensors header claims {header_len} bytes but the file has only {available} after the length (truncated, or still being written?)"
+    )]
+    HeaderBeyondFile { header_len: u64, available: u64 },
+    #[error("safetensors header is not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("safetensors header is not a JSON object")]
+    NotObject,
+    #[error(
+        "tensor {name:?} appears twice in the safetensors header (a JSON reader would silently keep the last)"
+    )]
+    DuplicateTensor { name: String },
+    /// A tensor entry that does not describe a tensor (no dtype, a shape that is not its byte range, ...).
+    #[error("{0}")]
+    BadEntry(String),
+    #[error("tensor {name:?} overlaps the tensor before it (offsets {begin}..{end})")]
+    Overlap { name: String, begin: u64, end: u64 },
+    #[error("tensor {name:?} leaves a gap before offset {begin} (corrupt header)")]
+    Gap { name: String, begin: u64 },
+    #[error(
+        "tensor {name:?} ends at byte {end} of the data section, which has only {data_len} bytes (truncated, or still being written?)"
+    )]
+    PastEnd {
+        name: String,
+        end: u64,
+        data_len: u64,
+    },
+    #[error(
+        "the data section has {data_len} bytes but the tensors cover {covered} (corrupt or mixed file)"
+    )]
+    Uncovered { data_len: u64, covered: u64 },
+    #[error("reading the header: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// Reads and validates the header of `path`.
 pub fn read(path: &Path) -> Result<Header, CheckpointError> {
-    let mut file = std::fs::File::open(path).map_err(|e| CheckpointError::io(path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| CheckpointError::io(path, e))?;
     let file_len = file
         .metadata()
         .map_err(|e| CheckpointError::io(path, e))?
         .len();
-    let bad = |m: String| CheckpointError::invalid(path, m);
+    read_header_from(file, file_len).map_err(|e| match e {
+        SafetensorsError::Io(e) => CheckpointError::io(path, e),
+        e => CheckpointError::invalid(path, e.to_string()),
+    })
+}
+
+/// Validates the header of a safetensors file held in memory (`bytes` is the whole file, its length the file's;
+/// what a fuzzer calls). Never panics; the header is read only once its stated length is known to be at most
+/// [`MAX_HEADER_BYTES`] and inside the file.
+pub fn read_header(bytes: &[u8]) -> Result<Header, SafetensorsError> {
+    read_header_from(bytes, bytes.len() as u64)
+}
+
+/// Validates the header read from `reader`, positioned at the file's start, where `file_len` is the whole file's
+/// length (the tensor data is checked against it, not read).
+pub fn read_header_from<R: Read>(mut reader: R, file_len: u64) -> Result<Header, SafetensorsError> {
     if file_len < 8 {
-        return Err(bad(format!(
-            "safetensors file is only {file_len} bytes, shorter than its 8-byte header length (truncated, or still being written?)"
-        )));
+        return Err(SafetensorsError::TooShort { file_len });
     }
     let mut len_bytes = [0u8; 8];
-    file.read_exact(&mut len_bytes)
-        .map_err(|e| CheckpointError::io(path, e))?;
+    reader.read_exact(&mut len_bytes)?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > MAX_HEADER_BYTES {
-        return Err(bad(format!(
-            "safetensors header claims {header_len} bytes, more than the {MAX_HEADER_BYTES}-byte limit (corrupt file?)"
-        )));
+        return Err(SafetensorsError::HeaderTooLarge { header_len });
     }
-    if 8 + header_len > file_len {
-        return Err(bad(format!(
-            "safetensors header claims {header_len} bytes but the file has only {} after the length (truncated, or still being written?)",
-            file_len - 8
-        )));
+    if header_len > file_len - 8 {
+        return Err(SafetensorsError::HeaderBeyondFile {
+            header_len,
+            available: file_len - 8,
+        });
     }
     let mut raw = vec![0u8; header_len as usize];
-    file.read_exact(&mut raw)
-        .map_err(|e| CheckpointError::io(path, e))?;
-    let json: serde_json::Value = serde_json::from_slice(&raw)
-        .map_err(|e| bad(format!("safetensors header is not valid JSON: {e}")))?;
-    let obj = json
-        .as_object()
-        .ok_or_else(|| bad("safetensors header is not a JSON object".into()))?;
+    reader.read_exact(&mut raw)?;
+    let Entries(entries) = serde_json::from_slice(&raw).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => SafetensorsError::NotObject,
+        _ => SafetensorsError::NotJson(e),
+    })?;
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+    if let Some((name, _)) = entries.iter().find(|(name, _)| !seen.insert(name.as_str())) {
+        return Err(SafetensorsError::DuplicateTensor { name: name.clone() });
+    }
     let data_len = file_len - 8 - header_len;
-    let mut tensors = Vec::with_capacity(obj.len().min(1 << 16));
+    let mut tensors = Vec::with_capacity(entries.len());
     let mut metadata = serde_json::Map::new();
-    for (name, entry) in obj {
+    for (name, entry) in entries {
         if name == "__metadata__" {
-            if let Some(m) = entry.as_object() {
-                metadata = m.clone();
+            if let serde_json::Value::Object(m) = entry {
+                metadata = m;
             }
             continue;
         }
-        tensors.push(parse_entry(name, entry).map_err(&bad)?);
+        tensors.push(parse_entry(&name, &entry).map_err(SafetensorsError::BadEntry)?);
     }
     tensors.sort_by_key(|t| (t.begin, t.end));
     let mut expected_begin = 0u64;
     for t in &tensors {
-        if t.begin != expected_begin {
-            return Err(bad(if t.begin < expected_begin {
-                format!(
-                    "tensor {:?} overlaps the tensor before it (offsets {}..{})",
-                    t.name, t.begin, t.end
-                )
-            } else {
-                format!(
-                    "tensor {:?} leaves a gap before offset {} (corrupt header)",
-                    t.name, t.begin
-                )
-            }));
+        if t.begin < expected_begin {
+            return Err(SafetensorsError::Overlap {
+                name: t.name.clone(),
+                begin: t.begin,
+                end: t.end,
+            });
+        }
+        if t.begin > expected_begin {
+            return Err(SafetensorsError::Gap {
+                name: t.name.clone(),
+                begin: t.begin,
+            });
         }
         if t.end > data_len {
-            return Err(bad(format!(
-                "tensor {:?} ends at byte {} of the data section, which has only {data_len} bytes (truncated, or still being written?)",
-                t.name, t.end
-            )));
+            return Err(SafetensorsError::PastEnd {
+                name: t.name.clone(),
+                end: t.end,
+                data_len,
+            });
         }
         expected_begin = t.end;
     }
     if expected_begin != data_len {
-        return Err(bad(format!(
-            "the data section has {data_len} bytes but the tensors cover {expected_begin} (corrupt or mixed file)"
-        )));
+        return Err(SafetensorsError::Uncovered {
+            data_len,
+            covered: expected_begin,
+        });
     }
     Ok(Header {
         tensors,
@@ -128,6 +188,32 @@ pub fn read(path: &Path) -> Result<Header, CheckpointError> {
         file_len,
         data_start: 8 + header_len,
     })
+}
+
+/// The header's entries in file order, duplicates kept (a JSON map would keep only the last of a name).
+struct Entries(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object of tensor entries")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 fn parse_entry(name: &str, entry: &serde_json::Value) -> Result<TensorEntry, String> {
@@ -180,4 +266,97 @@ fn parse_entry(name: &str, entry: &serde_json::Value) -> Result<TensorEntry, Str
         begin,
         end,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file: the length, the header text as given (so keys can repeat), `data_len` zero bytes.
+    fn file(header: &str, data_len: usize) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend(vec![0u8; data_len]);
+        bytes
+    }
+
+    #[test]
+    fn a_valid_header_reads() {
+        let h = read_header(&file(
+            r#"{"__metadata__": {"format": "pt"}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]},
+                "a": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]}}"#,
+            16,
+        ))
+        .unwrap();
+        let names: Vec<&str> = h.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(h.metadata["format"], "pt");
+        assert_eq!(h.file_len - h.data_start, 16);
+    }
+
+    #[test]
+    fn regression_safetensors_duplicate_tensor_name_is_an_error_not_last_wins() {
+        // With the last "a" kept the first one's bytes were merely a "gap"; now the name itself is the fault.
+        let bytes = file(
+            r#"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}"#,
+            16,
+        );
+        let err = read_header(&bytes).unwrap_err();
+        assert!(
+            matches!(err, SafetensorsError::DuplicateTensor { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("tensor \"a\" appears twice"),
+            "{err}"
+        );
+        // Through the file API, the file is named too.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("model.safetensors") && err.contains("\"a\" appears twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn regression_safetensors_header_size_is_bounded_before_allocating() {
+        // A length just over the limit in a file far shorter than it: the limit is the error, nothing allocated.
+        let mut bytes = (MAX_HEADER_BYTES + 1).to_le_bytes().to_vec();
+        bytes.extend(b"{}");
+        let err = read_header(&bytes).unwrap_err();
+        assert!(
+            matches!(err, SafetensorsError::HeaderTooLarge { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("limit"), "{err}");
+        let mut bytes = 1000u64.to_le_bytes().to_vec();
+        bytes.extend(b"{}");
+        assert!(matches!(
+            read_header(&bytes).unwrap_err(),
+            SafetensorsError::HeaderBeyondFile {
+                header_len: 1000,
+                available: 2
+            }
+        ));
+        assert!(matches!(
+            read_header(&[1, 0, 0]).unwrap_err(),
+            SafetensorsError::TooShort { file_len: 3 }
+        ));
+    }
+
+    #[test]
+    fn not_json_and_not_an_object_are_told_apart() {
+        assert!(matches!(
+            read_header(&file("{\"a\": ", 0)).unwrap_err(),
+            SafetensorsError::NotJson(_)
+        ));
+        assert!(matches!(
+            read_header(&file("[1, 2]", 0)).unwrap_err(),
+            SafetensorsError::NotObject
+        ));
+    }
 }

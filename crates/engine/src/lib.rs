@@ -12,6 +12,7 @@ pub mod convert;
 mod error;
 pub mod generate;
 pub mod gguf;
+mod gguf_header;
 pub mod kernels;
 pub mod loader;
 pub mod model;

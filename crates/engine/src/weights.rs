@@ -103,7 +103,7 @@ enum Backend {
         files: Vec<PathBuf>,
         /// The shards, open for reading each tensor ([`read_range`]).
         opened: Vec<std::fs::File>,
-        /// Every tensor, from the shards' validated headers (a name in several shards: the last one's).
+        /// Every tensor, from the shards' validated headers (a name in several shards is an error).
         tensors: HashMap<String, SafetensorsEntry>,
     },
     Gguf {
@@ -147,7 +147,7 @@ impl Weights {
         device: &Device,
     ) -> Result<Self, EngineError> {
         let mut opened = Vec::with_capacity(files.len());
-        let mut tensors = HashMap::new();
+        let mut tensors: HashMap<String, SafetensorsEntry> = HashMap::new();
         for (shard, path) in files.iter().enumerate() {
             let header = vibecheck_checkpoint::safetensors_header::read(path)?;
             for t in header.tensors {
@@ -165,7 +165,22 @@ impl Weights {
                     dtype,
                     shape: t.shape,
                 };
-                tensors.insert(t.name, entry);
+                // A name in two shards is a fault of the checkpoint, not "the last one's".
+                match tensors.entry(t.name) {
+                    std::collections::hash_map::Entry::Occupied(first) => {
+                        return Err(EngineError::file(
+                            path,
+                            format!(
+                                "tensor {:?} is also in {}; a tensor must be in one shard only",
+                                first.key(),
+                                files[first.get().shard].display()
+                            ),
+                        ));
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(entry);
+                    }
+                }
             }
             opened.push(std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?);
         }
@@ -663,13 +678,11 @@ pub fn unpermute_qk_rows(q: &QTensor, heads: usize) -> candle_core::Result<QTens
     QTensor::new(storage, dims)
 }
 
-/// Reads a GGUF file's header, naming the file in any error.
+/// Reads a GGUF file's header, naming the file in any error. Our reader checks every count, length, the
+/// alignment and each tensor's range before anything is allocated; candle's `Content` is built from the result.
 pub fn read_gguf(path: &Path) -> Result<gguf_file::Content, EngineError> {
-    let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
-    // Buffered: the header is tens of thousands of small reads (one per vocabulary string).
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    gguf_file::Content::read(&mut reader)
-        .map_err(|e| EngineError::file(path, format!("not a readable GGUF file: {e}")))
+    let header = vibecheck_checkpoint::gguf::read(path)?;
+    crate::gguf_header::to_content(header).map_err(|m| EngineError::file(path, m))
 }
 
 /// `len` bytes of `file` from `offset`, read into memory. A read that comes up short means the file shrank after

@@ -47,17 +47,35 @@ pub fn shared_data() -> PathBuf {
     shared("data", "VIBECHECK_SHARED_DATA")
 }
 
-/// The SmolLM2-135M-Instruct Q4_1 GGUF.
-pub fn smollm_gguf() -> PathBuf {
+fn smollm_gguf_path() -> PathBuf {
     let dir =
         env_dir("VIBECHECK_MODEL_CACHE").unwrap_or_else(|| workspace_root().join(".cache/models"));
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// The SmolLM2-135M-Instruct Q4_1 GGUF.
+pub fn smollm_gguf() -> PathBuf {
+    let p = smollm_gguf_path();
     assert!(
         p.is_file(),
         "{} is missing: run scripts/fetch-model.sh",
         p.display()
     );
     p
+}
+
+/// The SmolLM2 GGUF if it is there; otherwise `None`, after printing that the calling test is skipped and why.
+pub fn smollm_gguf_if_present(test: &str) -> Option<PathBuf> {
+    let p = smollm_gguf_path();
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipped {test}: {} is missing (run scripts/fetch-model.sh or set VIBECHECK_MODEL_CACHE)",
+            p.display()
+        );
+        None
+    }
 }
 
 /// Copies the files of `src` into `dest` (created; flat).

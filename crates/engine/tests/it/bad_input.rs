@@ -254,3 +254,115 @@ fn gguf_cut_off_inside_its_tensor_data() {
         .to_string();
     assert_mentions(&err, &["cut.gguf", "truncated"]);
 }
+
+/// A GGUF file written byte by byte: `entries` as (key, value type, encoded value), one float32 tensor
+/// `token_embd.weight` of 32 elements at offset 0, padded to 32 bytes, then its data.
+fn write_gguf(path: &Path, entries: &[(&str, u32, Vec<u8>)]) {
+    let string = |s: &[u8]| {
+        let mut b = (s.len() as u64).to_le_bytes().to_vec();
+        b.extend(s);
+        b
+    };
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(1u64.to_le_bytes());
+    bytes.extend((entries.len() as u64).to_le_bytes());
+    for (key, ty, value) in entries {
+        bytes.extend(string(key.as_bytes()));
+        bytes.extend(ty.to_le_bytes());
+        bytes.extend(value);
+    }
+    bytes.extend(string(b"token_embd.weight"));
+    bytes.extend(1u32.to_le_bytes());
+    bytes.extend(32u64.to_le_bytes());
+    bytes.extend(0u32.to_le_bytes()); // F32
+    bytes.extend(0u64.to_le_bytes());
+    bytes.resize(bytes.len().next_multiple_of(32) + 128, 0);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn regression_gguf_alignment_zero_fails_loading_and_converting_naming_the_file_and_key() {
+    // candle's reader divided by the alignment: `generate` and `convert` exited 101, `serve` answered 500.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("zero-align.gguf");
+    let mut arch = 5u64.to_le_bytes().to_vec();
+    arch.extend(b"llama");
+    write_gguf(
+        &path,
+        &[
+            ("general.architecture", 8, arch),
+            ("general.alignment", 4, 0u32.to_le_bytes().to_vec()),
+        ],
+    );
+    let err = match Model::load(path.to_str().unwrap(), &LoadOptions::default()) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert_mentions(&err, &["zero-align.gguf", "`general.alignment` is 0"]);
+    let err = vibecheck_engine::convert::gguf_to_hf(
+        &path,
+        &tmp.path().join("out"),
+        vibecheck_engine::DType::F32,
+    )
+    .expect_err("must fail")
+    .to_string();
+    assert_mentions(&err, &["zero-align.gguf", "`general.alignment` is 0"]);
+}
+
+#[test]
+fn regression_gguf_with_a_huge_array_length_names_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("array.gguf");
+    let mut array = 8u32.to_le_bytes().to_vec(); // strings
+    array.extend((1u64 << 60).to_le_bytes());
+    write_gguf(&path, &[("tokenizer.ggml.tokens", 9, array)]);
+    let err = Model::load(path.to_str().unwrap(), &LoadOptions::default())
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert_mentions(
+        &err,
+        &[
+            "array.gguf",
+            "array length of metadata key \"tokenizer.ggml.tokens\"",
+        ],
+    );
+}
+
+#[test]
+fn regression_safetensors_duplicate_tensor_name_in_one_header_names_it_and_the_file() {
+    let (_t, dir) = tiny_copy();
+    let header = r#"{"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "a": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 32]);
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &["model.safetensors", "tensor \"a\" appears twice"],
+    );
+}
+
+#[test]
+fn regression_safetensors_tensor_in_two_shards_names_both_files() {
+    // Two shards that both hold every tensor: the second's copies used to replace the first's silently.
+    let (_t, dir) = tiny_copy();
+    let (first, second) = (
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    );
+    std::fs::copy(dir.join("model.safetensors"), dir.join(first)).unwrap();
+    std::fs::rename(dir.join("model.safetensors"), dir.join(second)).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"weight_map": {
+            "model.embed_tokens.weight": first,
+            "model.norm.weight": second,
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let err = load_err(&dir);
+    assert_mentions(&err, &[first, second, "one shard only"]);
+}

@@ -58,8 +58,7 @@ pub fn read_json(path: &Path) -> serde_json::Value {
 /// size, so callers can check the file had one.
 pub fn assert_direct_tokenizer_is_the_document(gguf: &Path) -> usize {
     use vibecheck_engine::tokenizer::GgufVocab;
-    let mut file = std::fs::File::open(gguf).unwrap();
-    let mut content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    let mut content = vibecheck_engine::weights::read_gguf(gguf).unwrap();
     let document = GgufVocab::read(&content).unwrap().to_json();
     let taken = GgufVocab::take(&mut content).unwrap();
     assert!(

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod fixtures;
+mod gguf_reader;
 mod gguf_roundtrip;
 mod hostile;
 mod hub;
