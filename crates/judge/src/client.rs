@@ -1,5 +1,9 @@
 //! The OpenAI-compatible chat client judges (and endpoint baselines) are called through: a timeout per call,
 //! bounded retries with exponential backoff on timeouts, 429 and 5xx, and errors that say which endpoint failed.
+//!
+//! Redirects are never followed: a 3xx is an error naming where it pointed. (Following one turns the POST into a
+//! body-less GET to whatever host the `Location` names, and whatever that host answers would be stored as the
+//! judge's verdict.)
 
 use std::time::Duration;
 
@@ -115,6 +119,9 @@ impl Endpoint {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(self.timeout))
             .http_status_as_error(false)
+            // A 3xx comes back as a response, never followed (see the module doc).
+            .max_redirects(0)
+            .max_redirects_will_error(false)
             .build()
             .into();
         let body = json!({
@@ -139,6 +146,24 @@ impl Endpoint {
         };
         let resp = req.send(body.to_string()).map_err(failed)?;
         let status = resp.status().as_u16();
+        if resp.status().is_redirection() {
+            let target = resp
+                .headers()
+                .get("location")
+                .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
+            let detail = match target {
+                Some(to) => format!(
+                    "redirected to {to} (vibecheck does not follow redirects: point --judge or --baseline-url at \
+                     the final URL)"
+                ),
+                None => "a redirect without a Location header (vibecheck does not follow redirects)".into(),
+            };
+            return Err(CallError::Status {
+                url,
+                status,
+                detail,
+            });
+        }
         let text = resp
             .into_body()
             .with_config()

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use vibecheck_judge::{judge_run, Baseline, Endpoint, JudgeOptions, JudgePrompts, Mode};
 use vibecheck_store::{NewAnswer, Store};
 use vibecheck_suite::Suite;
+use vibecheck_test_support::http::{chat_reply, response, RawServer};
 use vibecheck_test_support::{shared_data, smollm_gguf};
 
 const SUITE: &str = r#"
@@ -394,4 +395,53 @@ async fn fastchat_judge_prompts_are_used_as_given() {
         rows.iter().filter(|r| r.prompt_version == single).count(),
         rows.len() - 3
     );
+}
+
+#[test]
+fn regression_judge_does_not_follow_redirects() {
+    for code in [
+        "301 Moved Permanently",
+        "302 Found",
+        "303 See Other",
+        "307 Temporary Redirect",
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (db, _) = store_with_run(tmp.path());
+        // Where the redirect points: a "judge" that would rate everything 10.
+        let target = RawServer::start(vec![chat_reply("[[10]]")]);
+        let to = format!("{}/v1/chat/completions", target.url);
+        let judge = RawServer::start(vec![response(code, &[("location", &to)], "")]);
+        let mut store = Store::open(&db).unwrap();
+        let report = judge_run(
+            &mut store,
+            &options(&format!("{}/v1", judge.url), Mode::Single),
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+        assert_eq!(report.asked, 18, "{code}: 3 checkpoints × 6 turns");
+        assert_eq!((report.ok, report.errors), (0, 18), "{code}: {report:?}");
+        let rows = store.all_judgments().unwrap();
+        assert_eq!(rows.len(), 18);
+        for r in &rows {
+            assert_eq!(r.status, "error", "{code}: {r:?}");
+            assert!(r.score.is_none(), "{code}: {r:?}");
+            assert!(
+                r.raw.contains(&format!("redirected to {to}"))
+                    && r.raw.contains("does not follow redirects"),
+                "{code}: {}",
+                r.raw
+            );
+        }
+        // Each question was asked once (a redirect is not retried) and nothing reached the target.
+        assert_eq!(judge.hits().len(), 18, "{code}");
+        assert!(
+            judge.hits().iter().all(|h| h.line.starts_with("POST ")),
+            "{code}"
+        );
+        assert!(
+            target.hits().is_empty(),
+            "{code}: the redirect was followed: {:?}",
+            target.hits()
+        );
+    }
 }
