@@ -4,9 +4,9 @@
 use rusqlite::Connection;
 
 /// The newest schema this build knows.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
-const STEPS: [&str; 2] = [
+pub(crate) const STEPS: [&str; 3] = [
     r#"
 CREATE TABLE runs (
     id        INTEGER PRIMARY KEY,
@@ -92,6 +92,10 @@ CREATE TABLE battles (
     created  TEXT NOT NULL,
     voted    TEXT
 );
+"#,
+    // 3: a judgment's flag, such as "answer contains a rating token" (NULL for judgments stored before).
+    r#"
+ALTER TABLE judgments ADD COLUMN flag TEXT;
 "#,
 ];
 
