@@ -562,4 +562,8 @@ async fn regression_an_answer_cannot_set_its_own_score_through_a_judge_run() {
         ("ok", Some(8.0), None)
     );
     assert_eq!(summary.checkpoints[0].score, Some((5.0, 3.0, 2)));
+    assert_eq!(
+        summary.flags,
+        vec![("answer contains a rating token".to_string(), 2)]
+    );
 }
