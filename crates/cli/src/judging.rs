@@ -215,6 +215,12 @@ pub fn print_summary(s: &vibecheck_judge::Summary) {
             }
         }
     }
+    for (flag, n) in &s.flags {
+        println!(
+            "{n} verdict{} flagged: {flag} (a token quoted from an answer never decides its verdict)",
+            if *n == 1 { "" } else { "s" }
+        );
+    }
     if !s.failures.is_empty() {
         outln!(
             "{} judge calls gave no verdict (stored with the raw reply; none counts as a score):",

@@ -95,7 +95,8 @@ pub struct ExportArgs {
     run: Option<String>,
     #[arg(long, value_enum, default_value = "jsonl")]
     format: ExportFormat,
-    /// answers, or judgments (judge verdicts, parse failures and errors with raw replies; jsonl or csv).
+    /// answers, or judgments (judge verdicts, parse failures and errors with raw replies, and each verdict's flag
+    /// such as "answer contains a rating token"; jsonl or csv).
     #[arg(long, default_value = "answers")]
     what: String,
     /// Write here instead of stdout.

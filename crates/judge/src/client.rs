@@ -1,9 +1,17 @@
 //! The OpenAI-compatible chat client judges (and endpoint baselines) are called through: a timeout per call,
-//! bounded retries with exponential backoff on timeouts, 429 and 5xx, and errors that say which endpoint failed.
+//! bounded retries with exponential backoff on timeouts, 429 and 5xx (waiting what a 429 or 503 asks for in
+//! `Retry-After`, up to [`MAX_RETRY_AFTER`]), and errors that say which endpoint failed.
+//!
+//! Redirects are never followed: a 3xx is an error naming where it pointed. (Following one turns the POST into a
+//! body-less GET to whatever host the `Location` names, and whatever that host answers would be stored as the
+//! judge's verdict.)
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
+
+/// The longest `Retry-After` a retry waits; a server asking for more gets its error returned at once.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// An OpenAI-compatible chat endpoint and model.
 #[derive(Clone)]
@@ -54,6 +62,37 @@ impl CallError {
             Self::Malformed { .. } => false,
         }
     }
+
+    /// The error with `note` added to an HTTP status error's detail (other errors are returned as they are).
+    fn noting(mut self, note: &str) -> Self {
+        if let Self::Status { detail, .. } = &mut self {
+            detail.push_str(" (");
+            detail.push_str(note);
+            detail.push(')');
+        }
+        self
+    }
+}
+
+/// A failed attempt, and how long the server asked to be left alone (`Retry-After` on a 429 or 503).
+struct Failed {
+    error: CallError,
+    retry_after: Option<Duration>,
+}
+
+impl From<CallError> for Failed {
+    fn from(error: CallError) -> Self {
+        Self {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by API servers and is ignored).
+fn retry_after(resp: &ureq::http::Response<ureq::Body>) -> Option<Duration> {
+    let value = resp.headers().get("retry-after")?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 impl Endpoint {
@@ -85,7 +124,8 @@ impl Endpoint {
             || rest.starts_with("[::1]")
     }
 
-    /// One chat completion (temperature 0), retried as configured. Returns the assistant's text.
+    /// One chat completion (temperature 0), retried as configured: after the backoff, or after what the server
+    /// asked for in `Retry-After` (at most [`MAX_RETRY_AFTER`]). Returns the assistant's text.
     pub fn chat(
         &self,
         messages: &[(String, String)],
@@ -94,15 +134,37 @@ impl Endpoint {
         let mut wait = self.backoff;
         let mut attempt = 0;
         loop {
-            match self.chat_once(messages, max_tokens) {
-                Err(e) if e.retryable() && attempt < self.retries => {
-                    tracing::info!(endpoint = %self.base_url, "retrying after: {e}");
-                    std::thread::sleep(wait);
-                    wait *= 2;
-                    attempt += 1;
-                }
-                other => return other,
+            let Failed { error, retry_after } = match self.chat_once(messages, max_tokens) {
+                Ok(text) => return Ok(text),
+                Err(f) => f,
+            };
+            if !error.retryable() {
+                return Err(error);
             }
+            let pause = match retry_after {
+                Some(asked) if asked > MAX_RETRY_AFTER => {
+                    return Err(error.noting(&format!(
+                        "it asked to be retried after {} s, longer than the {} s vibecheck waits; not retried",
+                        asked.as_secs(),
+                        MAX_RETRY_AFTER.as_secs()
+                    )))
+                }
+                Some(asked) => asked,
+                None => wait,
+            };
+            if attempt >= self.retries {
+                return Err(match retry_after {
+                    Some(asked) => error.noting(&format!(
+                        "still refused after {attempt} retries; it asked to wait {} s more",
+                        asked.as_secs()
+                    )),
+                    None => error,
+                });
+            }
+            tracing::info!(endpoint = %self.base_url, "retrying in {} ms after: {error}", pause.as_millis());
+            std::thread::sleep(pause);
+            wait *= 2;
+            attempt += 1;
         }
     }
 
@@ -110,11 +172,14 @@ impl Endpoint {
         &self,
         messages: &[(String, String)],
         max_tokens: usize,
-    ) -> Result<String, CallError> {
+    ) -> Result<String, Failed> {
         let url = format!("{}/chat/completions", self.base_url);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(self.timeout))
             .http_status_as_error(false)
+            // A 3xx comes back as a response, never followed (see the module doc).
+            .max_redirects(0)
+            .max_redirects_will_error(false)
             .build()
             .into();
         let body = json!({
@@ -139,6 +204,30 @@ impl Endpoint {
         };
         let resp = req.send(body.to_string()).map_err(failed)?;
         let status = resp.status().as_u16();
+        if resp.status().is_redirection() {
+            let target = resp
+                .headers()
+                .get("location")
+                .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
+            let detail = match target {
+                Some(to) => format!(
+                    "redirected to {to} (vibecheck does not follow redirects: point --judge or --baseline-url at \
+                     the final URL)"
+                ),
+                None => "a redirect without a Location header (vibecheck does not follow redirects)".into(),
+            };
+            return Err(CallError::Status {
+                url,
+                status,
+                detail,
+            }
+            .into());
+        }
+        let asked = if status == 429 || status == 503 {
+            retry_after(&resp)
+        } else {
+            None
+        };
         let text = resp
             .into_body()
             .with_config()
@@ -150,10 +239,13 @@ impl Endpoint {
                 .ok()
                 .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
                 .unwrap_or_else(|| text.chars().take(300).collect());
-            return Err(CallError::Status {
-                url,
-                status,
-                detail,
+            return Err(Failed {
+                error: CallError::Status {
+                    url,
+                    status,
+                    detail,
+                },
+                retry_after: asked,
             });
         }
         let v: Value = serde_json::from_str(&text).map_err(|e| CallError::Malformed {
@@ -163,9 +255,12 @@ impl Endpoint {
         v["choices"][0]["message"]["content"]
             .as_str()
             .map(str::to_string)
-            .ok_or_else(|| CallError::Malformed {
-                url,
-                detail: text.chars().take(300).collect(),
+            .ok_or_else(|| {
+                CallError::Malformed {
+                    url,
+                    detail: text.chars().take(300).collect(),
+                }
+                .into()
             })
     }
 }
@@ -173,6 +268,78 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vibecheck_test_support::http::{chat_reply, response, RawServer};
+
+    fn endpoint(server: &RawServer, retries: u32) -> Endpoint {
+        let mut e = Endpoint::new(&format!("{}/v1", server.url), "m", None);
+        e.timeout = Duration::from_secs(10);
+        e.retries = retries;
+        e.backoff = Duration::from_millis(10);
+        e
+    }
+
+    fn ask(e: &Endpoint) -> Result<String, CallError> {
+        e.chat(&[("user".into(), "Rate this.".into())], 16)
+    }
+
+    #[test]
+    fn regression_judge_honours_retry_after() {
+        for status in ["429 Too Many Requests", "503 Service Unavailable"] {
+            let server = RawServer::start(vec![
+                response(
+                    status,
+                    &[("retry-after", "1")],
+                    r#"{"error":{"message":"slow down"}}"#,
+                ),
+                chat_reply("[[7]]"),
+            ]);
+            // The backoff alone would retry after 10 ms.
+            assert_eq!(
+                ask(&endpoint(&server, 2)).as_deref(),
+                Ok("[[7]]"),
+                "{status}"
+            );
+            let hits = server.hits();
+            assert_eq!(hits.len(), 2, "{status}: one refusal, one answer");
+            let waited = hits[1].at - hits[0].at;
+            assert!(
+                waited >= Duration::from_millis(900),
+                "{status}: retried after {waited:?}, not after the 1 s asked for"
+            );
+        }
+    }
+
+    #[test]
+    fn regression_judge_does_not_wait_past_the_retry_after_bound() {
+        let server = RawServer::start(vec![response(
+            "429 Too Many Requests",
+            &[("retry-after", "3600")],
+            r#"{"error":{"message":"quota exhausted"}}"#,
+        )]);
+        let started = std::time::Instant::now();
+        let e = ask(&endpoint(&server, 2)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5), "it waited");
+        assert_eq!(server.hits().len(), 1, "not retried");
+        let text = e.to_string();
+        assert!(
+            text.contains("429")
+                && text.contains("quota exhausted")
+                && text.contains("retried after 3600 s, longer than the 60 s vibecheck waits"),
+            "{text}"
+        );
+        // Retries used up while the server still asks to wait: the error says so.
+        let server = RawServer::start(vec![response(
+            "503 Service Unavailable",
+            &[("retry-after", "0")],
+            "busy",
+        )]);
+        let text = ask(&endpoint(&server, 1)).unwrap_err().to_string();
+        assert_eq!(server.hits().len(), 2);
+        assert!(
+            text.contains("503") && text.contains("still refused after 1 retries"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn local_endpoints_are_recognised() {

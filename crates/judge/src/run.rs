@@ -82,6 +82,9 @@ pub struct Question {
     pub swapped: bool,
     pub turn: u32,
     pub text: String,
+    /// The texts the judge is shown as answers (the graded one, both turns of a second-turn question, both answers
+    /// of a pair): a verdict token of the reply that also occurs in one of them cannot decide (see `verdict`).
+    pub answers: Vec<String>,
     /// For progress lines: `checkpoint-200 · games`.
     pub label: String,
 }
@@ -314,6 +317,10 @@ pub fn plan(
                     let Some(graded) = turn_text(cell, turn) else {
                         continue;
                     };
+                    let answers = (0..=turn)
+                        .filter_map(|t| turn_text(cell, t))
+                        .map(|a| a.text.clone())
+                        .collect();
                     questions.push(Question {
                         kind: Kind::Single,
                         text: jp.render(&vars)?,
@@ -322,6 +329,7 @@ pub fn plan(
                         answer_b: 0,
                         swapped: false,
                         turn: turn as u32,
+                        answers,
                         label: format!("{} · {} · turn {}", names[ci], p.id, turn + 1),
                     });
                 }
@@ -342,6 +350,11 @@ pub fn plan(
                     let Some(vars) = vars_pair(p, &r, first, second, turn) else {
                         continue;
                     };
+                    let answers = [first, second]
+                        .into_iter()
+                        .flat_map(|c| (0..=turn).filter_map(move |t| turn_text(c, t)))
+                        .map(|a| a.text.clone())
+                        .collect();
                     questions.push(Question {
                         kind: Kind::Pair,
                         text: jp.render(&vars)?,
@@ -350,6 +363,7 @@ pub fn plan(
                         answer_b: bb.id,
                         swapped,
                         turn: turn as u32,
+                        answers,
                         label: format!(
                             "{} vs {} · {} · turn {}{}",
                             names[*ci],
@@ -373,7 +387,22 @@ fn kind_name(k: Kind) -> &'static str {
     }
 }
 
-/// Turns a judge's reply (or failure) into the row to store.
+/// The flag of a question whose answers hold a verdict token of their own (an answer grading itself).
+pub fn answer_flag(q: &Question) -> Option<String> {
+    let flagged = match q.kind {
+        Kind::Single => verdict::rating_token_in(&q.answers).then_some(RATING_TOKEN_FLAG),
+        Kind::Pair => verdict::choice_token_in(&q.answers).then_some(VERDICT_TOKEN_FLAG),
+    };
+    flagged.map(str::to_string)
+}
+
+/// The flag on a graded answer that contains a rating token such as `[[10]]`.
+pub const RATING_TOKEN_FLAG: &str = "answer contains a rating token";
+/// The flag on a pair whose answers contain a verdict token such as `[[A]]`.
+pub const VERDICT_TOKEN_FLAG: &str = "answer contains a verdict token";
+
+/// Turns a judge's reply (or failure) into the row to store. The verdict is read with the question's answers, so a
+/// token quoted from them cannot decide it; the row is flagged when they hold one.
 pub fn verdict_row(q: &Question, judge: &str, reply: Result<String, CallError>) -> NewJudgment {
     let mut row = NewJudgment {
         kind: kind_name(q.kind).into(),
@@ -383,6 +412,7 @@ pub fn verdict_row(q: &Question, judge: &str, reply: Result<String, CallError>) 
         answer_b: q.answer_b,
         swapped: q.swapped,
         turn: q.turn,
+        flag: answer_flag(q),
         ..Default::default()
     };
     match reply {
@@ -392,8 +422,10 @@ pub fn verdict_row(q: &Question, judge: &str, reply: Result<String, CallError>) 
         }
         Ok(text) => {
             let parsed = match q.kind {
-                Kind::Single => verdict::rating(&text).map(|r| (Some(r), None)),
-                Kind::Pair => verdict::choice(&text).map(|c| (None, Some(c.letter().to_string()))),
+                Kind::Single => verdict::rating(&text, &q.answers).map(|r| (Some(r), None)),
+                Kind::Pair => {
+                    verdict::choice(&text, &q.answers).map(|c| (None, Some(c.letter().to_string())))
+                }
             };
             match parsed {
                 Ok((score, v)) => {
@@ -401,7 +433,10 @@ pub fn verdict_row(q: &Question, judge: &str, reply: Result<String, CallError>) 
                     row.score = score;
                     row.verdict = v;
                 }
-                Err(_) => row.status = "parse_failure".into(),
+                Err(why) => {
+                    tracing::debug!(question = %q.label, "no verdict: {why}");
+                    row.status = "parse_failure".into();
+                }
             }
             row.raw = text;
         }

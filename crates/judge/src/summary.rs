@@ -1,6 +1,7 @@
 //! Judge results of a run, per checkpoint: mean rating with its standard error, win rates against the previous
 //! checkpoint and against baselines (both orders combined, disagreements as ties) with the length-controlled rate
-//! beside the raw one, every failure with its raw reply, and Bradley–Terry ratings from the judge's pairs. The
+//! beside the raw one, every failure with its raw reply, how many verdicts carry each flag (answers holding a
+//! rating token of their own), and Bradley–Terry ratings from the judge's pairs. The
 //! `judge` command's table, the run page's plots and `vibecheck plot` all read this.
 
 use std::collections::{BTreeMap, HashMap};
@@ -48,6 +49,8 @@ pub struct Summary {
     pub judges: Vec<String>,
     pub checkpoints: Vec<CheckpointScores>,
     pub failures: Vec<Failure>,
+    /// Each flag on this judge's verdicts (such as `answer contains a rating token`) and how many carry it.
+    pub flags: Vec<(String, usize)>,
     /// Bradley–Terry ratings (Elo scale) from the judge's combined pairwise outcomes, by `run/checkpoint`.
     pub judge_ratings: Vec<(String, f64)>,
 }
@@ -90,6 +93,10 @@ pub fn summarize(store: &Store, run: &str, judge: Option<&str>) -> Result<Summar
                 answers.insert(a.id, a);
             }
         }
+    }
+    let mut flags: BTreeMap<String, usize> = BTreeMap::new();
+    for flag in js.iter().filter_map(|j| j.flag.as_ref()) {
+        *flags.entry(flag.clone()).or_default() += 1;
     }
     let checkpoints = store.checkpoints(r.id)?;
     let model = |a: &Answer| format!("{}/{}", a.run, a.checkpoint);
@@ -227,6 +234,7 @@ pub fn summarize(store: &Store, run: &str, judge: Option<&str>) -> Result<Summar
         judges,
         checkpoints: out,
         failures,
+        flags: flags.into_iter().collect(),
         judge_ratings,
     })
 }

@@ -2,6 +2,9 @@
 //! id of ours beside local checkpoints. Requests are validated here exactly as for local models, then forwarded
 //! with the upstream model name; streamed replies are relayed event by event, and a client that goes away closes
 //! the upstream connection, which stops the upstream generation.
+//!
+//! Redirects are never followed: a 3xx from upstream is an upstream error naming where it pointed. (Following one
+//! would turn the POST into a body-less GET to any host the `Location` names, and relay whatever it answered.)
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -94,8 +97,33 @@ impl RemoteEndpoint {
             .timeout_recv_body(Some(read_timeout))
             .timeout_recv_response(Some(read_timeout))
             .http_status_as_error(false)
+            // A 3xx comes back as a response, never followed (see the module doc).
+            .max_redirects(0)
+            .max_redirects_will_error(false)
             .build()
             .into()
+    }
+
+    /// A 3xx from upstream, as the error it is here.
+    fn redirected(&self, resp: &ureq::http::Response<ureq::Body>) -> Option<ApiError> {
+        if !resp.status().is_redirection() {
+            return None;
+        }
+        let status = resp.status().as_u16();
+        let target = match resp.headers().get("location") {
+            Some(to) => format!("redirected to {}", String::from_utf8_lossy(to.as_bytes())),
+            None => "a redirect without a Location header".into(),
+        };
+        Some(ApiError {
+            status: axum::http::StatusCode::BAD_GATEWAY,
+            message: format!(
+                "{} answered {status}: {target} (vibecheck does not follow redirects: give --remote the final \
+                 url=)",
+                self.base_url
+            ),
+            param: None,
+            code: Some("upstream_error"),
+        })
     }
 
     fn post(&self, path: &str, body: &Value) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
@@ -153,6 +181,9 @@ impl RemoteEndpoint {
     /// A non-streaming call: the upstream JSON with our model id in it.
     pub fn call(&self, path: &str, body: &Value) -> Result<Value, ApiError> {
         let resp = self.post(path, &self.upstream_body(body))?;
+        if let Some(e) = self.redirected(&resp) {
+            return Err(e);
+        }
         let status = resp.status().as_u16();
         let text = resp
             .into_body()
@@ -182,6 +213,9 @@ impl RemoteEndpoint {
         on_event: &mut dyn FnMut(String) -> bool,
     ) -> Result<(), ApiError> {
         let resp = self.post(path, &self.upstream_body(body))?;
+        if let Some(e) = self.redirected(&resp) {
+            return Err(e);
+        }
         let status = resp.status().as_u16();
         if status != 200 {
             let text = resp
@@ -266,6 +300,9 @@ impl RemoteEndpoint {
             req = req.header("authorization", format!("Bearer {key}"));
         }
         let resp = req.call().map_err(|e| self.unreachable(e))?;
+        if let Some(e) = self.redirected(&resp) {
+            return Err(e);
+        }
         match resp.status().as_u16() {
             200 => Ok(()),
             s => Err(self.upstream_error(s, "")),
@@ -321,6 +358,44 @@ mod tests {
         ] {
             let e = RemoteEndpoint::parse(spec).unwrap_err();
             assert!(e.contains(needle), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn regression_remote_does_not_follow_redirects() {
+        use vibecheck_test_support::http::{chat_reply, response, RawServer};
+        for code in [
+            "301 Moved Permanently",
+            "302 Found",
+            "303 See Other",
+            "307 Temporary Redirect",
+        ] {
+            // Where the redirect points: a server that would answer both the relayed call and the health check.
+            let target = RawServer::start(vec![chat_reply("hello from the wrong host")]);
+            let to = format!("{}/v1/chat/completions", target.url);
+            let upstream = RawServer::start(vec![response(code, &[("location", &to)], "")]);
+            let r = RemoteEndpoint::parse(&format!("id=a,url={}/v1", upstream.url)).unwrap();
+            let body =
+                serde_json::json!({"model": "a", "messages": [{"role": "user", "content": "hi"}]});
+            let e = r.call("/chat/completions", &body).unwrap_err();
+            assert_eq!(e.status, axum::http::StatusCode::BAD_GATEWAY, "{code}");
+            assert!(
+                e.message.contains(&format!("redirected to {to}")),
+                "{code}: {}",
+                e.message
+            );
+            let e = r
+                .stream("/chat/completions", &body, &mut |_| true)
+                .unwrap_err();
+            assert!(e.message.contains(&to), "{code}: {}", e.message);
+            let e = r.check().unwrap_err();
+            assert!(e.message.contains(&to), "{code}: {}", e.message);
+            assert_eq!(upstream.hits().len(), 3, "{code}");
+            assert!(
+                target.hits().is_empty(),
+                "{code}: the redirect target was called: {:?}",
+                target.hits()
+            );
         }
     }
 

@@ -366,6 +366,14 @@ async fn judge_section(state: &AppState, t: &Timeline) -> Result<String, ApiErro
         None => out.push_str("<p class=\"muted\">No judge has graded this run yet: <code>vibecheck judge RUN --judge URL \
             --judge-model NAME</code>. Arena votes appear below as they come.</p>"),
     }
+    for (flag, n) in &summary.flags {
+        out.push_str(&format!(
+            "<p class=\"muted judge-flag\">{n} verdict{} flagged: {} (a token quoted from an answer never decides \
+             its verdict; <code>vibecheck export --what judgments</code> lists them)</p>",
+            if *n == 1 { "" } else { "s" },
+            esc(flag)
+        ));
+    }
     out.push_str("<div class=\"charts\">");
     for (_, svg) in vibecheck_judge::plot::run_charts(&summary, &arena) {
         out.push_str(&svg);

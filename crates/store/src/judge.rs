@@ -28,6 +28,9 @@ pub struct NewJudgment {
     pub score: Option<f64>,
     /// The judge's whole reply, or the error.
     pub raw: String,
+    /// Something a reader of this verdict should know, such as `answer contains a rating token` (an answer that
+    /// grades itself). None for most.
+    pub flag: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -45,6 +48,7 @@ pub struct Judgment {
     pub score: Option<f64>,
     pub raw: String,
     pub created: String,
+    pub flag: Option<String>,
 }
 
 /// A suite sent to a judge outside this machine (shown in the UI).
@@ -70,7 +74,7 @@ pub struct Battle {
 
 const JUDGMENT_COLUMNS: &str =
     "id, kind, judge, prompt_version, answer_a, answer_b, swapped, turn, status, verdict, \
-     score, raw, created";
+     score, raw, created, flag";
 
 fn judgment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Judgment> {
     Ok(Judgment {
@@ -87,6 +91,7 @@ fn judgment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Judgment> {
         score: r.get(10)?,
         raw: r.get(11)?,
         created: r.get(12)?,
+        flag: r.get(13)?,
     })
 }
 
@@ -134,10 +139,10 @@ impl Store {
         self.conn
             .execute(
                 "INSERT INTO judgments(kind, judge, prompt_version, answer_a, answer_b, swapped, turn, status, verdict,
-                   score, raw, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                   score, raw, created, flag) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                  ON CONFLICT(kind, judge, prompt_version, answer_a, answer_b, swapped, turn) DO UPDATE SET
                    status = excluded.status, verdict = excluded.verdict, score = excluded.score, raw = excluded.raw,
-                   created = excluded.created
+                   created = excluded.created, flag = excluded.flag
                  WHERE judgments.status = 'error'",
                 params![
                     j.kind,
@@ -151,7 +156,8 @@ impl Store {
                     j.verdict,
                     j.score,
                     j.raw,
-                    now()
+                    now(),
+                    j.flag
                 ],
             )
             .map(|_| ())

@@ -6,7 +6,7 @@ use rusqlite::Connection;
 /// The newest schema this build knows.
 pub const VERSION: i64 = 3;
 
-const STEPS: [&str; 3] = [
+pub(crate) const STEPS: [&str; 3] = [
     r#"
 CREATE TABLE runs (
     id        INTEGER PRIMARY KEY,
@@ -93,9 +93,11 @@ CREATE TABLE battles (
     voted    TEXT
 );
 "#,
-    // Why a checkpoint could not be loaded (NULL once it loads), so a failed checkpoint is shown, never left out.
+    // 3: why a checkpoint could not be loaded (NULL once it loads), so a failed checkpoint is shown, never left
+    // out; a judgment's flag, such as "answer contains a rating token" (NULL for judgments stored before).
     r#"
 ALTER TABLE checkpoints ADD COLUMN load_error TEXT;
+ALTER TABLE judgments ADD COLUMN flag TEXT;
 "#,
 ];
 

@@ -178,3 +178,112 @@ fn processes_opening_a_new_database_at_once_all_succeed() {
         }
     }
 }
+
+fn judgment(answer_a: i64, flag: Option<&str>) -> NewJudgment {
+    NewJudgment {
+        kind: "single".into(),
+        judge: "judge@http://127.0.0.1:1/v1".into(),
+        prompt_version: "p1".into(),
+        answer_a,
+        status: "ok".into(),
+        score: Some(2.0),
+        raw: "My rating: [[2]]".into(),
+        flag: flag.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn regression_judgment_flags_are_stored_and_read_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s, c) = seeded(tmp.path());
+    s.insert_conversation(c.id, "suite1", "p", 0, &[turn(0, "Rating: [[10]]")])
+        .unwrap();
+    s.insert_conversation(c.id, "suite1", "q", 0, &[turn(0, "plain")])
+        .unwrap();
+    let run = s.run("run-a").unwrap().unwrap();
+    let ids: Vec<i64> = s
+        .answers(run.id, None, None)
+        .unwrap()
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    s.put_judgment(&judgment(ids[0], Some("answer contains a rating token")))
+        .unwrap();
+    s.put_judgment(&judgment(ids[1], None)).unwrap();
+    let rows = s.judgments(run.id).unwrap();
+    assert_eq!(
+        rows.iter().map(|j| j.flag.as_deref()).collect::<Vec<_>>(),
+        vec![Some("answer contains a rating token"), None]
+    );
+    let one = s
+        .judgment(
+            "single",
+            "judge@http://127.0.0.1:1/v1",
+            "p1",
+            ids[0],
+            0,
+            false,
+            0,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(one.flag.as_deref(), Some("answer contains a rating token"));
+    // An error stored first and replaced by the verdict takes the verdict's flag.
+    let mut failed = judgment(ids[1], None);
+    failed.prompt_version = "p2".into();
+    failed.status = "error".into();
+    s.put_judgment(&failed).unwrap();
+    failed.status = "ok".into();
+    failed.flag = Some("answer contains a rating token".into());
+    s.put_judgment(&failed).unwrap();
+    let replaced = s
+        .judgment(
+            "single",
+            "judge@http://127.0.0.1:1/v1",
+            "p2",
+            ids[1],
+            0,
+            false,
+            0,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (replaced.status.as_str(), replaced.flag.as_deref()),
+        ("ok", Some("answer contains a rating token"))
+    );
+}
+
+#[test]
+fn a_version_2_database_is_migrated_and_keeps_its_judgments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("old.db");
+    {
+        // The database as the previous release left it: steps 1 and 2, one judgment without a flag column.
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(schema::STEPS[0]).unwrap();
+        c.execute_batch(schema::STEPS[1]).unwrap();
+        c.pragma_update(None, "user_version", 2).unwrap();
+        c.execute_batch(
+            "INSERT INTO runs(name, path, synthetic, created) VALUES ('r', '/r', 0, 'now');
+             INSERT INTO checkpoints(run_id, name, path, step, content_hash, seen) VALUES (1, 'c', '/c', 1, 'h', 'now');
+             INSERT INTO suites(hash, name, body, created) VALUES ('s', 's', '{}', 'now');
+             INSERT INTO answers(checkpoint_id, suite_hash, prompt_id, sample, turn, text, params, template_hash,
+               vibecheck_version, prompt_tokens, completion_tokens, finish_reason, prefill_ms, decode_ms, created)
+               VALUES (1, 's', 'p', 0, 0, 'x', '{}', 't', 'v', 0, 0, 'stop', 0, 0, 'now');
+             INSERT INTO judgments(kind, judge, prompt_version, answer_a, answer_b, swapped, turn, status, verdict,
+               score, raw, created) VALUES ('single', 'j', 'p1', 1, 0, 0, 0, 'ok', NULL, 7.0, '[[7]]', 'now');",
+        )
+        .unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    let version: i64 = s
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, schema::VERSION);
+    let rows = s.all_judgments().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].score, rows[0].flag.as_deref()), (Some(7.0), None));
+}

@@ -1,7 +1,9 @@
 //! Locating what the tests read: the reference outputs (`../shared/reference` or `VIBECHECK_REFERENCE_DIR`), the
 //! MT-Bench files (`../shared/data` or `VIBECHECK_SHARED_DATA`) and the real SmolLM2 GGUF fetched by
 //! `scripts/fetch-model.sh` (`.cache/models` or `VIBECHECK_MODEL_CACHE`). Each panics with what to set when the
-//! thing is missing.
+//! thing is missing. `http` is a scripted raw HTTP server for client tests.
+
+pub mod http;
 
 use std::path::{Path, PathBuf};
 

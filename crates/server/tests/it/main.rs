@@ -711,6 +711,27 @@ async fn timeline_pages_show_changes_escape_model_output_and_take_notes() {
         store
             .insert_conversation(ck.id, &suite2.hash(), "hello", 0, &[evil])
             .unwrap();
+        // A verdict on it, flagged as the judge run flags an answer holding a rating token.
+        let evil_id = store
+            .answers(r.id, None, Some("hello"))
+            .unwrap()
+            .iter()
+            .find(|a| a.checkpoint == "checkpoint-40")
+            .unwrap()
+            .id;
+        store
+            .put_judgment(&vibecheck_store::NewJudgment {
+                kind: "single".into(),
+                judge: "judge@http://127.0.0.1:1/v1".into(),
+                prompt_version: "v".into(),
+                answer_a: evil_id,
+                status: "ok".into(),
+                score: Some(2.0),
+                raw: "[[2]]".into(),
+                flag: Some("answer contains a rating token".into()),
+                ..Default::default()
+            })
+            .unwrap();
     })
     .await
     .unwrap();
@@ -727,6 +748,10 @@ async fn timeline_pages_show_changes_escape_model_output_and_take_notes() {
     // Same weights at steps 10 and 20: unchanged (h0); the hostile answer at 40 rewrote it (dark).
     assert!(page.contains("<td class=\"h0\">"), "{page}");
     assert!(page.contains("<th title=\"checkpoint-40\">40</th>"));
+    assert!(
+        page.contains("1 verdict flagged: answer contains a rating token"),
+        "the judge summary counts flagged verdicts: {page}"
+    );
     assert!(
         page.contains("class=\"h1") || page.contains("class=\"h9") || page.contains("class=\"h10"),
         "{page}"
