@@ -14,4 +14,4 @@ pub mod safetensors_header;
 mod source;
 
 pub use error::CheckpointError;
-pub use source::{resolve, shard_files, Source, SourceKind};
+pub use source::{index_shard_names, resolve, shard_files, Source, SourceKind};

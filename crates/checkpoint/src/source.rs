@@ -135,35 +135,27 @@ pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
     Ok(files)
 }
 
+/// The largest shard index read: a real one lists each tensor once, well under a megabyte even for large models.
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+
 fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
-    let text = std::fs::read_to_string(index).map_err(|e| CheckpointError::io(index, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| CheckpointError::invalid(index, format!("not valid JSON: {e}")))?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| CheckpointError::invalid(index, "missing the `weight_map` object"))?;
-    let mut names: Vec<&str> = Vec::new();
-    for (tensor, file) in map {
-        let file = file.as_str().ok_or_else(|| {
-            CheckpointError::invalid(index, format!("weight_map[{tensor:?}] is not a file name"))
-        })?;
-        if !names.contains(&file) {
-            names.push(file);
-        }
+    let size = std::fs::metadata(index)
+        .map_err(|e| CheckpointError::io(index, e))?
+        .len();
+    if size > MAX_INDEX_BYTES {
+        return Err(CheckpointError::invalid(
+            index,
+            format!(
+                "is {size} bytes, more than a shard index holds ({} MiB at most)",
+                MAX_INDEX_BYTES >> 20
+            ),
+        ));
     }
-    names.sort_unstable();
+    let text = std::fs::read_to_string(index).map_err(|e| CheckpointError::io(index, e))?;
+    let names = index_shard_names(&text).map_err(|m| CheckpointError::invalid(index, m))?;
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let rel = Path::new(name);
-        let escapes = rel.components().any(|c| !matches!(c, Component::Normal(_)));
-        if escapes || rel.components().count() != 1 {
-            return Err(CheckpointError::invalid(
-                index,
-                format!("weight_map names shard {name:?}, which is not a plain file name inside the checkpoint folder"),
-            ));
-        }
-        let path = dir.join(rel);
+        let path = dir.join(&name);
         if !path.is_file() {
             return Err(CheckpointError::invalid(
                 index,
@@ -172,8 +164,36 @@ fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, Checkpoin
         }
         out.push(path);
     }
-    if out.is_empty() {
-        return Err(CheckpointError::invalid(index, "weight_map is empty"));
-    }
     Ok(out)
+}
+
+/// The shard file names a `model.safetensors.index.json` text names, sorted and each once; every one must be a
+/// plain file name (no folder, no `..`). The error says what is wrong, for the caller to name the file.
+pub fn index_shard_names(text: &str) -> Result<Vec<String>, String> {
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or("missing the `weight_map` object")?;
+    let mut names = std::collections::BTreeSet::new();
+    for (tensor, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| format!("weight_map[{tensor:?}] is not a file name"))?;
+        names.insert(file);
+    }
+    for name in &names {
+        let rel = Path::new(name);
+        let escapes = rel.components().any(|c| !matches!(c, Component::Normal(_)));
+        if escapes || rel.components().count() != 1 {
+            return Err(format!(
+                "weight_map names shard {name:?}, which is not a plain file name inside the checkpoint folder"
+            ));
+        }
+    }
+    if names.is_empty() {
+        return Err("weight_map is empty".into());
+    }
+    Ok(names.into_iter().map(str::to_string).collect())
 }

@@ -137,13 +137,18 @@ impl GgufSpecialTokens {
 /// vocabulary, freed after loading but part of the process's peak memory). Other models load as `tokenizers`
 /// loads them; a test checks both ways give the same tokenizer on every reference tokenizer.
 pub fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer, EngineError> {
+    let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+    tokenizer_from_json(&text)
+        .map_err(|e| EngineError::file(path, format!("cannot load tokenizer: {e}")))
+}
+
+/// A `tokenizer.json` document's text as a tokenizer (see [`read_tokenizer_json`]); the error is the message.
+pub fn tokenizer_from_json(text: &str) -> Result<tokenizers::Tokenizer, String> {
     use serde_json::value::RawValue;
     use std::collections::BTreeMap;
-    let bad =
-        |e: &dyn std::fmt::Display| EngineError::file(path, format!("cannot load tokenizer: {e}"));
-    let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+    let bad = |e: &dyn std::fmt::Display| e.to_string();
     let whole = || text.parse::<tokenizers::Tokenizer>().map_err(|e| bad(&e));
-    let Ok(mut doc) = serde_json::from_str::<BTreeMap<String, &RawValue>>(&text) else {
+    let Ok(mut doc) = serde_json::from_str::<BTreeMap<String, &RawValue>>(text) else {
         return whole();
     };
     #[derive(serde::Deserialize)]

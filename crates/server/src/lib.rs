@@ -22,7 +22,7 @@ pub use error::ApiError;
 pub use listen::HEADER_TIMEOUT;
 pub use registry::Registry;
 pub use remote::RemoteEndpoint;
-pub use routes::router;
+pub use routes::{router, validate_body};
 
 /// Settings of a server, resolved once by the CLI.
 #[derive(Debug, Clone)]

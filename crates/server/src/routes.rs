@@ -127,7 +127,7 @@ async fn ui_css() -> Response {
     asset("text/css; charset=utf-8", include_str!("ui/app.css"))
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         // serde's message names the field and position; it never repeats the body.
         ApiError::bad_request(
@@ -336,10 +336,8 @@ pub(crate) async fn chat_inner(
     shown_as: Option<String>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body)?;
-    let req: ChatRequest = parse(&body)?;
-    let mut valid = req.common.validate(state.settings.max_tokens_cap)?;
+    let (mut valid, messages) = chat_request(&body, state.settings.max_tokens_cap)?;
     valid.shown_as = shown_as;
-    let messages = req.messages()?;
     if let Some(remote) = state.registry.get(&valid.model)?.remote() {
         return forward(
             remote.clone(),
@@ -369,8 +367,28 @@ async fn completions_inner(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body)?;
-    let req: CompletionRequest = parse(&body)?;
-    let valid = req.common.validate(state.settings.max_tokens_cap)?;
+    let (valid, prompt) = completion_request(&body, state.settings.max_tokens_cap)?;
+    if let Some(remote) = state.registry.get(&valid.model)?.remote() {
+        return forward(remote.clone(), "/completions", parse(&body)?, valid.stream).await;
+    }
+    run(state, valid, Prompt::Text(prompt), Kind::Text).await
+}
+
+/// A chat request's body parsed and validated (everything that needs no model).
+fn chat_request(
+    body: &[u8],
+    cap: usize,
+) -> Result<(Valid, Vec<vibecheck_engine::ChatMessage>), ApiError> {
+    let req: ChatRequest = parse(body)?;
+    let valid = req.common.validate(cap)?;
+    let messages = req.messages()?;
+    Ok((valid, messages))
+}
+
+/// A text completion request's body parsed and validated (everything that needs no model).
+fn completion_request(body: &[u8], cap: usize) -> Result<(Valid, String), ApiError> {
+    let req: CompletionRequest = parse(body)?;
+    let valid = req.common.validate(cap)?;
     let prompt = match &req.prompt {
         Value::String(s) => s.clone(),
         Value::Array(a) if a.len() == 1 && a[0].is_string() => {
@@ -383,10 +401,18 @@ async fn completions_inner(
             ))
         }
     };
-    if let Some(remote) = state.registry.get(&valid.model)?.remote() {
-        return forward(remote.clone(), "/completions", parse(&body)?, valid.stream).await;
+    Ok((valid, prompt))
+}
+
+/// Runs a request body through the parsing and validation `/v1/chat/completions` (`chat`) or `/v1/completions`
+/// applies before a model is involved: the request parser's fuzz target calls it without a server.
+pub fn validate_body(chat: bool, body: &[u8]) -> Result<(), ApiError> {
+    let cap = crate::ServeSettings::default().max_tokens_cap;
+    if chat {
+        chat_request(body, cap).map(drop)
+    } else {
+        completion_request(body, cap).map(drop)
     }
-    run(state, valid, Prompt::Text(prompt), Kind::Text).await
 }
 
 /// A request for a remote model, already validated, sent on to its endpoint; a stream is relayed event by event.
