@@ -55,5 +55,22 @@ elif [ -n "${CI:-}" ]; then
 else
   echo "browser test skipped: install Debian's chromium to run it"
 fi
-echo "total: $((passed + ${pypassed:-0} + ${brpassed:-0})) passed, $((failed + armfailed + pyfailed + ${brfailed:-0})) failed"
+# The fuzz targets for the parsers of untrusted input, each for a bounded time (CI: 30 s each; elsewhere only when
+# asked, since the instrumented build takes a while the first time).
+fzpassed=0
+fzfailed=0
+fuzz_secs="${VIBECHECK_FUZZ_SECONDS:-}"
+[ -n "$fuzz_secs" ] || { [ -n "${CI:-}" ] && fuzz_secs=30; }
+if [ -n "$fuzz_secs" ]; then
+  fzlog="$(mktemp)"
+  scripts/fuzz.sh "$fuzz_secs" 2>&1 | tee "$fzlog" || status=$?
+  fzpassed=$({ grep -oE '^fuzz: [0-9]+ passed' "$fzlog" || true; } | awk '{s+=$2} END {print s+0}')
+  fzfailed=$({ grep -oE '^fuzz: [0-9]+ passed, [0-9]+ failed' "$fzlog" || true; } | awk '{s+=$4} END {print s+0}')
+  # A fuzz run that never got to its summary (the build failed) counts as a failure.
+  grep -qE '^fuzz: [0-9]+ passed' "$fzlog" || fzfailed=$((fzfailed + 1))
+  rm -f "$fzlog"
+else
+  echo "fuzzing skipped: set VIBECHECK_FUZZ_SECONDS=30 to run scripts/fuzz.sh (CI runs it)"
+fi
+echo "total: $((passed + ${pypassed:-0} + ${brpassed:-0} + fzpassed)) passed, $((failed + armfailed + pyfailed + ${brfailed:-0} + fzfailed)) failed"
 exit "$status"

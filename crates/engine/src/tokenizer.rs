@@ -148,9 +148,11 @@ pub fn tokenizer_from_json(text: &str) -> Result<tokenizers::Tokenizer, String> 
     use std::collections::BTreeMap;
     let bad = |e: &dyn std::fmt::Display| e.to_string();
     let whole = || text.parse::<tokenizers::Tokenizer>().map_err(|e| bad(&e));
-    let Ok(mut doc) = serde_json::from_str::<BTreeMap<String, &RawValue>>(text) else {
-        return whole();
-    };
+    // A document that is not well-formed JSON is refused here: `tokenizers` parses the `decoder` section with an
+    // `expect`, so a syntax error inside it panicked (found by the tokenizer_json fuzz target). Reading the
+    // document as an object of raw values checks all of its syntax (and nesting depth) first.
+    let mut doc = serde_json::from_str::<BTreeMap<String, &RawValue>>(text)
+        .map_err(|e| format!("not a JSON object: {e}"))?;
     #[derive(serde::Deserialize)]
     struct Kind {
         #[serde(rename = "type")]

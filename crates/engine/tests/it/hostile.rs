@@ -163,3 +163,28 @@ fn regression_nan_in_a_weight_is_reported_at_load() {
         &["model.layers.1.mlp.up_proj.weight", "NaN or infinite"],
     );
 }
+
+#[test]
+fn regression_a_tokenizer_json_with_a_syntax_error_in_its_decoder_is_an_error_not_a_panic() {
+    // Found by the tokenizer_json fuzz target: `tokenizers` deserializes the decoder with an `expect`, so a
+    // control character inside one of its strings panicked (`generate` exited 101, `watch` died).
+    let text = std::fs::read_to_string(reference_dir().join("tiny/llama/tokenizer.json")).unwrap();
+    let decoder_at = text
+        .find("\"decoder\"")
+        .expect("the tokenizer has a decoder");
+    let at = decoder_at
+        + text[decoder_at..]
+            .find("\"ByteLevel\"")
+            .expect("the decoder names ByteLevel")
+        + 5;
+    let broken = format!("{}\u{1}{}", &text[..at], &text[at..]);
+    let err = vibecheck_engine::tokenizer::tokenizer_from_json(&broken).unwrap_err();
+    assert!(err.contains("control character"), "{err}");
+    // Through a checkpoint folder: an error naming the file.
+    let (_t, dir) = tiny_copy();
+    std::fs::write(dir.join("tokenizer.json"), broken).unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &["tokenizer.json", "cannot load tokenizer"],
+    );
+}
