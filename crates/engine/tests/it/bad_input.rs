@@ -1,24 +1,10 @@
 //! Hostile and half-written checkpoints: each gives an error that names the file and the fault, never a panic.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use vibecheck_engine::{ChatMessage, LoadOptions, Model, Prompt, SamplingParams};
 
-use crate::fixtures::{copy_dir, reference_dir};
-
-fn tiny_copy() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("ckpt");
-    copy_dir(&reference_dir().join("tiny/llama"), &dir);
-    (tmp, dir)
-}
-
-fn load_err(dir: &Path) -> String {
-    match Model::load(dir.to_str().unwrap(), &LoadOptions::default()) {
-        Ok(_) => panic!("{} loaded but should not", dir.display()),
-        Err(e) => e.to_string(),
-    }
-}
+use crate::fixtures::{assert_mentions, load_err, tiny_copy};
 
 fn write_safetensors(path: &Path, header: &serde_json::Value, data_len: usize) {
     let h = header.to_string().into_bytes();
@@ -26,12 +12,6 @@ fn write_safetensors(path: &Path, header: &serde_json::Value, data_len: usize) {
     bytes.extend(h);
     bytes.extend(vec![0u8; data_len]);
     std::fs::write(path, bytes).unwrap();
-}
-
-fn assert_mentions(err: &str, parts: &[&str]) {
-    for p in parts {
-        assert!(err.contains(p), "error {err:?} should mention {p:?}");
-    }
 }
 
 #[test]

@@ -75,3 +75,28 @@ pub fn assert_direct_tokenizer_is_the_document(gguf: &Path) -> usize {
     );
     direct.get_vocab_size(true)
 }
+
+/// A copy of the tiny llama reference checkpoint in a temporary folder (kept while the guard lives).
+pub fn tiny_copy() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    copy_dir(&reference_dir().join("tiny/llama"), &dir);
+    (tmp, dir)
+}
+
+/// The error loading `dir` gives (a checkpoint that loads fails the test).
+pub fn load_err(dir: &Path) -> String {
+    match vibecheck_engine::Model::load(
+        dir.to_str().unwrap(),
+        &vibecheck_engine::LoadOptions::default(),
+    ) {
+        Ok(_) => panic!("{} loaded but should not", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+pub fn assert_mentions(err: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(err.contains(p), "error {err:?} should mention {p:?}");
+    }
+}

@@ -2,33 +2,13 @@
 //! exhausted the process before; now each is an error naming the file and the field.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use vibecheck_engine::weights::Weights;
-use vibecheck_engine::{DType, Device, LoadOptions, Model};
+use vibecheck_engine::{DType, Device};
 
-use crate::fixtures::{copy_dir, reference_dir};
-
-fn tiny_copy() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("ckpt");
-    copy_dir(&reference_dir().join("tiny/llama"), &dir);
-    (tmp, dir)
-}
-
-fn load_err(dir: &Path) -> String {
-    match Model::load(dir.to_str().unwrap(), &LoadOptions::default()) {
-        Ok(_) => panic!("{} loaded but should not", dir.display()),
-        Err(e) => e.to_string(),
-    }
-}
-
-fn assert_mentions(err: &str, parts: &[&str]) {
-    for p in parts {
-        assert!(err.contains(p), "error {err:?} should mention {p:?}");
-    }
-}
+use crate::fixtures::{assert_mentions, load_err, reference_dir, tiny_copy};
 
 /// Sets `key` of the tiny checkpoint's config.json to `value`.
 fn set_config(dir: &Path, key: &str, value: serde_json::Value) {
