@@ -18,8 +18,12 @@ fn matrix(kind: &str, rows: usize, cols: usize, seed: &mut u64) -> PackedMatrix 
     let n = rows * cols;
     let f = |s: &mut u64| (lcg(s) % 2000) as f32 / 1000.0 - 1.0;
     let format = match kind {
-        "f32" => Format::F32((0..n).map(|_| f(seed)).collect()),
-        "bf16" => Format::Bf16((0..n).map(|_| (f(seed).to_bits() >> 16) as u16).collect()),
+        "f32" => Format::F32 {
+            w: (0..n).map(|_| f(seed)).collect(),
+        },
+        "bf16" => Format::Bf16 {
+            w: (0..n).map(|_| (f(seed).to_bits() >> 16) as u16).collect(),
+        },
         "q4" => Format::Q4 {
             qs: (0..n / 2).map(|_| lcg(seed) as u8).collect(),
             dm: (0..n / BLOCK * 2).map(|_| f(seed) * 0.01).collect(),

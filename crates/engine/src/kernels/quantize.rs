@@ -149,7 +149,7 @@ mod tests {
         PackedMatrix {
             rows,
             cols,
-            format: Format::F32(v),
+            format: Format::F32 { w: v },
         }
     }
 

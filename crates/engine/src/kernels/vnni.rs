@@ -409,7 +409,7 @@ pub fn matmul(p: &PackedMatrix, x: &[f32], out: &mut [f32]) -> bool {
             (Values::Bytes(qs), false)
         }
         Format::Q8X16 { qs, .. } | Format::Q8Sub { qs, .. } => (Values::Bytes(qs), true),
-        Format::F32(_) | Format::Bf16(_) | Format::F16(_) => return false,
+        Format::F32 { .. } | Format::Bf16 { .. } | Format::F16 { .. } => return false,
     };
     assert!(available(), "the integer GEMM needs AVX-512 VNNI");
     let (rows, cols) = (p.rows, p.cols);
