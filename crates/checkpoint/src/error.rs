@@ -1,3 +1,5 @@
+//! What can be wrong with a checkpoint before its tensors are read, each error naming the file.
+
 use std::path::PathBuf;
 
 /// Everything that can be wrong with a checkpoint before its tensors are loaded.

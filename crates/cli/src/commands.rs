@@ -1,7 +1,7 @@
 //! Command-line arguments and the commands behind them. The work itself lives in the library crates.
 
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -74,6 +74,10 @@ struct ServeArgs {
     /// Requests that may wait for a slot before new ones get 429.
     #[arg(long, default_value_t = 64)]
     queue: usize,
+    /// The largest `max_tokens` a request may ask for (at most 32768, the engine's limit; the prompt and
+    /// `max_tokens` must also fit the model's context).
+    #[arg(long, default_value_t = 4096)]
+    max_tokens_cap: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Round safetensors checkpoints' weights into q8_0, q4_1 or q4_0 as they load (CPU).
@@ -82,7 +86,7 @@ struct ServeArgs {
     /// KV cache precision on the CPU: f32 (default: the compute dtype) or f16 (half the memory and reading per
     /// token of a long context, ~3 significant digits per key and value and none beyond ±65504, as llama.cpp's
     /// default).
-    #[arg(long, value_parser = parse_kv_cache)]
+    #[arg(long, value_parser = crate::args::parse_kv_cache)]
     kv_cache: Option<vibecheck_engine::DType>,
     /// Keep loaded models under this size (e.g. 8G, 512M), unloading the least recently used.
     #[arg(long, value_parser = parse_size)]
@@ -95,63 +99,10 @@ struct ServeArgs {
     shutdown_grace: f64,
 }
 
-#[derive(Args, Clone)]
-struct ModelArgs {
-    /// A checkpoint folder, a .gguf file, or a hub id in the local Hugging Face cache.
-    model: String,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Compute dtype: f32, bf16 or f16 (default: f32 on CPU, the stored dtype on GPU).
-    #[arg(long)]
-    dtype: Option<String>,
-    /// Threads for the CPU kernels (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Round a safetensors checkpoint's weights into q8_0, q4_1 or q4_0 as it loads (CPU; `vibecheck
-    /// quant-eval` measures the quality cost).
-    #[arg(long)]
-    quantize: Option<vibecheck_engine::kernels::Quantize>,
-    /// KV cache precision on the CPU: f32 (default: the compute dtype) or f16 (half the memory and reading per
-    /// token of a long context, ~3 significant digits per key and value and none beyond ±65504, as llama.cpp's
-    /// default).
-    #[arg(long, value_parser = parse_kv_cache)]
-    kv_cache: Option<vibecheck_engine::DType>,
-}
-
-#[derive(Args, Clone)]
-struct SamplingArgs {
-    #[arg(long, default_value_t = 256)]
-    max_tokens: usize,
-    /// 0 = greedy (the default unless generation_config.json asks to sample).
-    #[arg(long)]
-    temperature: Option<f32>,
-    #[arg(long)]
-    top_p: Option<f32>,
-    #[arg(long)]
-    top_k: Option<usize>,
-    #[arg(long)]
-    min_p: Option<f32>,
-    #[arg(long)]
-    repetition_penalty: Option<f32>,
-    #[arg(long)]
-    frequency_penalty: Option<f32>,
-    #[arg(long)]
-    presence_penalty: Option<f32>,
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Stop before this string (repeatable).
-    #[arg(long)]
-    stop: Vec<String>,
-    /// Keep generating past end-of-sequence tokens until --max-tokens (for timing runs).
-    #[arg(long)]
-    ignore_eos: bool,
-}
-
 #[derive(Args)]
 struct GenerateArgs {
     #[command(flatten)]
-    model: ModelArgs,
+    model: crate::args::ModelArgs,
     #[arg(long)]
     prompt: String,
     #[arg(long)]
@@ -160,17 +111,17 @@ struct GenerateArgs {
     #[arg(long)]
     raw: bool,
     #[command(flatten)]
-    sampling: SamplingArgs,
+    sampling: crate::args::SamplingArgs,
 }
 
 #[derive(Args)]
 struct ChatArgs {
     #[command(flatten)]
-    model: ModelArgs,
+    model: crate::args::ModelArgs,
     #[arg(long)]
     system: Option<String>,
     #[command(flatten)]
-    sampling: SamplingArgs,
+    sampling: crate::args::SamplingArgs,
 }
 
 #[derive(Args)]
@@ -184,7 +135,7 @@ struct ConvertArgs {
 #[derive(Args)]
 struct BenchArgs {
     #[command(flatten)]
-    model: ModelArgs,
+    model: crate::args::ModelArgs,
     /// Prompt length for the prefill measurement.
     #[arg(long, default_value_t = 128)]
     prompt_tokens: usize,
@@ -239,83 +190,6 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn load(args: &ModelArgs) -> Result<Model> {
-    if let Some(n) = args.threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
-        }
-        // Read lazily by candle's CPU kernels (rayon and gemm), so it must be set before the first tensor op.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-    fetch_if_hub_id(&args.model)?;
-    let opts = LoadOptions {
-        device: parse_device(&args.device)?,
-        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
-        quantize: args.quantize,
-        kv_cache: args.kv_cache,
-        ..LoadOptions::default()
-    };
-    Model::load(&args.model, &opts).with_context(|| format!("loading {}", args.model))
-}
-
-/// Downloads a hub id that is not in the local cache yet, with a progress bar (loading then finds it cached).
-fn fetch_if_hub_id(spec: &str) -> Result<()> {
-    use vibecheck_checkpoint::hub;
-    if Path::new(spec).exists() || !hub::looks_like_repo_id(spec) {
-        return Ok(());
-    }
-    let opts = hub::HubOptions::from_env();
-    if opts.offline || hub::resolve_in(spec, &opts.caches).is_ok() {
-        return Ok(());
-    }
-    let bar = indicatif::ProgressBar::new(0).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:30} {bytes:>10}/{total_bytes:10} {bar:30} {bytes_per_sec}",
-        )
-        .expect("valid template"),
-    );
-    hub::download(spec, &opts, &mut |event| match event {
-        hub::DownloadEvent::File { name, size } => {
-            bar.set_message(name);
-            bar.set_length(size.unwrap_or(0));
-            bar.set_position(0);
-        }
-        hub::DownloadEvent::Bytes(done) => bar.set_position(done),
-    })
-    .with_context(|| format!("downloading {spec}"))?;
-    bar.finish_and_clear();
-    Ok(())
-}
-
-fn sampling(model: &Model, a: &SamplingArgs) -> SamplingParams {
-    let mut p = model.defaults.params(a.max_tokens);
-    if let Some(t) = a.temperature {
-        p.temperature = t;
-    }
-    if let Some(v) = a.top_p {
-        p.top_p = v;
-    }
-    if let Some(v) = a.top_k {
-        p.top_k = v;
-    }
-    if let Some(v) = a.min_p {
-        p.min_p = v;
-    }
-    if let Some(v) = a.repetition_penalty {
-        p.repetition_penalty = v;
-    }
-    if let Some(v) = a.frequency_penalty {
-        p.frequency_penalty = v;
-    }
-    if let Some(v) = a.presence_penalty {
-        p.presence_penalty = v;
-    }
-    p.seed = a.seed;
-    p.stop = a.stop.clone();
-    p.ignore_eos = a.ignore_eos;
-    p
-}
-
 fn print_stats(g: &Generation) {
     let t = &g.timings;
     eprintln!(
@@ -341,8 +215,8 @@ fn stream_to_stdout(model: &Model, prompt: &Prompt, params: &SamplingParams) -> 
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    let model = load(&a.model)?;
-    let params = sampling(&model, &a.sampling);
+    let model = a.model.load()?;
+    let params = a.sampling.params(&model);
     let prompt = if a.raw {
         if a.system.is_some() {
             bail!(
@@ -365,8 +239,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn chat(a: ChatArgs) -> Result<()> {
-    let model = load(&a.model)?;
-    let params = sampling(&model, &a.sampling);
+    let model = a.model.load()?;
+    let params = a.sampling.params(&model);
     eprintln!(
         "Chatting with {} (load {:.0} ms). Type a message; /reset clears the conversation, /exit or Ctrl-D quits.",
         model.source.name,
@@ -431,7 +305,7 @@ fn convert(a: ConvertArgs) -> Result<()> {
 
 fn bench(a: BenchArgs) -> Result<()> {
     let started = std::time::Instant::now();
-    let model = load(&a.model)?;
+    let model = a.model.load()?;
     let load_s = started.elapsed().as_secs_f64();
     let r = vibecheck_engine::generate::bench(&model, a.prompt_tokens, a.decode_tokens)?;
     let batched = match a.batch {
@@ -524,24 +398,13 @@ fn parse_size(text: &str) -> std::result::Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
-/// `--kv-cache`: float32 or float16.
-fn parse_kv_cache(name: &str) -> Result<vibecheck_engine::DType, String> {
-    match name.to_ascii_lowercase().as_str() {
-        "f32" | "float32" => Ok(vibecheck_engine::DType::F32),
-        "f16" | "float16" => Ok(vibecheck_engine::DType::F16),
-        other => Err(format!(
-            "unknown KV cache precision {other:?}; use f32 or f16"
-        )),
-    }
-}
-
 fn parse_remote(spec: &str) -> Result<vibecheck_server::RemoteEndpoint, String> {
     vibecheck_server::RemoteEndpoint::parse(spec)
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
     for s in &a.sources {
-        fetch_if_hub_id(s)?;
+        crate::args::fetch_if_hub_id(s)?;
     }
     let opts = LoadOptions {
         device: parse_device(&a.device)?,
@@ -567,8 +430,13 @@ fn serve(a: ServeArgs) -> Result<()> {
         port: a.port,
         max_concurrent: a.max_concurrent.max(1),
         queue: a.queue,
+        max_tokens_cap: a.max_tokens_cap,
         ..Default::default()
     };
+    let limit = vibecheck_engine::sampling::limits::MAX_TOKENS;
+    if !(1..=limit).contains(&settings.max_tokens_cap) {
+        bail!("--max-tokens-cap must be between 1 and {limit}");
+    }
     a.access.apply(&mut settings);
     if !(a.shutdown_grace.is_finite() && (0.0..=86400.0).contains(&a.shutdown_grace)) {
         bail!("--shutdown-grace must be between 0 and 86400 seconds");
@@ -588,6 +456,3 @@ fn serve(a: ServeArgs) -> Result<()> {
     }))?;
     Ok(())
 }
-
-/// The bundled real model, fetched by `scripts/fetch-model.sh`.
-pub const DEMO_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

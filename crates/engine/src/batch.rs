@@ -2,8 +2,8 @@
 //! through one forward pass, so the weights are read once per step for the whole batch. Each sequence keeps its
 //! own sampler (parameters and seed), stop strings, end-of-sequence check and token budget; a sequence that is done
 //! leaves the batch (its rows of the KV cache are dropped), so the remaining steps compute only for the ones still
-//! running. This is what the prompt-suite runner uses; the server's continuous batching (`scheduler.rs`) shares
-//! the per-sequence bookkeeping ([`Seq`]).
+//! running. This is what the prompt-suite runner uses, a lone generation is a batch of one, and the server's
+//! continuous batching (`scheduler.rs`) runs its sequences through the same per-sequence rule ([`Seq`]).
 
 use std::time::Instant;
 
@@ -14,7 +14,9 @@ use crate::sampling::{fresh_seed, Sampler, SamplingParams};
 use crate::tokenizer::DecodeStream;
 use crate::EngineError;
 
-/// One sequence of a batch: its sampler, detokenizer, stop strings and budget.
+/// One sequence: its sampler, detokenizer, stop strings, token budget, context limit and clock. Every decode
+/// loop (a lone [`Model::generate_stream`], [`Model::generate_batch`] and the server's scheduler) runs its
+/// sequences through this, so they all follow one rule for what a sequence does after each token.
 pub(crate) struct Seq {
     sampler: Sampler,
     stream: DecodeStream,
@@ -25,11 +27,26 @@ pub(crate) struct Seq {
     ignore_eos: bool,
     pub(crate) seed: u64,
     pub(crate) prompt_len: usize,
+    /// The model's context: the sequence ends when its next token would not fit.
+    max_positions: usize,
+    /// When the request arrived (first-token latency counts from here).
+    started: Instant,
+    /// Time spent running this sequence's prompt.
+    pub(crate) prefill_ms: f64,
+    first_token: Option<Instant>,
 }
 
 impl Seq {
-    pub(crate) fn new(prompt: &[u32], params: &SamplingParams) -> Result<Self, EngineError> {
-        params.validate().map_err(EngineError::Request)?;
+    /// A sequence for `prompt` (token ids), after checking the parameters ([`SamplingParams::validate`]) and
+    /// that the prompt leaves room in the context ([`Model::check_prompt`]).
+    pub(crate) fn new(
+        model: &Model,
+        prompt: &[u32],
+        params: &SamplingParams,
+        started: Instant,
+    ) -> Result<Self, EngineError> {
+        params.validate()?;
+        model.check_prompt(prompt)?;
         let seed = params.seed.unwrap_or_else(fresh_seed);
         Ok(Self {
             sampler: Sampler::new(params.clone(), seed, prompt),
@@ -41,17 +58,24 @@ impl Seq {
             ignore_eos: params.ignore_eos,
             seed,
             prompt_len: prompt.len(),
+            max_positions: model.decoder.max_positions(),
+            started,
+            prefill_ms: 0.0,
+            first_token: None,
         })
     }
 
     /// Samples the next token from `logits` and takes it. Returns the token to feed next (`None` when the
-    /// sequence ended on an end-of-sequence id) and the text that may be released now.
+    /// sequence ended on an end-of-sequence id) and the text that may be released now. The sequence ends (its
+    /// `finish` is set) on an end-of-sequence id, a stop string, its token budget, or when the token it would
+    /// feed next has no room left in the context.
     pub(crate) fn step(
         &mut self,
         model: &Model,
         logits: &mut [f32],
     ) -> Result<(Option<u32>, String), EngineError> {
         let tok = self.sampler.sample(logits);
+        self.first_token.get_or_insert_with(Instant::now);
         if !self.ignore_eos && model.eos_ids.contains(&tok) {
             self.finish = Some(FinishReason::Stop);
             return Ok((None, String::new()));
@@ -66,7 +90,10 @@ impl Seq {
                 self.finish = Some(FinishReason::Stop);
             }
         }
-        if self.finish.is_none() && self.out.len() >= self.max_tokens {
+        if self.finish.is_none()
+            && (self.out.len() >= self.max_tokens
+                || self.prompt_len + self.out.len() > self.max_positions)
+        {
             self.finish = Some(FinishReason::Length);
         }
         Ok((Some(tok), emit))
@@ -92,13 +119,12 @@ impl Seq {
         Ok((emit, if hit { FinishReason::Stop } else { finish }))
     }
 
-    /// The finished generation (after [`Seq::close`]), its rates derived from the caller's clock readings.
-    pub(crate) fn generation(
-        &mut self,
-        model: &Model,
-        finish: FinishReason,
-        t: SeqTimes,
-    ) -> Generation {
+    /// The finished generation (after [`Seq::close`]), timed by the sequence's own clock: first token from the
+    /// request's arrival, decoding from the first token to now.
+    pub(crate) fn generation(&mut self, model: &Model, finish: FinishReason) -> Generation {
+        let first = self.first_token.unwrap_or_else(Instant::now);
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let decode_ms = ms(first.elapsed());
         let decoded = self.out.len().saturating_sub(1) as f64;
         Generation {
             text: std::mem::take(&mut self.stops.text),
@@ -109,28 +135,42 @@ impl Seq {
             token_ids: std::mem::take(&mut self.out),
             finish_reason: finish,
             timings: Timings {
-                load_ms: model.load_time.as_secs_f64() * 1000.0,
-                prefill_ms: t.prefill_ms,
-                first_token_ms: t.first_token_ms,
-                decode_ms: t.decode_ms,
-                prefill_tokens_per_s: t.prefill_tokens as f64 / (t.prefill_ms / 1000.0).max(1e-9),
-                decode_tokens_per_s: decoded / (t.decode_ms / 1000.0).max(1e-9),
+                load_ms: ms(model.load_time),
+                prefill_ms: self.prefill_ms,
+                first_token_ms: ms(first.saturating_duration_since(self.started)),
+                decode_ms,
+                prefill_tokens_per_s: self.prompt_len as f64 / (self.prefill_ms / 1000.0).max(1e-9),
+                decode_tokens_per_s: if decoded > 0.0 {
+                    decoded / (decode_ms / 1000.0).max(1e-9)
+                } else {
+                    0.0
+                },
             },
             seed: self.seed,
         }
     }
 }
 
-/// Clock readings of one sequence, for [`Seq::generation`].
-pub(crate) struct SeqTimes {
-    pub prefill_ms: f64,
-    pub first_token_ms: f64,
-    pub decode_ms: f64,
-    /// Prompt tokens the prefill time covers.
-    pub prefill_tokens: usize,
-}
+/// Where a sequence's text goes as it becomes final; returning `false` cancels the sequence.
+pub(crate) type Sink<'a> = Box<dyn FnMut(&str) -> bool + 'a>;
 
 impl Model {
+    /// The one check of a prompt against the model: not empty, and short enough to leave room for at least one
+    /// generated token. Returns the positions left for generated tokens.
+    pub fn check_prompt(&self, ids: &[u32]) -> Result<usize, EngineError> {
+        let max = self.decoder.max_positions();
+        if ids.is_empty() {
+            return Err(EngineError::Request("the prompt is empty".into()));
+        }
+        if ids.len() >= max {
+            return Err(EngineError::ContextFull {
+                needed: ids.len() + 1,
+                max,
+            });
+        }
+        Ok(max - ids.len())
+    }
+
     /// Generates an answer for each prompt with its own parameters, all in one batch. The answers equal those of
     /// [`Model::generate`] up to float rounding in the batched matrix products.
     pub fn generate_batch(
@@ -138,7 +178,24 @@ impl Model {
         prompts: &[Prompt],
         params: &[SamplingParams],
     ) -> Result<Vec<Generation>, EngineError> {
-        if prompts.len() != params.len() {
+        let sinks = prompts
+            .iter()
+            .map(|_| Box::new(|_: &str| true) as Sink)
+            .collect();
+        self.decode_together(prompts, params, sinks)
+    }
+
+    /// The decode loop of [`Model::generate_stream`] and [`Model::generate_batch`]: each prompt is prefilled on
+    /// its own (no work spent on padding), then the caches are stacked into one left-padded batch and every step
+    /// decodes one token for each sequence still running; one that ends leaves the batch at once (its rows of the
+    /// cache dropped, and padding nobody needs trimmed), flushed and timed by its [`Seq`].
+    pub(crate) fn decode_together(
+        &self,
+        prompts: &[Prompt],
+        params: &[SamplingParams],
+        mut sinks: Vec<Sink<'_>>,
+    ) -> Result<Vec<Generation>, EngineError> {
+        if prompts.len() != params.len() || prompts.len() != sinks.len() {
             return Err(EngineError::Request(format!(
                 "{} prompts but {} parameter sets",
                 prompts.len(),
@@ -153,46 +210,43 @@ impl Model {
             .iter()
             .map(|p| self.prompt_ids(p))
             .collect::<Result<_, _>>()?;
-        let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
-        let max_pos = self.decoder.max_positions();
-        if ids.iter().any(Vec::is_empty) {
-            return Err(EngineError::Request("a prompt is empty".into()));
-        }
-        if longest >= max_pos {
-            return Err(EngineError::ContextFull {
-                needed: longest + 1,
-                max: max_pos,
-            });
-        }
         let pad = self.pad_id();
         let mut seqs = ids
             .iter()
             .zip(params)
-            .map(|(row, p)| Seq::new(row, p))
+            .map(|(row, p)| Seq::new(self, row, p, started))
             .collect::<Result<Vec<_>, _>>()?;
-        // Each prompt is prefilled on its own (no work spent on padding), then the caches are stacked into one
-        // left-padded batch for decoding.
-        let prefill_start = Instant::now();
         let mut caches = Vec::with_capacity(ids.len());
-        let mut first = Vec::with_capacity(ids.len());
-        for row in &ids {
+        let mut all = Vec::with_capacity(ids.len());
+        for (row, seq) in ids.iter().zip(&mut seqs) {
+            let prefill = Instant::now();
             let mut c = Cache::new(&self.decoder.cfg, 1);
             let l = self
                 .decoder
                 .forward(std::slice::from_ref(row), &mut c, false)?;
-            first.push(l.squeeze(0)?.to_vec1::<f32>()?);
+            all.push(l.squeeze(0)?.to_vec1::<f32>()?);
+            seq.prefill_ms = prefill.elapsed().as_secs_f64() * 1000.0;
             caches.push(c);
         }
         let mut cache = Cache::stack(caches)?;
-        let prefill_ms = prefill_start.elapsed().as_secs_f64() * 1000.0;
-        let decode_start = Instant::now();
+        let mut results: Vec<Option<Generation>> = seqs.iter().map(|_| None).collect();
         // Which sequence each row of the batch (and of the cache) is.
         let mut rows_of: Vec<usize> = (0..seqs.len()).collect();
-        let mut all: Vec<Vec<f32>> = first;
         loop {
             let mut next = Vec::with_capacity(rows_of.len());
             for (&si, mut row) in rows_of.iter().zip(all) {
-                let (tok, _) = seqs[si].step(self, &mut row)?;
+                let seq = &mut seqs[si];
+                let (tok, text) = seq.step(self, &mut row)?;
+                if !text.is_empty() && !(sinks[si])(&text) {
+                    seq.finish = Some(FinishReason::Cancelled);
+                }
+                if seq.finish.is_some() {
+                    let (tail, finish) = seq.close(self)?;
+                    if !tail.is_empty() {
+                        (sinks[si])(&tail);
+                    }
+                    results[si] = Some(seq.generation(self, finish));
+                }
                 next.push(tok.unwrap_or(pad));
             }
             let keep: Vec<usize> = (0..rows_of.len())
@@ -201,14 +255,9 @@ impl Model {
             if keep.is_empty() {
                 break;
             }
-            if cache.len() + 1 > max_pos {
-                for s in seqs.iter_mut().filter(|s| s.finish.is_none()) {
-                    s.finish = Some(FinishReason::Length);
-                }
-                break;
-            }
             if keep.len() < rows_of.len() {
                 cache.retain(&keep)?;
+                cache.trim()?;
                 rows_of = keep.iter().map(|&r| rows_of[r]).collect();
             }
             let step: Vec<Vec<u32>> = keep.iter().map(|&r| vec![next[r]]).collect();
@@ -217,23 +266,10 @@ impl Model {
                 .forward(&step, &mut cache, false)?
                 .to_vec2::<f32>()?;
         }
-        let decode_ms = decode_start.elapsed().as_secs_f64() * 1000.0;
-        let mut out = Vec::with_capacity(seqs.len());
-        let prefill_tokens = ids.iter().map(Vec::len).sum();
-        for mut s in seqs {
-            let (_, finish) = s.close(self)?;
-            out.push(s.generation(
-                self,
-                finish,
-                SeqTimes {
-                    prefill_ms,
-                    first_token_ms: prefill_ms + (prefill_start - started).as_secs_f64() * 1000.0,
-                    decode_ms,
-                    prefill_tokens,
-                },
-            ));
-        }
-        Ok(out)
+        Ok(results
+            .into_iter()
+            .map(|g| g.expect("every sequence ends before the loop does"))
+            .collect())
     }
 
     /// The token that fills left padding (never attended to).

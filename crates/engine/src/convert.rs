@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
-use crate::weights::{hf_name, read_gguf, unpermute_qk_rows};
+use crate::gguf::{hf_name, read_gguf, unpermute_qk_rows};
 use crate::{gguf, EngineError};
 
 /// What the conversion wrote.
@@ -34,7 +34,7 @@ pub fn gguf_to_hf(
              without the original rope_scaling parameters; load the GGUF directly or convert the original folder",
         ));
     }
-    let tok_json = crate::tokenizer::GgufVocab::read(&content)
+    let tok_json = crate::gguf::GgufVocab::read(&content)
         .map_err(|m| EngineError::file(gguf_path, m))?
         .to_json();
     std::fs::create_dir_all(out_dir).map_err(|e| EngineError::io(out_dir, e))?;

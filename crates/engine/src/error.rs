@@ -1,3 +1,5 @@
+//! The engine's one error type: each variant names the file or field at fault, so a caller can show it as is.
+
 use std::path::PathBuf;
 
 /// Errors of the engine, each naming the file or field at fault where there is one.
@@ -23,6 +25,9 @@ pub enum EngineError {
     ContextFull { needed: usize, max: usize },
     #[error("invalid request: {0}")]
     Request(String),
+    /// A sampling setting out of range (it names the field).
+    #[error("invalid request: {0}")]
+    Param(#[from] crate::sampling::ParamError),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

@@ -1,15 +1,12 @@
-//! The decode loop: prompt → tokens → prefill → sample → stream text, with stop strings, end-of-sequence ids,
-//! usage and timings.
-
-use std::time::{Duration, Instant};
+//! What a generation is (prompts, finish reasons, usage, timings), the streaming entry point (a batch of one over
+//! the decode loop in `batch.rs`), stop strings, and the speed and scoring measurements built on them.
 
 use serde::Serialize;
 
 use crate::loader::Model;
 use crate::model::Cache;
-use crate::sampling::{fresh_seed, Sampler, SamplingParams};
+use crate::sampling::SamplingParams;
 use crate::template::ChatMessage;
-use crate::tokenizer::DecodeStream;
 use crate::EngineError;
 
 /// What to generate from.
@@ -76,10 +73,6 @@ pub struct Generation {
     pub seed: u64,
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 impl Model {
     /// Renders chat messages with the model's template, opening the assistant's turn.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
@@ -113,103 +106,19 @@ impl Model {
 
     /// Generates, handing each new piece of text to `on_text` as soon as it is final (complete characters, not
     /// part of a possible stop string). `on_text` returns `false` to cancel. The pieces concatenate to exactly
-    /// the returned text.
+    /// the returned text. This is a batch of one: the same loop as [`Model::generate_batch`].
     pub fn generate_stream(
         &self,
         prompt: &Prompt,
         params: &SamplingParams,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation, EngineError> {
-        params.validate().map_err(EngineError::Request)?;
-        let started = Instant::now();
-        let prompt_ids = self.prompt_ids(prompt)?;
-        if prompt_ids.is_empty() {
-            return Err(EngineError::Request("the prompt is empty".into()));
-        }
-        let max_pos = self.decoder.max_positions();
-        if prompt_ids.len() >= max_pos {
-            return Err(EngineError::ContextFull {
-                needed: prompt_ids.len() + 1,
-                max: max_pos,
-            });
-        }
-        let seed = params.seed.unwrap_or_else(fresh_seed);
-        let mut sampler = Sampler::new(params.clone(), seed, &prompt_ids);
-        let mut cache = Cache::new(&self.decoder.cfg, 1);
-        let mut stream = DecodeStream::new(true);
-        let mut stops = StopFilter::new(&params.stop);
-        let mut out_ids = Vec::new();
-        let mut timings = Timings {
-            load_ms: ms(self.load_time),
-            ..Timings::default()
-        };
-
-        let prefill_start = Instant::now();
-        let mut logits =
-            self.decoder
-                .forward(std::slice::from_ref(&prompt_ids), &mut cache, false)?;
-        timings.prefill_ms = ms(prefill_start.elapsed());
-        let mut first_token_at = None;
-        let mut finish = FinishReason::Length;
-        loop {
-            let mut row = logits.squeeze(0)?.to_vec1::<f32>()?;
-            let next = sampler.sample(&mut row);
-            first_token_at.get_or_insert_with(Instant::now);
-            if !params.ignore_eos && self.eos_ids.contains(&next) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            sampler.accept(next);
-            out_ids.push(next);
-            if let Some(piece) = stream.step(&self.tokenizer, next)? {
-                let (emit, hit) = stops.push(&piece);
-                if !emit.is_empty() && !on_text(&emit) {
-                    finish = FinishReason::Cancelled;
-                    break;
-                }
-                if hit {
-                    finish = FinishReason::Stop;
-                    break;
-                }
-            }
-            if out_ids.len() >= params.max_tokens || cache.len() + 1 > max_pos {
-                break;
-            }
-            logits = self.decoder.forward(&[vec![next]], &mut cache, false)?;
-        }
-        if finish != FinishReason::Cancelled && !stops.hit {
-            let tail = stream.flush(&self.tokenizer)?.unwrap_or_default();
-            let (emit, hit) = stops.push(&tail);
-            if hit {
-                finish = FinishReason::Stop;
-            }
-            let rest = if hit { emit } else { emit + &stops.finish() };
-            if !rest.is_empty() {
-                on_text(&rest);
-            }
-        }
-        let first = first_token_at.unwrap_or_else(Instant::now);
-        timings.first_token_ms = ms(first - started);
-        timings.decode_ms = ms(first.elapsed());
-        timings.prefill_tokens_per_s =
-            prompt_ids.len() as f64 / (timings.prefill_ms / 1000.0).max(1e-9);
-        let decoded = out_ids.len().saturating_sub(1);
-        timings.decode_tokens_per_s = if decoded > 0 {
-            decoded as f64 / (timings.decode_ms / 1000.0).max(1e-9)
-        } else {
-            0.0
-        };
-        Ok(Generation {
-            text: stops.text,
-            usage: Usage {
-                prompt_tokens: prompt_ids.len(),
-                completion_tokens: out_ids.len(),
-            },
-            token_ids: out_ids,
-            finish_reason: finish,
-            timings,
-            seed,
-        })
+        let mut out = self.decode_together(
+            std::slice::from_ref(prompt),
+            std::slice::from_ref(params),
+            vec![Box::new(on_text)],
+        )?;
+        Ok(out.pop().expect("one prompt, one generation"))
     }
 }
 

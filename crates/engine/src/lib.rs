@@ -7,14 +7,15 @@
 
 mod attention;
 mod batch;
+mod cache;
 pub mod config;
 pub mod convert;
 mod error;
 pub mod generate;
 pub mod gguf;
-mod gguf_header;
 pub mod kernels;
 pub mod loader;
+mod masks;
 pub mod model;
 pub mod rope;
 pub mod sampling;
@@ -29,7 +30,7 @@ pub use config::{Arch, ModelConfig};
 pub use error::EngineError;
 pub use generate::{FinishReason, Generation, Prompt, Timings, Usage};
 pub use loader::{LoadOptions, Model};
-pub use sampling::SamplingParams;
+pub use sampling::{ParamError, SamplingOverrides, SamplingParams, DEFAULT_MAX_TOKENS};
 pub use scheduler::{BatchCounts, BatchEvent, Batcher, BatcherSettings};
 pub use template::{ChatMessage, ChatTemplate};
 

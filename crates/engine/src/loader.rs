@@ -7,11 +7,14 @@ use candle_core::{DType, Device};
 use vibecheck_checkpoint::{Source, SourceKind};
 
 use crate::config::{token_ids, ModelConfig};
+use crate::gguf::read_gguf;
 use crate::model::Decoder;
+use crate::sampling::SamplingOverrides;
+#[cfg(test)]
 use crate::sampling::SamplingParams;
 use crate::template::{template_source_from_dir, ChatTemplate};
 use crate::tokenizer::Tokenizer;
-use crate::weights::{read_gguf, Weights};
+use crate::weights::Weights;
 use crate::{gguf, EngineError};
 
 /// How to load a model.
@@ -42,36 +45,13 @@ impl Default for LoadOptions {
     }
 }
 
-/// Sampling defaults a checkpoint ships in `generation_config.json`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct GenerationDefaults {
-    pub do_sample: bool,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<usize>,
-    pub repetition_penalty: Option<f32>,
-}
-
-impl GenerationDefaults {
-    /// Sampling parameters with the checkpoint's defaults (greedy unless it asks to sample).
-    pub fn params(&self, max_tokens: usize) -> SamplingParams {
-        let mut p = SamplingParams::greedy(max_tokens);
-        if self.do_sample {
-            p.temperature = self.temperature.unwrap_or(1.0);
-            p.top_p = self.top_p.unwrap_or(1.0);
-            p.top_k = self.top_k.unwrap_or(50);
-        }
-        p.repetition_penalty = self.repetition_penalty.unwrap_or(1.0);
-        p
-    }
-}
-
 /// A model ready to generate.
 pub struct Model {
     pub decoder: Decoder,
     pub tokenizer: Tokenizer,
     pub template: Option<ChatTemplate>,
-    pub defaults: GenerationDefaults,
+    /// Sampling defaults the checkpoint ships (`generation_config.json`); the CLI starts from them.
+    pub defaults: SamplingOverrides,
     /// Token ids that end a generation.
     pub eos_ids: Vec<u32>,
     pub source: Source,
@@ -186,8 +166,8 @@ impl Model {
         // The vocabulary's strings move into the tokenizer; the weights keep only the tensor table and what
         // describes the model.
         let mut content = content;
-        let vocab = crate::tokenizer::GgufVocab::take(&mut content)
-            .map_err(|m| EngineError::file(path, m))?;
+        let vocab =
+            crate::gguf::GgufVocab::take(&mut content).map_err(|m| EngineError::file(path, m))?;
         let (heads, kv_heads) = (cfg.num_heads, cfg.num_kv_heads);
         let mut weights = Weights::from_gguf(content, path, heads, kv_heads, &opts.device)?;
         if let Some(dtype) = opts.dtype {
@@ -214,7 +194,7 @@ impl Model {
             decoder,
             tokenizer,
             template,
-            defaults: GenerationDefaults::default(),
+            defaults: SamplingOverrides::default(),
             eos_ids,
             source: source.clone(),
             load_time: Duration::ZERO,
@@ -269,27 +249,14 @@ fn stored_dtype(dir: &Path) -> DType {
 }
 
 /// Reads `generation_config.json` (absent is fine): sampling defaults and end-of-sequence ids.
-pub fn read_generation_config(path: &Path) -> Result<(GenerationDefaults, Vec<u32>), EngineError> {
+pub fn read_generation_config(path: &Path) -> Result<(SamplingOverrides, Vec<u32>), EngineError> {
     if !path.is_file() {
-        return Ok((GenerationDefaults::default(), Vec::new()));
+        return Ok((SamplingOverrides::default(), Vec::new()));
     }
     let text = crate::config::read_small_file(path)?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| EngineError::file(path, format!("not valid JSON: {e}")))?;
-    let f = |k: &str| json.get(k).and_then(|v| v.as_f64()).map(|x| x as f32);
-    let defaults = GenerationDefaults {
-        do_sample: json
-            .get("do_sample")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false),
-        temperature: f("temperature"),
-        top_p: f("top_p"),
-        top_k: json
-            .get("top_k")
-            .and_then(|v| v.as_u64())
-            .map(|v| v as usize),
-        repetition_penalty: f("repetition_penalty"),
-    };
+    let defaults = SamplingOverrides::from_generation_config(&json);
     Ok((defaults, token_ids(json.get("eos_token_id"))))
 }
 
@@ -316,13 +283,13 @@ mod tests {
         std::fs::write(&path, r#"{"do_sample": true, "temperature": 0.6, "top_p": 0.9, "eos_token_id": [128001, 128009]}"#).unwrap();
         let (defaults, eos) = read_generation_config(&path).unwrap();
         assert_eq!(eos, vec![128001, 128009]);
-        let p = defaults.params(64);
+        let p = defaults.apply(SamplingParams::greedy(64));
         assert_eq!((p.temperature, p.top_p, p.max_tokens), (0.6, 0.9, 64));
         std::fs::write(&path, r#"{"eos_token_id": 2}"#).unwrap();
         let (defaults, eos) = read_generation_config(&path).unwrap();
         assert_eq!(eos, vec![2]);
         assert_eq!(
-            defaults.params(8).temperature,
+            defaults.apply(SamplingParams::greedy(8)).temperature,
             0.0,
             "greedy unless the checkpoint asks to sample"
         );

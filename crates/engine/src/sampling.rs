@@ -43,7 +43,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
             seed: None,
-            max_tokens: 256,
+            max_tokens: DEFAULT_MAX_TOKENS,
             stop: Vec::new(),
             ignore_eos: false,
         }
@@ -58,47 +58,215 @@ impl SamplingParams {
         }
     }
 
-    /// Checks ranges; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        let finite = |name: &str, v: f32| {
-            if v.is_finite() {
+    /// Checks every setting against [`limits`], with `max_tokens` at most [`limits::MAX_TOKENS`].
+    pub fn validate(&self) -> Result<(), ParamError> {
+        self.validate_within(limits::MAX_TOKENS)
+    }
+
+    /// Checks every setting against [`limits`], with `max_tokens` at most `max_tokens_cap` (a server's
+    /// `--max-tokens-cap`; never above [`limits::MAX_TOKENS`]). The one table of what a generation may ask for:
+    /// the server, suites, the judge and the CLI all come through here.
+    pub fn validate_within(&self, max_tokens_cap: usize) -> Result<(), ParamError> {
+        use limits::*;
+        let in_range = |field: &'static str, v: f32, (lo, hi): (f32, f32)| {
+            if v.is_finite() && (lo..=hi).contains(&v) {
                 Ok(())
             } else {
-                Err(format!("`{name}` must be a finite number"))
+                Err(ParamError::new(
+                    field,
+                    v,
+                    format!("a number between {lo} and {hi}"),
+                ))
             }
         };
-        finite("temperature", self.temperature)?;
-        finite("top_p", self.top_p)?;
-        finite("min_p", self.min_p)?;
-        finite("repetition_penalty", self.repetition_penalty)?;
-        finite("frequency_penalty", self.frequency_penalty)?;
-        finite("presence_penalty", self.presence_penalty)?;
-        if !(0.0..=100.0).contains(&self.temperature) {
-            return Err("`temperature` must be between 0 and 100".into());
+        in_range("temperature", self.temperature, TEMPERATURE)?;
+        if !(self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(ParamError::new(
+                "top_p",
+                self.top_p,
+                "greater than 0 and at most 1",
+            ));
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err("`top_p` must be in (0, 1]".into());
-        }
-        if !(0.0..=1.0).contains(&self.min_p) {
-            return Err("`min_p` must be in [0, 1]".into());
-        }
-        if self.repetition_penalty <= 0.0 {
-            return Err("`repetition_penalty` must be positive".into());
-        }
-        if !(-2.0..=2.0).contains(&self.frequency_penalty)
-            || !(-2.0..=2.0).contains(&self.presence_penalty)
+        in_range("min_p", self.min_p, MIN_P)?;
+        if !(self.repetition_penalty.is_finite()
+            && self.repetition_penalty > 0.0
+            && self.repetition_penalty <= REPETITION_PENALTY_MAX)
         {
-            return Err(
-                "`frequency_penalty` and `presence_penalty` must be between -2 and 2".into(),
-            );
+            return Err(ParamError::new(
+                "repetition_penalty",
+                self.repetition_penalty,
+                format!("greater than 0 and at most {REPETITION_PENALTY_MAX}"),
+            ));
         }
-        if self.max_tokens == 0 {
-            return Err("`max_tokens` must be at least 1".into());
+        in_range("frequency_penalty", self.frequency_penalty, PENALTY)?;
+        in_range("presence_penalty", self.presence_penalty, PENALTY)?;
+        let cap = max_tokens_cap.clamp(1, MAX_TOKENS);
+        if !(1..=cap).contains(&self.max_tokens) {
+            return Err(ParamError::new(
+                "max_tokens",
+                self.max_tokens,
+                format!("between 1 and {cap}"),
+            ));
         }
-        if self.stop.iter().any(String::is_empty) {
-            return Err("`stop` strings must not be empty".into());
+        if self.stop.len() > MAX_STOP
+            || self
+                .stop
+                .iter()
+                .any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+        {
+            return Err(ParamError::new(
+                "stop",
+                format!("{:?}", self.stop),
+                format!("at most {MAX_STOP} non-empty strings of at most {MAX_STOP_BYTES} bytes"),
+            ));
         }
         Ok(())
+    }
+}
+
+/// `max_tokens` when nobody sets it (the server, suites, the judge and the CLI all start from this).
+pub const DEFAULT_MAX_TOKENS: usize = 256;
+
+/// The one table of limits on what a generation may ask for, applied by [`SamplingParams::validate_within`].
+/// The README's API section lists them.
+pub mod limits {
+    /// The largest `max_tokens` anyone may ask for; a server may cap lower (`--max-tokens-cap`).
+    pub const MAX_TOKENS: usize = 32_768;
+    /// Inclusive range of `temperature` (0 is greedy), as OpenAI's.
+    pub const TEMPERATURE: (f32, f32) = (0.0, 2.0);
+    /// Inclusive range of `min_p` (0 turns it off).
+    pub const MIN_P: (f32, f32) = (0.0, 1.0);
+    /// `repetition_penalty` must be above 0 and at most this (1 turns it off).
+    pub const REPETITION_PENALTY_MAX: f32 = 10.0;
+    /// Inclusive range of `frequency_penalty` and `presence_penalty`, as OpenAI's.
+    pub const PENALTY: (f32, f32) = (-2.0, 2.0);
+    /// Stop strings per request, as OpenAI's.
+    pub const MAX_STOP: usize = 4;
+    /// Bytes per stop string.
+    pub const MAX_STOP_BYTES: usize = 256;
+}
+
+/// A sampling setting out of [`limits`]: the field, the value it had, and what it must be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` must be {rule}")]
+pub struct ParamError {
+    pub field: &'static str,
+    /// The value as given.
+    pub value: String,
+    /// What it must be, such as "a number between 0 and 2".
+    pub rule: String,
+}
+
+impl ParamError {
+    fn new(field: &'static str, value: impl std::fmt::Display, rule: impl Into<String>) -> Self {
+        Self {
+            field,
+            value: value.to_string(),
+            rule: rule.into(),
+        }
+    }
+}
+
+/// Sampling settings that may each be left unset: what a request body, a suite file (`[defaults]` and each
+/// prompt), the CLI's flags and a checkpoint's `generation_config.json` say. Layers combine with
+/// [`SamplingOverrides::or`] and land on full parameters with [`SamplingOverrides::apply`]; a new sampling knob is
+/// a field here and in [`SamplingParams`], and each source's names stay a thin adapter over this.
+///
+/// Serialized fields keep this order and skip what is unset, so a suite's canonical body (and its version hash)
+/// only changes when a setting is actually used.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Vec<String>>,
+}
+
+impl SamplingOverrides {
+    /// `self`'s settings where present, else `base`'s.
+    pub fn or(&self, base: &SamplingOverrides) -> SamplingOverrides {
+        SamplingOverrides {
+            max_tokens: self.max_tokens.or(base.max_tokens),
+            temperature: self.temperature.or(base.temperature),
+            top_p: self.top_p.or(base.top_p),
+            top_k: self.top_k.or(base.top_k),
+            min_p: self.min_p.or(base.min_p),
+            repetition_penalty: self.repetition_penalty.or(base.repetition_penalty),
+            frequency_penalty: self.frequency_penalty.or(base.frequency_penalty),
+            presence_penalty: self.presence_penalty.or(base.presence_penalty),
+            seed: self.seed.or(base.seed),
+            stop: self.stop.clone().or_else(|| base.stop.clone()),
+        }
+    }
+
+    /// `params` with every setting present here replaced.
+    pub fn apply(&self, params: SamplingParams) -> SamplingParams {
+        let p = params;
+        SamplingParams {
+            max_tokens: self.max_tokens.unwrap_or(p.max_tokens),
+            temperature: self.temperature.unwrap_or(p.temperature),
+            top_p: self.top_p.unwrap_or(p.top_p),
+            top_k: self.top_k.unwrap_or(p.top_k),
+            min_p: self.min_p.unwrap_or(p.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(p.repetition_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(p.frequency_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(p.presence_penalty),
+            seed: self.seed.or(p.seed),
+            stop: self.stop.clone().unwrap_or(p.stop),
+            ignore_eos: p.ignore_eos,
+        }
+    }
+
+    /// Only the settings that shape a greedy answer too (length, penalties, stop strings): what a suite's greedy
+    /// answer takes from its prompt, whose temperature and top-p are for the seeded samples.
+    pub fn for_greedy(&self) -> SamplingOverrides {
+        SamplingOverrides {
+            max_tokens: self.max_tokens,
+            repetition_penalty: self.repetition_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            stop: self.stop.clone(),
+            ..SamplingOverrides::default()
+        }
+    }
+
+    /// The sampling defaults of a checkpoint's `generation_config.json` (transformers' keys): greedy unless it
+    /// sets `do_sample`, then its temperature, top-p and top-k with transformers' defaults (1, 1, 50) for the
+    /// ones it leaves out; its repetition penalty either way.
+    pub fn from_generation_config(json: &serde_json::Value) -> SamplingOverrides {
+        let f = |k: &str| json.get(k).and_then(|v| v.as_f64()).map(|x| x as f32);
+        let sample = json
+            .get("do_sample")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let top_k = json
+            .get("top_k")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize);
+        SamplingOverrides {
+            temperature: sample.then(|| f("temperature").unwrap_or(1.0)),
+            top_p: sample.then(|| f("top_p").unwrap_or(1.0)),
+            top_k: sample.then(|| top_k.unwrap_or(50)),
+            repetition_penalty: f("repetition_penalty"),
+            ..SamplingOverrides::default()
+        }
     }
 }
 
@@ -349,11 +517,15 @@ mod tests {
             temperature: f32::NAN,
             ..SamplingParams::default()
         };
-        assert!(p.validate().unwrap_err().contains("temperature"));
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("temperature"));
         let p = SamplingParams {
             top_p: 0.0,
             ..SamplingParams::default()
         };
-        assert!(p.validate().unwrap_err().contains("top_p"));
+        assert!(p.validate().unwrap_err().to_string().contains("top_p"));
     }
 }

@@ -20,7 +20,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::batch::{Seq, SeqTimes};
+use crate::batch::Seq;
 use crate::generate::{FinishReason, Generation};
 use crate::loader::Model;
 use crate::model::Cache;
@@ -165,13 +165,8 @@ impl Batcher {
 struct Live {
     seq: Seq,
     listener: Listener,
-    submitted: Instant,
-    prefill_ms: f64,
-    first_token: Option<Instant>,
     /// The token to feed at the next step.
     next: u32,
-    /// Prompt plus fed tokens: this sequence's own length in the cache.
-    len: usize,
     /// A `Failed` event went out already.
     failed: bool,
 }
@@ -200,18 +195,7 @@ impl Live {
         if !tail.is_empty() {
             (self.listener)(BatchEvent::Text(tail));
         }
-        let first = self.first_token.unwrap_or_else(Instant::now);
-        let decode_ms = first.elapsed().as_secs_f64() * 1000.0;
-        let generation = self.seq.generation(
-            model,
-            finish,
-            SeqTimes {
-                prefill_ms: self.prefill_ms,
-                first_token_ms: (first - self.submitted).as_secs_f64() * 1000.0,
-                decode_ms,
-                prefill_tokens: self.seq.prompt_len,
-            },
-        );
+        let generation = self.seq.generation(model, finish);
         (self.listener)(BatchEvent::Done(generation));
     }
 }
@@ -295,32 +279,17 @@ impl Loop {
             .settings
             .max_batch
             .saturating_sub(self.running.len() + joining);
-        let max_pos = self.model.decoder.max_positions();
         let mut live = Vec::new();
         while live.len() < room {
             let Some(mut job) = self.queue.pop_front() else {
                 break;
             };
-            let check = if job.prompt.is_empty() {
-                Err(EngineError::Request("the prompt is empty".into()))
-            } else if job.prompt.len() >= max_pos {
-                Err(EngineError::ContextFull {
-                    needed: job.prompt.len() + 1,
-                    max: max_pos,
-                })
-            } else {
-                Seq::new(&job.prompt, &job.params)
-            };
-            match check {
+            match Seq::new(&self.model, &job.prompt, &job.params, job.submitted) {
                 Ok(seq) => live.push((
                     Live {
                         seq,
                         listener: job.listener,
-                        submitted: job.submitted,
-                        prefill_ms: 0.0,
-                        first_token: None,
                         next: 0,
-                        len: job.prompt.len(),
                         failed: false,
                     },
                     job.prompt,
@@ -387,7 +356,7 @@ impl Loop {
                 )
                 .and_then(|l| Ok(l.squeeze(0)?.to_vec1::<f32>()?));
             self.stats.prefill_chunks.fetch_add(1, Ordering::Relaxed);
-            m.live.prefill_ms += started.elapsed().as_secs_f64() * 1000.0;
+            m.live.seq.prefill_ms += started.elapsed().as_secs_f64() * 1000.0;
             match result {
                 Ok(logits) => {
                     m.done += take;
@@ -450,13 +419,9 @@ impl Loop {
     fn sample(&self, live: &mut Live, logits: &mut [f32]) -> bool {
         match live.seq.step(&self.model, logits) {
             Ok((tok, text)) => {
-                live.first_token.get_or_insert_with(Instant::now);
                 live.emit(text);
                 if let Some(tok) = tok {
                     live.next = tok;
-                }
-                if live.seq.finish.is_none() && live.len + 1 > self.model.decoder.max_positions() {
-                    live.seq.finish = Some(FinishReason::Length);
                 }
                 live.seq.finish.is_none()
             }
@@ -503,7 +468,6 @@ impl Loop {
             .zip(logits)
             .enumerate()
         {
-            live.len += 1;
             if self.sample(&mut live, &mut row) {
                 keep.push(i);
                 still.push(live);

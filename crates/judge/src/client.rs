@@ -1,14 +1,13 @@
-//! The OpenAI-compatible chat client judges (and endpoint baselines) are called through: a timeout per call,
-//! bounded retries with exponential backoff on timeouts, 429 and 5xx (waiting what a 429 or 503 asks for in
-//! `Retry-After`, up to [`MAX_RETRY_AFTER`]), and errors that say which endpoint failed.
-//!
-//! Redirects are never followed: a 3xx is an error naming where it pointed. (Following one turns the POST into a
-//! body-less GET to whatever host the `Location` names, and whatever that host answers would be stored as the
-//! judge's verdict.)
+//! Judges (and endpoint baselines) as chat endpoints, over the one OpenAI-compatible client
+//! (`vibecheck-client`: no redirects, bounded bodies, OpenAI error bodies): a timeout per call, bounded retries
+//! with exponential backoff on timeouts, 429 and 5xx (waiting what a 429 or 503 asks for in `Retry-After`, up to
+//! [`MAX_RETRY_AFTER`]), and errors that say which endpoint failed. A redirect is an error naming where it
+//! pointed, so nothing another host answers is ever stored as the judge's verdict.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use vibecheck_client::{error_detail, Client, ClientError, Timeouts};
 
 /// The longest `Retry-After` a retry waits; a server asking for more gets its error returned at once.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -89,12 +88,6 @@ impl From<CallError> for Failed {
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not used by API servers and is ignored).
-fn retry_after(resp: &ureq::http::Response<ureq::Body>) -> Option<Duration> {
-    let value = resp.headers().get("retry-after")?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
 impl Endpoint {
     pub fn new(base_url: &str, model: &str, api_key: Option<String>) -> Self {
         Self {
@@ -114,14 +107,11 @@ impl Endpoint {
 
     /// Whether the endpoint is this machine (then nothing leaves it).
     pub fn is_local(&self) -> bool {
-        let rest = self
-            .base_url
-            .split_once("://")
-            .map_or(self.base_url.as_str(), |(_, r)| r);
-        let host = rest.split(['/', ':']).next().unwrap_or("");
-        matches!(host, "127.0.0.1" | "localhost")
-            || host.starts_with("127.")
-            || rest.starts_with("[::1]")
+        self.client().is_local()
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.base_url, self.api_key.clone())
     }
 
     /// One chat completion (temperature 0), retried as configured: after the backoff, or after what the server
@@ -173,77 +163,24 @@ impl Endpoint {
         messages: &[(String, String)],
         max_tokens: usize,
     ) -> Result<String, Failed> {
-        let url = format!("{}/chat/completions", self.base_url);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(self.timeout))
-            .http_status_as_error(false)
-            // A 3xx comes back as a response, never followed (see the module doc).
-            .max_redirects(0)
-            .max_redirects_will_error(false)
-            .build()
-            .into();
         let body = json!({
             "model": self.model,
             "messages": messages.iter().map(|(role, content)| json!({"role": role, "content": content})).collect::<Vec<_>>(),
             "temperature": 0,
             "max_tokens": max_tokens,
         });
-        let mut req = agent.post(&url).header("content-type", "application/json");
-        if let Some(key) = &self.api_key {
-            req = req.header("authorization", format!("Bearer {key}"));
-        }
-        let failed = |e: ureq::Error| match e {
-            ureq::Error::Timeout(_) => CallError::Timeout {
-                url: url.clone(),
-                secs: self.timeout.as_secs(),
-            },
-            other => CallError::Transport {
-                url: url.clone(),
-                detail: other.to_string(),
-            },
-        };
-        let resp = req.send(body.to_string()).map_err(failed)?;
-        let status = resp.status().as_u16();
-        if resp.status().is_redirection() {
-            let target = resp
-                .headers()
-                .get("location")
-                .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
-            let detail = match target {
-                Some(to) => format!(
-                    "redirected to {to} (vibecheck does not follow redirects: point --judge or --baseline-url at \
-                     the final URL)"
-                ),
-                None => "a redirect without a Location header (vibecheck does not follow redirects)".into(),
-            };
-            return Err(CallError::Status {
-                url,
-                status,
-                detail,
-            }
-            .into());
-        }
-        let asked = if status == 429 || status == 503 {
-            retry_after(&resp)
-        } else {
-            None
-        };
-        let text = resp
-            .into_body()
-            .with_config()
-            .limit(16 << 20)
-            .read_to_string()
-            .map_err(failed)?;
+        let reply = self
+            .client()
+            .post_json("/chat/completions", &body, Timeouts::Total(self.timeout))
+            .map_err(CallError::from)?;
+        let (url, status, asked) = (reply.url.clone(), reply.status, reply.retry_after());
+        let text = reply.text(16 << 20).map_err(CallError::from)?;
         if status != 200 {
-            let detail = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                .unwrap_or_else(|| text.chars().take(300).collect());
             return Err(Failed {
                 error: CallError::Status {
                     url,
                     status,
-                    detail,
+                    detail: error_detail(&text, 300),
                 },
                 retry_after: asked,
             });
@@ -262,6 +199,31 @@ impl Endpoint {
                 }
                 .into()
             })
+    }
+}
+
+impl From<ClientError> for CallError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Timeout { url, secs } => CallError::Timeout { url, secs },
+            ClientError::Transport { url, detail } => CallError::Transport { url, detail },
+            ClientError::Redirected {
+                url,
+                status,
+                location,
+            } => CallError::Status {
+                url,
+                status,
+                detail: match location {
+                    Some(to) => format!(
+                        "redirected to {to} (vibecheck does not follow redirects: point --judge or --baseline-url \
+                         at the final URL)"
+                    ),
+                    None => "a redirect without a Location header (vibecheck does not follow redirects)"
+                        .into(),
+                },
+            },
+        }
     }
 }
 

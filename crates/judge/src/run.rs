@@ -232,7 +232,11 @@ fn answer_with_endpoint(store: &mut Store, t: &Timeline, ep: &Endpoint) -> Resul
         if let Some(s) = &p.system {
             messages.push(("system".into(), s.clone()));
         }
-        let max_tokens = p.params.or(&suite.defaults).max_tokens.unwrap_or(256);
+        let max_tokens = p
+            .params
+            .or(&suite.defaults)
+            .max_tokens
+            .unwrap_or(vibecheck_suite::DEFAULT_MAX_TOKENS);
         let mut turns = Vec::new();
         for (i, user) in p.turns.iter().enumerate() {
             messages.push(("user".into(), user.clone()));

@@ -13,7 +13,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::timeline::{blocking, esc, open};
+use crate::page::{esc, page_with_script, with_store};
 use crate::{ApiError, AppState};
 
 fn store_error(e: vibecheck_store::StoreError) -> ApiError {
@@ -101,10 +101,8 @@ pub async fn new_battle(
     };
     // Which one is shown left is random too.
     let (left, right) = if random(2) == 0 { (a, b) } else { (b, a) };
-    let battle = blocking(move || {
-        open(&state)?
-            .new_battle(&left, &right, None)
-            .map_err(store_error)
+    let battle = with_store(&state, move |store| {
+        store.new_battle(&left, &right, None).map_err(store_error)
     })
     .await?;
     Ok((
@@ -121,7 +119,7 @@ pub async fn battle_side(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let st = state.clone();
-    let battle = blocking(move || open(&st)?.battle(id).map_err(store_error))
+    let battle = with_store(&st, move |store| store.battle(id).map_err(store_error))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("there is no battle {id}")))?;
     if battle.winner.is_some() {
@@ -146,8 +144,9 @@ pub async fn battle_side(
     }
     req["model"] = json!(model);
     req["stream"] = json!(true);
-    crate::routes::chat_inner(
+    crate::chat::generate(
         state,
+        crate::openai::Kind::Chat,
         Ok(Bytes::from(req.to_string())),
         Some(label.to_string()),
     )
@@ -181,8 +180,8 @@ pub async fn vote(
         ));
     }
     let prompt = v.prompt.map(|p| p.chars().take(4000).collect::<String>());
-    let b = blocking(move || {
-        open(&state)?
+    let b = with_store(&state, move |store| {
+        store
             .vote(id, &v.winner, prompt.as_deref())
             .map_err(store_error)
     })
@@ -203,8 +202,7 @@ pub async fn draw_prompt(
     State(state): State<AppState>,
     Query(q): Query<PromptQuery>,
 ) -> Result<Response, ApiError> {
-    let prompt = blocking(move || {
-        let store = open(&state)?;
+    let prompt = with_store(&state, move |store| {
         let runs = store.runs().map_err(store_error)?;
         let mut turns = Vec::new();
         for r in runs
@@ -247,18 +245,17 @@ pub async fn arena_page() -> Response {
         <div class=\"arena-controls\" id=\"arena-votes\" hidden><button data-vote=\"a\">A is better</button>\
         <button data-vote=\"b\">B is better</button><button data-vote=\"tie\">Tie</button>\
         <button data-vote=\"bad\">Both are bad</button></div><p id=\"arena-reveal\" class=\"reveal\" hidden></p>";
-    crate::timeline::page_with_script("arena", body, "/ui/arena.js")
+    page_with_script("arena", body, "/ui/arena.js")
 }
 
 pub async fn leaderboard_page(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let (board, judged) = blocking(move || {
-        let store = open(&state)?;
+    let (board, judged) = with_store(&state, move |store| {
         let board =
             vibecheck_judge::arena::leaderboard(&store.voted_battles().map_err(store_error)?);
         // The judges' Bradley–Terry ratings from their pairwise verdicts, by model.
         let mut judged: std::collections::HashMap<String, f64> = Default::default();
         for r in store.runs().map_err(store_error)? {
-            if let Ok(s) = vibecheck_judge::summarize(&store, &r.name, None) {
+            if let Ok(s) = vibecheck_judge::summarize(store, &r.name, None) {
                 judged.extend(s.judge_ratings);
             }
         }
@@ -299,7 +296,7 @@ pub async fn leaderboard_page(State(state): State<AppState>) -> Result<Response,
         }
         body.push_str("</table>");
     }
-    Ok(crate::timeline::page_with_script(
+    Ok(page_with_script(
         "arena leaderboard",
         &body,
         "/ui/timeline.js",

@@ -6,11 +6,13 @@
 //! generation runs on blocking threads so async handlers never touch tensors.
 
 mod arena;
+mod chat;
 mod error;
 mod guard;
 mod listen;
 mod metrics;
 mod openai;
+mod page;
 pub mod registry;
 pub mod remote;
 mod routes;
@@ -18,11 +20,13 @@ pub mod timeline;
 
 use std::sync::Arc;
 
+pub use chat::validate_body;
 pub use error::ApiError;
 pub use listen::HEADER_TIMEOUT;
+pub use page::StorePool;
 pub use registry::Registry;
 pub use remote::RemoteEndpoint;
-pub use routes::{router, validate_body};
+pub use routes::router;
 
 /// Settings of a server, resolved once by the CLI.
 #[derive(Debug, Clone)]
@@ -34,7 +38,8 @@ pub struct ServeSettings {
     pub max_concurrent: usize,
     /// Requests allowed to wait for a generation slot before new ones get 429.
     pub queue: usize,
-    /// Largest `max_tokens` a request may ask for.
+    /// Largest `max_tokens` a request may ask for (`--max-tokens-cap`; the engine's limits table caps it at
+    /// [`vibecheck_engine::sampling::limits::MAX_TOKENS`]).
     pub max_tokens_cap: usize,
     /// With a key, every route but `/health` needs `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
@@ -63,10 +68,7 @@ impl ServeSettings {
 
     /// Bound to a loopback address: then requests must name a loopback host (a DNS-rebinding defence).
     pub fn loopback(&self) -> bool {
-        matches!(
-            self.host.as_str(),
-            "127.0.0.1" | "localhost" | "::1" | "[::1]"
-        ) || self.host.starts_with("127.")
+        vibecheck_client::is_loopback_host(&self.host)
     }
 }
 
@@ -94,7 +96,7 @@ pub struct AppState {
     pub(crate) waiting: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) metrics: Arc<metrics::Metrics>,
     /// The watch store behind the timeline pages (`/runs`), when there is one.
-    pub store: Option<Arc<std::path::PathBuf>>,
+    pub store: Option<Arc<StorePool>>,
     pub(crate) shutdown: Arc<Shutdown>,
     /// The last health check's answer: checks run one at a time and callers within [`HEALTH_TTL`] share it.
     pub(crate) health: Arc<tokio::sync::Mutex<Option<routes::HealthAnswer>>>,
@@ -145,9 +147,10 @@ impl AppState {
         }
     }
 
-    /// Serves the timeline pages from the store at `path` (opened per request; WAL lets a watcher write meanwhile).
+    /// Serves the timeline pages from the store at `path` (a few connections opened once and reused; WAL lets a
+    /// watcher write meanwhile).
     pub fn with_store(mut self, path: std::path::PathBuf) -> Self {
-        self.store = Some(Arc::new(path));
+        self.store = Some(Arc::new(StorePool::new(path)));
         self
     }
 }

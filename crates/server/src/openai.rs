@@ -1,12 +1,20 @@
-//! The OpenAI request and response shapes, and the one place requests are validated.
+//! The OpenAI request and response shapes, and the one place requests are validated: a body becomes a
+//! [`Parsed`] request without a model ([`parse`]), then a [`ValidRequest`] for one ([`Parsed::fit`]). Sampling
+//! settings go through the engine's one table of limits.
+
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use vibecheck_engine::{ChatMessage, Generation, SamplingParams};
+use vibecheck_engine::sampling::ParamError;
+use vibecheck_engine::{
+    ChatMessage, EngineError, Generation, Model, Prompt, SamplingOverrides, SamplingParams,
+    DEFAULT_MAX_TOKENS,
+};
 
 use crate::ApiError;
 
-pub const MAX_STOP: usize = 4;
+/// Choices per request at most.
 pub const MAX_N: usize = 4;
 
 #[derive(Debug, Deserialize)]
@@ -148,32 +156,83 @@ pub struct CompletionRequest {
     pub common: Common,
 }
 
-/// A request after validation: engine parameters and what the response needs.
-pub struct Valid {
+/// Chat or text completion: decides the reply's shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Chat,
+    Text,
+}
+
+/// A request body parsed and checked without a model: what the model must answer, and the settings the reply
+/// needs. [`Parsed::fit`] turns it into a [`ValidRequest`] once the model is known.
+#[derive(Debug)]
+pub struct Parsed {
     pub model: String,
+    pub kind: Kind,
+    pub prompt: Prompt,
+    /// Checked against the limits table ([`SamplingParams::validate_within`]) with the server's cap.
     pub params: SamplingParams,
+    /// The client set `max_tokens`; without it the default shrinks to what the context has room for.
+    pub max_tokens_given: bool,
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
-    /// The model name replies carry instead of the real id (the blind arena hides which model answered).
-    pub shown_as: Option<String>,
-    /// The client set `max_tokens`; without it the default shrinks to what the context has room for.
-    pub max_tokens_given: bool,
 }
 
-fn number(v: Option<f64>, name: &str, lo: f64, hi: f64, default: f64) -> Result<f32, ApiError> {
-    let x = v.unwrap_or(default);
-    if !x.is_finite() || x < lo || x > hi {
-        return Err(ApiError::bad_request(
-            format!("`{name}` must be a number between {lo} and {hi}"),
-            Some(name),
-        ));
+/// A request ready for the batch: the prompt as token ids that fit the model's context with `max_tokens`, and
+/// everything the reply needs. Built in one place ([`Parsed::fit`]).
+#[derive(Debug)]
+pub struct ValidRequest {
+    pub ids: Vec<u32>,
+    pub params: SamplingParams,
+    pub kind: Kind,
+    pub n: usize,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// The model name replies carry (the blind arena shows an alias instead of the real id).
+    pub shown_as: String,
+}
+
+impl From<ParamError> for ApiError {
+    fn from(e: ParamError) -> Self {
+        ApiError::bad_request(e.to_string(), Some(e.field))
     }
-    Ok(x as f32)
 }
 
 impl Common {
-    pub fn validate(&self, cap: usize) -> Result<Valid, ApiError> {
+    /// The body's sampling settings: OpenAI's names over the one [`SamplingOverrides`] (a `top_p` of 0, which
+    /// OpenAI accepts, keeps only the most likely token).
+    fn overrides(&self) -> SamplingOverrides {
+        let small = |x: f64| x as f32;
+        SamplingOverrides {
+            // Negative counts become 0, which the limits table refuses with its own message.
+            max_tokens: self
+                .max_completion_tokens
+                .or(self.max_tokens)
+                .map(|m| m.clamp(0, i64::from(u32::MAX)) as usize),
+            temperature: self.temperature.map(small),
+            top_p: self.top_p.map(|p| {
+                if p == 0.0 {
+                    f32::MIN_POSITIVE
+                } else {
+                    small(p)
+                }
+            }),
+            frequency_penalty: self.frequency_penalty.map(small),
+            presence_penalty: self.presence_penalty.map(small),
+            seed: self.seed,
+            stop: self.stop.as_ref().map(|s| match s {
+                Stop::One(s) => vec![s.clone()],
+                Stop::Many(v) => v.clone(),
+            }),
+            ..SamplingOverrides::default()
+        }
+    }
+
+    /// Everything about the request that needs no model: the unsupported fields, `n`, and the sampling settings
+    /// over OpenAI's defaults (temperature 1), checked against the limits table with `max_tokens` capped at
+    /// `cap`.
+    fn parse(&self, kind: Kind, prompt: Prompt, cap: usize) -> Result<Parsed, ApiError> {
         if self.model.is_empty() {
             return Err(ApiError::bad_request("`model` is required", Some("model")));
         }
@@ -185,16 +244,6 @@ impl Common {
                 Some(field),
             ));
         }
-        let max_tokens = self
-            .max_completion_tokens
-            .or(self.max_tokens)
-            .unwrap_or(256.min(cap as i64));
-        if max_tokens <= 0 || max_tokens as u64 > cap as u64 {
-            return Err(ApiError::bad_request(
-                format!("`max_tokens` must be between 1 and {cap}"),
-                Some("max_tokens"),
-            ));
-        }
         let n = self.n.unwrap_or(1);
         if !(1..=MAX_N as i64).contains(&n) {
             return Err(ApiError::bad_request(
@@ -202,38 +251,112 @@ impl Common {
                 Some("n"),
             ));
         }
-        let stop = match &self.stop {
-            None => Vec::new(),
-            Some(Stop::One(s)) => vec![s.clone()],
-            Some(Stop::Many(v)) => v.clone(),
-        };
-        if stop.len() > MAX_STOP || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
-            return Err(ApiError::bad_request(
-                format!("`stop` takes at most {MAX_STOP} non-empty strings"),
-                Some("stop"),
-            ));
-        }
-        let params = SamplingParams {
-            temperature: number(self.temperature, "temperature", 0.0, 2.0, 1.0)?,
-            top_p: number(self.top_p, "top_p", 0.0, 1.0, 1.0)?.max(f32::MIN_POSITIVE),
-            frequency_penalty: number(self.frequency_penalty, "frequency_penalty", -2.0, 2.0, 0.0)?,
-            presence_penalty: number(self.presence_penalty, "presence_penalty", -2.0, 2.0, 0.0)?,
-            seed: self.seed,
-            max_tokens: max_tokens as usize,
-            stop,
+        let openai_defaults = SamplingParams {
+            temperature: 1.0,
+            max_tokens: DEFAULT_MAX_TOKENS.min(cap),
             ..SamplingParams::default()
         };
-        Ok(Valid {
-            shown_as: None,
-            max_tokens_given: self.max_completion_tokens.or(self.max_tokens).is_some(),
+        let overrides = self.overrides();
+        let params = overrides.apply(openai_defaults);
+        params.validate_within(cap)?;
+        Ok(Parsed {
             model: self.model.clone(),
+            kind,
+            prompt,
             params,
+            max_tokens_given: overrides.max_tokens.is_some(),
             n: n as usize,
             stream: self.stream,
             include_usage: self
                 .stream_options
                 .as_ref()
                 .is_some_and(|o| o.include_usage),
+        })
+    }
+}
+
+/// Reads a body as a request of type `T`; serde's message names the field and position, never the body.
+pub fn read_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            format!("the request body is not a valid request: {e}"),
+            None,
+        )
+    })
+}
+
+/// A `/v1/chat/completions` or `/v1/completions` body (`kind`), parsed and checked without a model.
+pub fn parse(kind: Kind, body: &[u8], cap: usize) -> Result<Parsed, ApiError> {
+    match kind {
+        Kind::Chat => {
+            let req: ChatRequest = read_body(body)?;
+            let prompt = Prompt::Chat(req.messages()?);
+            req.common.parse(kind, prompt, cap)
+        }
+        Kind::Text => {
+            let req: CompletionRequest = read_body(body)?;
+            let prompt = match &req.prompt {
+                Value::String(s) => s.clone(),
+                Value::Array(a) if a.len() == 1 && a[0].is_string() => {
+                    a[0].as_str().unwrap_or_default().to_string()
+                }
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "`prompt` must be a string (or a list of one string)",
+                        Some("prompt"),
+                    ))
+                }
+            };
+            req.common.parse(kind, Prompt::Text(prompt), cap)
+        }
+    }
+}
+
+impl Parsed {
+    /// The request made ready for `model`, on a blocking thread (rendering the template and tokenizing a long
+    /// prompt take a while): the template rendered, the prompt tokenized and checked against the context
+    /// ([`Model::check_prompt`]), and a `max_tokens` the client did not set shrunk to the room the prompt leaves,
+    /// so the default never pushes a prompt out of the context. One the client did set must fit as asked.
+    pub async fn fit(self, model: Arc<Model>, shown_as: String) -> Result<ValidRequest, ApiError> {
+        tokio::task::spawn_blocking(move || self.fit_blocking(&model, shown_as))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+    }
+
+    fn fit_blocking(self, model: &Model, shown_as: String) -> Result<ValidRequest, ApiError> {
+        let ids = model
+            .prompt_ids(&self.prompt)
+            .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+        let room = match model.check_prompt(&ids) {
+            Ok(room) => room,
+            Err(EngineError::ContextFull { .. }) => 0,
+            Err(EngineError::Request(m)) => return Err(ApiError::bad_request(m, Some("messages"))),
+            Err(e) => return Err(ApiError::bad_request(e.to_string(), Some("messages"))),
+        };
+        let mut params = self.params;
+        if !self.max_tokens_given && room > 0 {
+            params.max_tokens = params.max_tokens.min(room);
+        }
+        if params.max_tokens > room {
+            let limit = model.decoder.max_positions();
+            return Err(ApiError::bad_request(
+                format!(
+                    "the prompt has {} tokens and max_tokens is {}: {} in all, but this model's context holds {limit}",
+                    ids.len(),
+                    params.max_tokens,
+                    ids.len() + params.max_tokens
+                ),
+                Some("max_tokens"),
+            ));
+        }
+        Ok(ValidRequest {
+            ids,
+            params,
+            kind: self.kind,
+            n: self.n,
+            stream: self.stream,
+            include_usage: self.include_usage,
+            shown_as,
         })
     }
 }

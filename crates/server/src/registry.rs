@@ -78,11 +78,11 @@ impl Entry {
 
 /// Every served model, by id.
 pub struct Registry {
-    entries: std::sync::RwLock<Vec<Arc<Entry>>>,
+    entries: parking_lot::RwLock<Vec<Arc<Entry>>>,
     /// Served run folders and their names, watched for new checkpoints.
     runs: Vec<(std::path::PathBuf, String)>,
     /// Total file sizes of checkpoints seen complete once, waiting for a second look.
-    pending: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, u64>>,
+    pending: parking_lot::Mutex<std::collections::HashMap<std::path::PathBuf, u64>>,
     opts: LoadOptions,
     /// Models loaded at once stay under this many bytes (by their files' size); `None`: no limit.
     memory_budget: Option<u64>,
@@ -138,7 +138,7 @@ impl Registry {
             }
         }
         Ok(Self {
-            entries: std::sync::RwLock::new(entries),
+            entries: parking_lot::RwLock::new(entries),
             runs,
             pending: Default::default(),
             opts,
@@ -165,7 +165,7 @@ impl Registry {
 
     /// Adds a remote OpenAI-compatible endpoint under its own id.
     pub fn add_remote(&self, remote: RemoteEndpoint) -> Result<(), EngineError> {
-        let mut entries = self.entries.write().unwrap();
+        let mut entries = self.entries.write();
         if entries.iter().any(|e| e.id == remote.id) {
             return Err(EngineError::Config(format!(
                 "the remote id {:?} is already a served model; pick another id=",
@@ -198,7 +198,7 @@ impl Registry {
 
     /// A snapshot of the served models, sorted by run and step.
     pub fn entries(&self) -> Vec<Arc<Entry>> {
-        self.entries.read().unwrap().clone()
+        self.entries.read().clone()
     }
 
     /// Looks at the served run folders again and adds checkpoints that are complete and no longer growing.
@@ -209,13 +209,13 @@ impl Registry {
             let Ok(list) = run::list(dir) else { continue };
             for ckpt in list {
                 let id = format!("{run_name}/{}", ckpt.name);
-                if self.entries.read().unwrap().iter().any(|e| e.id == id)
+                if self.entries.read().iter().any(|e| e.id == id)
                     || run::is_complete(&ckpt.path).is_err()
                 {
                     continue;
                 }
                 let size = run::folder_size(&ckpt.path);
-                let mut pending = self.pending.lock().unwrap();
+                let mut pending = self.pending.lock();
                 if pending.get(&ckpt.path) != Some(&size) {
                     pending.insert(ckpt.path.clone(), size);
                     continue;
@@ -224,7 +224,7 @@ impl Registry {
                 drop(pending);
                 match run_entry(run_name, &ckpt) {
                     Ok(entry) => {
-                        let mut entries = self.entries.write().unwrap();
+                        let mut entries = self.entries.write();
                         entries.push(Arc::new(entry));
                         entries
                             .sort_by(|a, b| (&a.run, a.step, &a.id).cmp(&(&b.run, b.step, &b.id)));
@@ -239,7 +239,7 @@ impl Registry {
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Entry>, ApiError> {
-        let entries = self.entries.read().unwrap();
+        let entries = self.entries.read();
         entries.iter().find(|e| e.id == id).cloned().ok_or_else(|| {
             let known: Vec<&str> = entries.iter().take(8).map(|e| e.id.as_str()).collect();
             ApiError::not_found(format!(

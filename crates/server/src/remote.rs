@@ -3,13 +3,14 @@
 //! with the upstream model name; streamed replies are relayed event by event, and a client that goes away closes
 //! the upstream connection, which stops the upstream generation.
 //!
-//! Redirects are never followed: a 3xx from upstream is an upstream error naming where it pointed. (Following one
-//! would turn the POST into a body-less GET to any host the `Location` names, and relay whatever it answered.)
+//! Calls go through the one OpenAI-compatible client (`vibecheck-client`), so redirects are never followed: a 3xx
+//! from upstream is an upstream error naming where it pointed.
 
-use std::io::BufRead;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use serde_json::Value;
+use vibecheck_client::{error_detail, Client, ClientError, Reply, Timeouts};
 
 use crate::ApiError;
 
@@ -91,75 +92,50 @@ impl RemoteEndpoint {
         })
     }
 
-    fn agent(read_timeout: Duration) -> ureq::Agent {
-        ureq::Agent::config_builder()
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_recv_body(Some(read_timeout))
-            .timeout_recv_response(Some(read_timeout))
-            .http_status_as_error(false)
-            // A 3xx comes back as a response, never followed (see the module doc).
-            .max_redirects(0)
-            .max_redirects_will_error(false)
-            .build()
-            .into()
+    fn client(&self) -> Client {
+        Client::new(&self.base_url, self.api_key.clone())
     }
 
-    /// A 3xx from upstream, as the error it is here.
-    fn redirected(&self, resp: &ureq::http::Response<ureq::Body>) -> Option<ApiError> {
-        if !resp.status().is_redirection() {
-            return None;
-        }
-        let status = resp.status().as_u16();
-        let target = match resp.headers().get("location") {
-            Some(to) => format!("redirected to {}", String::from_utf8_lossy(to.as_bytes())),
-            None => "a redirect without a Location header".into(),
-        };
-        Some(ApiError {
-            status: axum::http::StatusCode::BAD_GATEWAY,
-            message: format!(
-                "{} answered {status}: {target} (vibecheck does not follow redirects: give --remote the final \
-                 url=)",
-                self.base_url
+    /// A failed call as our error: a redirect names where it pointed, anything else says the endpoint did not
+    /// answer.
+    fn client_error(&self, e: ClientError) -> ApiError {
+        let (message, code) = match &e {
+            ClientError::Redirected { status, location, .. } => (
+                format!(
+                    "{} answered {status}: {} (vibecheck does not follow redirects: give --remote the final url=)",
+                    self.base_url,
+                    match location {
+                        Some(to) => format!("redirected to {to}"),
+                        None => "a redirect without a Location header".into(),
+                    }
+                ),
+                "upstream_error",
             ),
-            param: None,
-            code: Some("upstream_error"),
-        })
-    }
-
-    fn post(&self, path: &str, body: &Value) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
-        let url = format!("{}{path}", self.base_url);
-        let mut req = Self::agent(Duration::from_secs(600))
-            .post(&url)
-            .header("content-type", "application/json");
-        if let Some(key) = &self.api_key {
-            req = req.header("authorization", format!("Bearer {key}"));
-        }
-        req.send(body.to_string()).map_err(|e| self.unreachable(e))
-    }
-
-    fn unreachable(&self, e: ureq::Error) -> ApiError {
+            _ => (
+                format!(
+                    "the endpoint behind model {:?} ({}) did not answer: {e}",
+                    self.id, self.base_url
+                ),
+                "upstream_unreachable",
+            ),
+        };
         ApiError {
             status: axum::http::StatusCode::BAD_GATEWAY,
-            message: format!(
-                "the endpoint behind model {:?} ({}) did not answer: {e}",
-                self.id, self.base_url
-            ),
+            message,
             param: None,
-            code: Some("upstream_unreachable"),
+            code: Some(code),
         }
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Result<Reply, ApiError> {
+        self.client()
+            .post_json(path, &self.upstream_body(body), RELAY_TIMEOUTS)
+            .map_err(|e| self.client_error(e))
     }
 
     /// An upstream error status becomes ours, with its message when it sent an OpenAI-style body.
     fn upstream_error(&self, status: u16, body: &str) -> ApiError {
-        let detail = serde_json::from_str::<Value>(body)
-            .ok()
-            .and_then(|v| {
-                v["error"]["message"]
-                    .as_str()
-                    .or(v["message"].as_str())
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| body.chars().take(200).collect());
+        let detail = error_detail(body, 200);
         ApiError {
             status: axum::http::StatusCode::from_u16(status)
                 .ok()
@@ -180,17 +156,9 @@ impl RemoteEndpoint {
 
     /// A non-streaming call: the upstream JSON with our model id in it.
     pub fn call(&self, path: &str, body: &Value) -> Result<Value, ApiError> {
-        let resp = self.post(path, &self.upstream_body(body))?;
-        if let Some(e) = self.redirected(&resp) {
-            return Err(e);
-        }
-        let status = resp.status().as_u16();
-        let text = resp
-            .into_body()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_string()
-            .map_err(|e| self.unreachable(e))?;
+        let reply = self.post(path, body)?;
+        let status = reply.status;
+        let text = reply.text(64 << 20).map_err(|e| self.client_error(e))?;
         if status != 200 {
             return Err(self.upstream_error(status, &text));
         }
@@ -212,75 +180,58 @@ impl RemoteEndpoint {
         body: &Value,
         on_event: &mut dyn FnMut(String) -> bool,
     ) -> Result<(), ApiError> {
-        let resp = self.post(path, &self.upstream_body(body))?;
-        if let Some(e) = self.redirected(&resp) {
-            return Err(e);
-        }
-        let status = resp.status().as_u16();
-        if status != 200 {
-            let text = resp
-                .into_body()
-                .with_config()
-                .limit(1 << 20)
-                .read_to_string()
-                .unwrap_or_default();
+        let reply = self.post(path, body)?;
+        if reply.status != 200 {
+            let status = reply.status;
+            let text = reply.text(1 << 20).unwrap_or_default();
             return Err(self.upstream_error(status, &text));
         }
-        let reader = std::io::BufReader::new(resp.into_body().into_reader());
-        // What came that was not an event (an HTML error page, a JSON body), to name in the error.
-        let mut other = String::new();
-        let mut events = 0usize;
-        for line in reader.lines() {
-            let line = line.map_err(|e| self.unreachable(ureq::Error::Io(e)))?;
-            let Some(data) = line.strip_prefix("data:") else {
-                // SSE's own fields and comments are fine; anything else is kept to show.
-                let field = line.split(':').next().unwrap_or("");
-                if !line.trim().is_empty()
-                    && !matches!(field, "" | "event" | "id" | "retry")
-                    && other.len() < 200
-                {
-                    other.push_str(line.trim());
-                    other.push(' ');
-                }
-                continue;
-            };
-            let data = data.trim();
-            if data == "[DONE]" {
-                if events == 0 {
-                    return Err(self.bad_stream(&format!(
-                        "ended its stream without any event{}",
-                        shown(&other)
-                    )));
-                }
-                return Ok(());
-            }
-            let event = match serde_json::from_str::<Value>(data) {
-                Ok(mut v) if v.is_object() => {
-                    if v.get("model").is_some() {
-                        v["model"] = Value::String(self.id.clone());
+        let mut failed = None;
+        let mut left = false;
+        let end = reply
+            .events(&mut |data| {
+                let event = match serde_json::from_str::<Value>(data) {
+                    Ok(mut v) if v.is_object() => {
+                        if v.get("model").is_some() {
+                            v["model"] = Value::String(self.id.clone());
+                        }
+                        v.to_string()
                     }
-                    v.to_string()
+                    _ => {
+                        failed = Some(self.bad_stream(&format!(
+                            "sent a stream event that is not a JSON object: {}",
+                            prefix(data)
+                        )));
+                        return ControlFlow::Break(());
+                    }
+                };
+                if on_event(event) {
+                    ControlFlow::Continue(())
+                } else {
+                    left = true;
+                    ControlFlow::Break(())
                 }
-                _ => {
-                    return Err(self.bad_stream(&format!(
-                        "sent a stream event that is not a JSON object: {}",
-                        prefix(data)
-                    )))
-                }
-            };
-            events += 1;
-            if !on_event(event) {
-                return Ok(());
-            }
+            })
+            .map_err(|e| self.client_error(e))?;
+        if let Some(e) = failed {
+            return Err(e);
         }
-        Err(self.bad_stream(&if events == 0 {
-            format!(
+        if left {
+            return Ok(());
+        }
+        match (end.done, end.events) {
+            (true, 0) => Err(self.bad_stream(&format!(
+                "ended its stream without any event{}",
+                shown(&end.other)
+            ))),
+            (true, _) => Ok(()),
+            (false, 0) => Err(self.bad_stream(&format!(
                 "answered a streaming request without a stream{}",
-                shown(&other)
-            )
-        } else {
-            "closed the stream before its end ([DONE]); the answer is incomplete".to_string()
-        }))
+                shown(&end.other)
+            ))),
+            (false, _) => Err(self
+                .bad_stream("closed the stream before its end ([DONE]); the answer is incomplete")),
+        }
     }
 
     /// A stream that is not what an OpenAI-compatible server sends.
@@ -295,20 +246,26 @@ impl RemoteEndpoint {
 
     /// Whether the endpoint answers `GET /models` (used by `/health` when only remote models are served).
     pub fn check(&self) -> Result<(), ApiError> {
-        let mut req = Self::agent(Duration::from_secs(10)).get(format!("{}/models", self.base_url));
-        if let Some(key) = &self.api_key {
-            req = req.header("authorization", format!("Bearer {key}"));
-        }
-        let resp = req.call().map_err(|e| self.unreachable(e))?;
-        if let Some(e) = self.redirected(&resp) {
-            return Err(e);
-        }
-        match resp.status().as_u16() {
+        let timeouts = Timeouts::Idle {
+            connect: Duration::from_secs(10),
+            read: Duration::from_secs(10),
+        };
+        let reply = self
+            .client()
+            .get("/models", timeouts)
+            .map_err(|e| self.client_error(e))?;
+        match reply.status {
             200 => Ok(()),
             s => Err(self.upstream_error(s, "")),
         }
     }
 }
+
+/// A relayed call may take long (a big model's long answer) but never goes quiet for long.
+const RELAY_TIMEOUTS: Timeouts = Timeouts::Idle {
+    connect: Duration::from_secs(10),
+    read: Duration::from_secs(600),
+};
 
 /// The first 200 characters of an upstream's text, for an error message.
 fn prefix(text: &str) -> String {

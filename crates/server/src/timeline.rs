@@ -8,75 +8,14 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use vibecheck_store::Store;
 use vibecheck_suite::diff::{word_diff, Piece};
 use vibecheck_suite::timeline::{timeline, Timeline, TimelineError};
 
+use crate::page::{esc, page_with_script, seg, with_store};
 use crate::{ApiError, AppState};
-
-/// `&`, `<`, `>`, `"` and `'` escaped: safe in element content and quoted attributes.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A path segment percent-encoded (run names and prompt ids may hold any character).
-fn seg(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 fn page(title: &str, body: &str) -> Response {
     page_with_script(title, body, "/ui/timeline.js")
-}
-
-/// A page of the timeline's look, with one script of ours.
-pub fn page_with_script(title: &str, body: &str, script: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{} · vibecheck</title>\
-         <link rel=\"stylesheet\" href=\"/ui/timeline.css\"><script src=\"{script}\" defer></script></head>\
-         <body><header><a class=\"brand\" href=\"/runs\">vibecheck</a> <a href=\"/runs\">runs</a> \
-         <a href=\"/\">chat</a> <a href=\"/arena\">arena</a> <a href=\"/arena/leaderboard\">leaderboard</a></header>\
-         <main>{body}</main></body></html>",
-        esc(title)
-    );
-    crate::routes::html(html)
-}
-
-/// The watch store, opened for one request.
-pub(crate) fn open(state: &AppState) -> Result<Store, ApiError> {
-    let Some(path) = &state.store else {
-        return Err(ApiError::not_found(
-            "this server has no watch store (timeline, judges and arena votes live there); start it with \
-             `vibecheck watch RUN --serve` or `vibecheck demo`",
-        ));
-    };
-    Store::open(path.as_path()).map_err(|e| ApiError::internal(e.to_string()))
-}
-
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
 }
 
 fn timeline_error(e: TimelineError) -> ApiError {
@@ -87,8 +26,7 @@ fn timeline_error(e: TimelineError) -> ApiError {
 }
 
 pub async fn runs_page(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let rows = blocking(move || {
-        let store = open(&state)?;
+    let rows = with_store(&state, move |store| {
         let mut rows = Vec::new();
         for run in store
             .runs()
@@ -136,9 +74,8 @@ async fn load_timeline(
     run: String,
     q: TimelineQuery,
 ) -> Result<Timeline, ApiError> {
-    blocking(move || {
-        let store = open(&state)?;
-        timeline(&store, &run, q.suite.as_deref(), q.sample.unwrap_or(0)).map_err(timeline_error)
+    with_store(&state, move |store| {
+        timeline(store, &run, q.suite.as_deref(), q.sample.unwrap_or(0)).map_err(timeline_error)
     })
     .await
 }
@@ -341,9 +278,8 @@ fn pct(x: f64) -> String {
 /// Judge results, charts over steps, and where this run's suites were sent.
 async fn judge_section(state: &AppState, t: &Timeline) -> Result<String, ApiError> {
     let (st, run) = (state.clone(), t.run.name.clone());
-    let (summary, arena, sends) = blocking(move || {
-        let store = open(&st)?;
-        let summary = vibecheck_judge::summarize(&store, &run, None)
+    let (summary, arena, sends) = with_store(&st, move |store| {
+        let summary = vibecheck_judge::summarize(store, &run, None)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let arena = vibecheck_judge::arena::leaderboard(
             &store
@@ -463,8 +399,8 @@ pub async fn prompt_page(
         )));
     };
     let run_id = t.run.id;
-    let notes = blocking(move || {
-        open(&st)?
+    let notes = with_store(&st, move |store| {
+        store
             .notes(run_id)
             .map_err(|e| ApiError::internal(e.to_string()))
     })
@@ -590,8 +526,7 @@ pub async fn add_note(
             Some("tag"),
         ));
     }
-    let saved = blocking(move || {
-        let mut store = open(&state)?;
+    let saved = with_store(&state, move |store| {
         store
             .add_note(answer, &text, tag.as_deref())
             .map_err(|e| match e {

@@ -1,3 +1,5 @@
+//! The store's unit tests: schema, migrations, idempotent writes and the errors that name the file.
+
 use super::*;
 
 fn turn(turn: u32, text: &str) -> NewAnswer {

@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use vibecheck_engine::{ChatMessage, EngineError, Model, Prompt, SamplingParams};
+use vibecheck_engine::{
+    ChatMessage, EngineError, Model, Prompt, SamplingOverrides, SamplingParams, DEFAULT_MAX_TOKENS,
+};
 use vibecheck_store::{NewAnswer, Store, StoreError};
 
 use crate::suite::{hex, Overrides, Suite, SuitePrompt};
@@ -33,7 +35,7 @@ impl Default for RunnerSettings {
     fn default() -> Self {
         Self {
             samples: 0,
-            max_tokens: 256,
+            max_tokens: DEFAULT_MAX_TOKENS,
             max_tokens_cap: None,
             batch: 8,
             quantize: None,
@@ -48,8 +50,9 @@ pub struct Job {
     pub sample: u32,
 }
 
-/// Sampling for one job: greedy for sample 0; the prompt's (or suite's) temperature and top-p with seed = sample
-/// otherwise (0.7 and 0.95 when neither says).
+/// Sampling for one job: greedy for sample 0 (with the prompt's or suite's length, penalties and stop strings);
+/// for a sample, also their temperature, top-p, top-k and min-p (0.7 and 0.95 when neither gives a temperature
+/// above 0 or a top-p), seeded with the sample's number.
 pub fn params_for(
     suite: &Suite,
     prompt: &SuitePrompt,
@@ -57,18 +60,20 @@ pub fn params_for(
     s: &RunnerSettings,
 ) -> SamplingParams {
     let o: Overrides = prompt.params.or(&suite.defaults);
-    let mut max_tokens = o.max_tokens.unwrap_or(s.max_tokens);
+    let base = SamplingParams::greedy(s.max_tokens);
+    let mut p = if sample == 0 {
+        o.for_greedy().apply(base)
+    } else {
+        let sampled = SamplingOverrides {
+            temperature: o.temperature.filter(|t| *t > 0.0).or(Some(0.7)),
+            top_p: o.top_p.or(Some(0.95)),
+            seed: Some(u64::from(sample)),
+            ..o.clone()
+        };
+        sampled.apply(base)
+    };
     if let Some(cap) = s.max_tokens_cap {
-        max_tokens = max_tokens.min(cap);
-    }
-    let mut p = SamplingParams::greedy(max_tokens);
-    p.repetition_penalty = o.repetition_penalty.unwrap_or(1.0);
-    if sample > 0 {
-        p.temperature = o.temperature.filter(|t| *t > 0.0).unwrap_or(0.7);
-        p.top_p = o.top_p.unwrap_or(0.95);
-        p.top_k = o.top_k.unwrap_or(0);
-        p.min_p = o.min_p.unwrap_or(0.0);
-        p.seed = Some(u64::from(sample));
+        p.max_tokens = p.max_tokens.min(cap);
     }
     p
 }
@@ -85,6 +90,16 @@ fn params_json(p: &SamplingParams, batch: usize, quantize: Option<&str>) -> Stri
     let mut v = json!({"temperature": short(p.temperature), "top_p": short(p.top_p), "top_k": p.top_k,
                        "min_p": short(p.min_p), "repetition_penalty": short(p.repetition_penalty),
                        "max_tokens": p.max_tokens, "seed": p.seed, "batch": batch});
+    // Settings older answers never used are written only when set, so those answers' parameters read as before.
+    if p.frequency_penalty != 0.0 {
+        v["frequency_penalty"] = json!(short(p.frequency_penalty));
+    }
+    if p.presence_penalty != 0.0 {
+        v["presence_penalty"] = json!(short(p.presence_penalty));
+    }
+    if !p.stop.is_empty() {
+        v["stop"] = json!(p.stop);
+    }
     if let Some(q) = quantize {
         v["quantize"] = json!(q);
     }

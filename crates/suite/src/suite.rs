@@ -21,6 +21,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use vibecheck_engine::{SamplingOverrides, SamplingParams};
 
 /// A problem with a suite file; the message names the file and the prompt or line.
 #[derive(Debug, thiserror::Error)]
@@ -37,61 +38,19 @@ fn err(file: &str, message: impl Into<String>) -> SuiteError {
     }
 }
 
-/// Sampling settings a suite or a prompt may set.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Overrides {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub top_k: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub min_p: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub repetition_penalty: Option<f32>,
-}
+/// Sampling settings a suite (`[defaults]`) or a prompt may set: the engine's one [`SamplingOverrides`], under
+/// its own names. Checked against the engine's limits table; `seed` is the runner's (sample k is seeded with k).
+pub type Overrides = SamplingOverrides;
 
-impl Overrides {
-    /// `self`'s settings where present, else `base`'s.
-    pub fn or(&self, base: &Overrides) -> Overrides {
-        Overrides {
-            max_tokens: self.max_tokens.or(base.max_tokens),
-            temperature: self.temperature.or(base.temperature),
-            top_p: self.top_p.or(base.top_p),
-            top_k: self.top_k.or(base.top_k),
-            min_p: self.min_p.or(base.min_p),
-            repetition_penalty: self.repetition_penalty.or(base.repetition_penalty),
-        }
+fn check(o: &Overrides, what: &str) -> Result<(), String> {
+    if o.seed.is_some() {
+        return Err(format!(
+            "{what}: `seed` is set by the runner (the greedy answer needs none, sample k is seeded with k); leave it out"
+        ));
     }
-
-    fn check(&self, what: &str) -> Result<(), String> {
-        if let Some(m) = self.max_tokens {
-            if !(1..=32768).contains(&m) {
-                return Err(format!(
-                    "{what}: max_tokens = {m} must be between 1 and 32768"
-                ));
-            }
-        }
-        for (name, v, lo, hi) in [
-            ("temperature", self.temperature, 0.0, 2.0),
-            ("top_p", self.top_p, f32::MIN_POSITIVE, 1.0),
-            ("min_p", self.min_p, 0.0, 1.0),
-            ("repetition_penalty", self.repetition_penalty, 0.5, 2.0),
-        ] {
-            if let Some(v) = v {
-                if !(v.is_finite() && (lo..=hi).contains(&v)) {
-                    return Err(format!(
-                        "{what}: {name} = {v} must be between {lo} and {hi}"
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
+    o.apply(SamplingParams::default())
+        .validate()
+        .map_err(|e| format!("{what}: {} = {} must be {}", e.field, e.value, e.rule))
 }
 
 /// One prompt: a conversation of one or more user turns.
@@ -149,7 +108,6 @@ impl OneOrMany {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawPrompt {
     id: Option<String>,
     category: Option<String>,
@@ -157,12 +115,9 @@ struct RawPrompt {
     prompt: Option<String>,
     turns: Option<Vec<String>>,
     reference: Option<OneOrMany>,
-    max_tokens: Option<usize>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<usize>,
-    min_p: Option<f32>,
-    repetition_penalty: Option<f32>,
+    /// Everything else: the prompt's sampling settings, read as [`Overrides`] (which refuses unknown keys).
+    #[serde(flatten)]
+    params: toml::Table,
 }
 
 /// One line of MT-Bench's `question.jsonl`.
@@ -204,7 +159,7 @@ impl Suite {
     /// Parses our TOML format; `file` names the source in errors.
     pub fn from_toml(text: &str, default_name: &str, file: &str) -> Result<Self, SuiteError> {
         let raw: RawSuite = toml::from_str(text).map_err(|e| err(file, e.to_string()))?;
-        raw.defaults.check("[defaults]").map_err(|m| err(file, m))?;
+        check(&raw.defaults, "[defaults]").map_err(|m| err(file, m))?;
         let mut prompts = Vec::new();
         for (i, p) in raw.prompts.into_iter().enumerate() {
             let at = format!("prompt #{} ", i + 1);
@@ -237,14 +192,10 @@ impl Suite {
                 system: p.system,
                 turns,
                 reference: p.reference.map(OneOrMany::into_vec).unwrap_or_default(),
-                params: Overrides {
-                    max_tokens: p.max_tokens,
-                    temperature: p.temperature,
-                    top_p: p.top_p,
-                    top_k: p.top_k,
-                    min_p: p.min_p,
-                    repetition_penalty: p.repetition_penalty,
-                },
+                params: p
+                    .params
+                    .try_into()
+                    .map_err(|e: toml::de::Error| err(file, format!("{at}: {}", e.message())))?,
             });
         }
         let suite = Suite {
@@ -311,7 +262,7 @@ impl Suite {
             if p.turns.is_empty() || p.turns.iter().any(|t| t.trim().is_empty()) {
                 return Err(format!("prompt {:?} has an empty turn", p.id));
             }
-            p.params.check(&format!("prompt {:?}", p.id))?;
+            check(&p.params, &format!("prompt {:?}", p.id))?;
         }
         Ok(())
     }

@@ -14,6 +14,8 @@ pub struct Hit {
     pub at: Instant,
     /// The request line, such as `POST /v1/chat/completions HTTP/1.1`.
     pub line: String,
+    /// The header lines as sent (`name: value`, one per line).
+    pub headers: String,
     pub body: String,
 }
 
@@ -61,16 +63,19 @@ fn json_string(s: &str) -> String {
     out
 }
 
-fn read_request(stream: &TcpStream) -> std::io::Result<(String, String)> {
+fn read_request(stream: &TcpStream) -> std::io::Result<(String, String, String)> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut length = 0usize;
+    let mut headers = String::new();
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
             break;
         }
+        headers.push_str(header.trim_end());
+        headers.push('\n');
         if let Some((k, v)) = header.split_once(':') {
             if k.trim().eq_ignore_ascii_case("content-length") {
                 length = v.trim().parse().unwrap_or(0);
@@ -81,6 +86,7 @@ fn read_request(stream: &TcpStream) -> std::io::Result<(String, String)> {
     reader.read_exact(&mut body)?;
     Ok((
         line.trim_end().to_string(),
+        headers,
         String::from_utf8_lossy(&body).into_owned(),
     ))
 }
@@ -99,7 +105,7 @@ impl RawServer {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
-                let Ok((line, body)) = read_request(&stream) else {
+                let Ok((line, headers, body)) = read_request(&stream) else {
                     continue;
                 };
                 let n = {
@@ -107,6 +113,7 @@ impl RawServer {
                     seen.push(Hit {
                         at: Instant::now(),
                         line,
+                        headers,
                         body,
                     });
                     seen.len() - 1

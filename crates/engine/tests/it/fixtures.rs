@@ -57,8 +57,8 @@ pub fn read_json(path: &Path) -> serde_json::Value {
 /// rank order, added tokens with their flags, pre-tokenizer, decoder, post-processor). Returns the vocabulary
 /// size, so callers can check the file had one.
 pub fn assert_direct_tokenizer_is_the_document(gguf: &Path) -> usize {
-    use vibecheck_engine::tokenizer::GgufVocab;
-    let mut content = vibecheck_engine::weights::read_gguf(gguf).unwrap();
+    use vibecheck_engine::gguf::GgufVocab;
+    let mut content = vibecheck_engine::gguf::read_gguf(gguf).unwrap();
     let document = GgufVocab::read(&content).unwrap().to_json();
     let taken = GgufVocab::take(&mut content).unwrap();
     assert!(

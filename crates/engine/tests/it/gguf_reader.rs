@@ -14,7 +14,7 @@ fn the_real_model_reads_as_candle_reads_it() {
     else {
         return;
     };
-    let ours = vibecheck_engine::weights::read_gguf(&path).unwrap();
+    let ours = vibecheck_engine::gguf::read_gguf(&path).unwrap();
     let mut reader = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
     let theirs = Content::read(&mut reader).unwrap();
 

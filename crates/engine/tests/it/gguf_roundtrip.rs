@@ -40,7 +40,7 @@ fn write_gguf_with(
         candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
     let mut q: Vec<(String, QTensor)> = Vec::new();
     for (name, t) in &tensors {
-        let gguf = vibecheck_engine::weights::gguf_name(name).unwrap();
+        let gguf = vibecheck_engine::gguf::gguf_name(name).unwrap();
         let t = match () {
             _ if gguf.ends_with("attn_q.weight") => permute(t, 4),
             _ if gguf.ends_with("attn_k.weight") => permute(t, 2),

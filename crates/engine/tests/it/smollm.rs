@@ -411,7 +411,7 @@ fn k_quant_matrices_stay_compact_and_compute_their_dequantized_weights() {
     use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
     use candle_core::Device;
     let mut file = std::fs::File::open(smollm_gguf()).unwrap();
-    let content = vibecheck_engine::weights::read_gguf(&smollm_gguf()).unwrap();
+    let content = vibecheck_engine::gguf::read_gguf(&smollm_gguf()).unwrap();
     let kinds = [GgmlDType::Q6K, GgmlDType::Q3K, GgmlDType::Q2K];
     let mut names: Vec<String> = content.tensor_infos.keys().cloned().collect();
     names.sort();

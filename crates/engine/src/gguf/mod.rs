@@ -1,9 +1,23 @@
-//! Reading a GGUF file's hyper-parameters and chat template (the tokenizer lives in `tokenizer.rs`).
+//! Everything the engine knows about GGUF: the checked header as candle's `Content` ([`read_gguf`], `header.rs`),
+//! the hyper-parameters and chat template in its metadata (here), tensor names and the Q/K row permutation
+//! (`names.rs`), and the embedded vocabulary (`vocab.rs`). The header itself is parsed and checked by
+//! `vibecheck_checkpoint::gguf`.
 //!
 //! Only the llama family (`general.architecture = "llama"`: Llama 1/2/3, SmolLM, TinyLlama, Mistral exports)
-//! is supported; its Q/K rows are un-permuted on load (see `weights.rs`).
+//! is supported; its Q/K rows are un-permuted on load.
 
-use candle_core::quantized::gguf_file::{Content, Value};
+mod header;
+pub mod names;
+pub mod vocab;
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{self, Content, Value};
+
+pub use names::{gguf_name, hf_name, unpermute_qk_rows, unpermute_rows};
+pub use vocab::{GgufSpecialTokens, GgufVocab};
+
+use crate::EngineError;
 
 use crate::config::{bounded, Activation, Arch, Limit, ModelConfig, RopeConfig, RopeScaling};
 
@@ -136,4 +150,11 @@ pub fn chat_template(c: &Content) -> Option<String> {
     get(c, "tokenizer.chat_template")
         .and_then(|v| v.to_string().ok())
         .cloned()
+}
+
+/// Reads a GGUF file's header, naming the file in any error. Our reader checks every count, length, the
+/// alignment and each tensor's range before anything is allocated; candle's `Content` is built from the result.
+pub fn read_gguf(path: &Path) -> Result<gguf_file::Content, EngineError> {
+    let header = vibecheck_checkpoint::gguf::read(path)?;
+    header::to_content(header).map_err(|m| EngineError::file(path, m))
 }

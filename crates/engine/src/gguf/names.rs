@@ -1,0 +1,176 @@
+//! GGUF tensor names and layout: the llama tensors' names in both conventions, where a tensor lies in the file,
+//! and llama.cpp's Q/K row permutation undone.
+
+use candle_core::quantized::{gguf_file, QStorage, QTensor};
+
+/// What a GGUF tensor needs before use: Q and K rows of llama files are permuted for llama.cpp's RoPE.
+pub(crate) fn gguf_permute_heads(gguf: &str, heads: usize, kv_heads: usize) -> Option<usize> {
+    if gguf.ends_with("attn_q.weight") {
+        Some(heads)
+    } else if gguf.ends_with("attn_k.weight") {
+        Some(kv_heads)
+    } else {
+        None
+    }
+}
+
+/// The byte range of a GGUF tensor inside the file, checked.
+pub(crate) fn gguf_range(
+    content: &gguf_file::Content,
+    info: &gguf_file::TensorInfo,
+    file_len: usize,
+) -> Result<std::ops::Range<usize>, String> {
+    let elems = info.shape.elem_count();
+    let block = info.ggml_dtype.block_size();
+    if !elems.is_multiple_of(block) {
+        return Err(format!(
+            "{elems} elements are not a whole number of {:?} blocks",
+            info.ggml_dtype
+        ));
+    }
+    let size = (elems / block) as u64 * info.ggml_dtype.type_size() as u64;
+    let start = content
+        .tensor_data_offset
+        .checked_add(info.offset)
+        .ok_or("offset overflows")?;
+    let end = start.checked_add(size).ok_or("size overflows")?;
+    if end > file_len as u64 {
+        return Err(format!(
+            "needs bytes {start}..{end} but the file has {file_len} (truncated?)"
+        ));
+    }
+    Ok(start as usize..end as usize)
+}
+
+/// Hugging Face and GGUF names of the llama tensors: whole names, then per-layer module names.
+const LLAMA_FIXED: [(&str, &str); 3] = [
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+const LLAMA_LAYER: [(&str, &str); 9] = [
+    ("input_layernorm", "attn_norm"),
+    ("post_attention_layernorm", "ffn_norm"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// Translates a llama tensor name between the two conventions (`to_gguf` picks the direction).
+fn translate(name: &str, to_gguf: bool) -> Option<String> {
+    let pick = |(hf, gguf): &(&'static str, &'static str)| {
+        if to_gguf {
+            (*hf, *gguf)
+        } else {
+            (*gguf, *hf)
+        }
+    };
+    if let Some((_, to)) = LLAMA_FIXED.iter().map(pick).find(|(from, _)| *from == name) {
+        return Some(to.to_string());
+    }
+    let (from_prefix, to_prefix) = if to_gguf {
+        ("model.layers.", "blk.")
+    } else {
+        ("blk.", "model.layers.")
+    };
+    let (idx, tail) = name.strip_prefix(from_prefix)?.split_once('.')?;
+    let idx: usize = idx.parse().ok()?;
+    let (module, suffix) = tail.rsplit_once('.')?;
+    let (_, to) = LLAMA_LAYER
+        .iter()
+        .map(pick)
+        .find(|(from, _)| *from == module)?;
+    Some(format!("{to_prefix}{idx}.{to}.{suffix}"))
+}
+
+/// Maps a Hugging Face llama tensor name to its GGUF name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    translate(hf, true)
+}
+
+/// The Hugging Face name of a GGUF llama tensor.
+pub fn hf_name(gguf: &str) -> Option<String> {
+    translate(gguf, false)
+}
+
+/// Undoes llama.cpp's Q/K row permutation on raw rows: GGUF stores each head's rotary pairs interleaved,
+/// Hugging Face stores them as two halves. Rows are quantized independently, so they move as whole blocks.
+pub fn unpermute_rows(
+    data: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    heads: usize,
+) -> Result<Vec<u8>, String> {
+    if heads == 0
+        || !rows.is_multiple_of(heads)
+        || !(rows / heads).is_multiple_of(2)
+        || data.len() != rows * row_bytes
+    {
+        return Err(format!("cannot un-permute {rows} rows into {heads} heads"));
+    }
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let mut out = vec![0u8; data.len()];
+    for h in 0..heads {
+        for part in 0..2 {
+            for j in 0..half {
+                let hf_row = h * head_dim + part * half + j;
+                let gguf_row = h * head_dim + j * 2 + part;
+                out[hf_row * row_bytes..(hf_row + 1) * row_bytes]
+                    .copy_from_slice(&data[gguf_row * row_bytes..(gguf_row + 1) * row_bytes]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`unpermute_rows`] for a whole ggml tensor (used by the converter).
+pub fn unpermute_qk_rows(q: &QTensor, heads: usize) -> candle_core::Result<QTensor> {
+    let dims = q.shape().dims().to_vec();
+    let data = q.data()?;
+    let row_bytes = data.len() / dims[0].max(1);
+    let out = unpermute_rows(&data, dims[0], row_bytes, heads).map_err(candle_core::Error::msg)?;
+    let storage = QStorage::from_data(std::borrow::Cow::Owned(out), &q.device(), q.dtype())?;
+    QTensor::new(storage, dims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_names_translate_both_ways() {
+        for (hf, gguf) in [
+            ("model.embed_tokens.weight", "token_embd.weight"),
+            ("lm_head.weight", "output.weight"),
+            (
+                "model.layers.7.self_attn.k_proj.weight",
+                "blk.7.attn_k.weight",
+            ),
+            (
+                "model.layers.29.post_attention_layernorm.weight",
+                "blk.29.ffn_norm.weight",
+            ),
+        ] {
+            assert_eq!(gguf_name(hf).as_deref(), Some(gguf));
+            assert_eq!(hf_name(gguf).as_deref(), Some(hf));
+        }
+        assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
+        assert_eq!(hf_name("blk.0.unknown.weight"), None);
+    }
+
+    #[test]
+    fn unpermute_restores_the_half_split_layout() {
+        // Two heads of dim 4, one byte per row: GGUF rows [h0: a0 b0 a1 b1][h1: ...] become [a0 a1 b0 b1].
+        let gguf = [0u8, 10, 1, 11, 20, 30, 21, 31];
+        assert_eq!(
+            unpermute_rows(&gguf, 8, 1, 2).unwrap(),
+            vec![0, 1, 10, 11, 20, 21, 30, 31]
+        );
+        assert!(unpermute_rows(&gguf, 8, 1, 3).is_err());
+    }
+}
