@@ -54,3 +54,45 @@ def test_models_chat_stream_and_errors(server):
         client.chat.completions.create(model="no-such-model", messages=QUESTION)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=5)
+
+
+def test_one_limits_table_for_the_server_the_cli_and_suites(server, tmp_path):
+    """`--max-tokens-cap` is a real flag, and the same limits (and messages) apply to the API, the CLI and suites."""
+    url, binary, gguf = server
+    proc = subprocess.Popen([binary, "serve", str(gguf), "--port", "0", "--max-tokens-cap", "8"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        capped = proc.stdout.readline().strip()
+        client = OpenAI(base_url=capped, api_key="unused")
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=9)
+        assert e.value.body["param"] == "max_tokens" and "between 1 and 8" in e.value.body["message"]
+        reply = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0)
+        assert reply.usage.completion_tokens <= 8, "the default shrinks to the cap"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    bad = subprocess.run([binary, "serve", str(gguf), "--max-tokens-cap", "40000"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--max-tokens-cap must be between 1 and 32768" in bad.stderr
+
+    # The API and the CLI refuse the same temperature with the same words.
+    client = OpenAI(base_url=url, api_key="unused")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=2.5)
+    assert "`temperature` must be a number between 0 and 2" in e.value.body["message"]
+    cli = subprocess.run([binary, "generate", str(gguf), "--prompt", "hi", "--temperature", "2.5"],
+                         capture_output=True, text=True)
+    assert cli.returncode != 0 and "`temperature` must be a number between 0 and 2" in cli.stderr, cli.stderr
+
+    # A suite file goes through the same table, and takes the API's settings (stop strings included).
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[[prompts]]\nid = "a"\nprompt = "x"\npresence_penalty = 3\n')
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoint-1").mkdir(parents=True)
+    bad = subprocess.run([binary, "watch", str(run_dir), "--prompts", str(suite), "--once",
+                          "--db", str(tmp_path / "v.db")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "presence_penalty = 3 must be a number between -2 and 2" in bad.stderr, bad.stderr
+    suite.write_text('[[prompts]]\nid = "a"\nprompt = "x"\nseed = 4\n')
+    bad = subprocess.run([binary, "watch", str(run_dir), "--prompts", str(suite), "--once",
+                          "--db", str(tmp_path / "v.db")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "`seed` is set by the runner" in bad.stderr, bad.stderr
