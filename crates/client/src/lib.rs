@@ -54,15 +54,20 @@ pub fn url_authority(url: &str) -> &str {
 pub enum Timeouts {
     /// The whole call, from connecting to the last byte (a judge's call).
     Total(Duration),
-    /// Connecting, then each wait for the reply's head and for more of its body (a long relayed stream).
-    Idle { connect: Duration, read: Duration },
+    /// A limit per phase: connecting; then `read` for the reply's head, and `read` again for its whole body (a
+    /// relayed stream is cut when its body takes longer than `read` in all, however active it is).
+    Phases { connect: Duration, read: Duration },
 }
 
 impl Timeouts {
-    fn seconds(self) -> u64 {
-        match self {
-            Timeouts::Total(d) => d.as_secs(),
-            Timeouts::Idle { read, .. } => read.as_secs(),
+    /// The limit that fired, in seconds, for ureq's phase `phase`.
+    fn seconds(self, phase: ureq::Timeout) -> u64 {
+        match (self, phase) {
+            (Timeouts::Total(d), _) => d.as_secs(),
+            (Timeouts::Phases { connect, .. }, ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
+                connect.as_secs()
+            }
+            (Timeouts::Phases { read, .. }, _) => read.as_secs(),
         }
     }
 }
@@ -70,8 +75,13 @@ impl Timeouts {
 /// A failed call, naming the URL.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClientError {
-    #[error("{url} did not answer within {secs} s")]
-    Timeout { url: String, secs: u64 },
+    /// A limit ran out; `phase` is which (connect, receive response, receive body, ...).
+    #[error("{url} did not answer within {secs} s ({phase})")]
+    Timeout {
+        url: String,
+        secs: u64,
+        phase: String,
+    },
     #[error("{url}: {detail}")]
     Transport { url: String, detail: String },
     /// A 3xx, not followed; `location` is where it pointed.
@@ -81,6 +91,21 @@ pub enum ClientError {
         status: u16,
         location: Option<String>,
     },
+}
+
+impl ClientError {
+    /// The message without the URL (for a caller that names the endpoint its own way).
+    pub fn detail(&self) -> String {
+        match self {
+            ClientError::Timeout { secs, phase, .. } => {
+                format!("no answer within {secs} s ({phase})")
+            }
+            ClientError::Transport { detail, .. } => detail.clone(),
+            ClientError::Redirected {
+                status, location, ..
+            } => format!("HTTP {status}: {}", redirect_detail(location)),
+        }
+    }
 }
 
 fn redirect_detail(location: &Option<String>) -> String {
@@ -111,7 +136,7 @@ pub struct Reply {
     pub url: String,
     pub status: u16,
     response: ureq::http::Response<ureq::Body>,
-    secs: u64,
+    timeouts: Timeouts,
 }
 
 /// What a stream held besides its events, once it ended.
@@ -155,7 +180,7 @@ impl Client {
             .max_redirects_will_error(false);
         let config = match timeouts {
             Timeouts::Total(t) => config.timeout_global(Some(t)),
-            Timeouts::Idle { connect, read } => config
+            Timeouts::Phases { connect, read } => config
                 .timeout_connect(Some(connect))
                 .timeout_recv_response(Some(read))
                 .timeout_recv_body(Some(read)),
@@ -163,11 +188,12 @@ impl Client {
         config.build().into()
     }
 
-    fn failed(url: &str, secs: u64, e: ureq::Error) -> ClientError {
+    fn failed(url: &str, timeouts: Timeouts, e: ureq::Error) -> ClientError {
         match e {
-            ureq::Error::Timeout(_) => ClientError::Timeout {
+            ureq::Error::Timeout(phase) => ClientError::Timeout {
                 url: url.to_string(),
-                secs,
+                secs: timeouts.seconds(phase),
+                phase: phase.to_string(),
             },
             other => ClientError::Transport {
                 url: url.to_string(),
@@ -178,10 +204,10 @@ impl Client {
 
     fn finish(
         url: String,
-        secs: u64,
+        timeouts: Timeouts,
         sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Reply, ClientError> {
-        let response = sent.map_err(|e| Self::failed(&url, secs, e))?;
+        let response = sent.map_err(|e| Self::failed(&url, timeouts, e))?;
         let status = response.status().as_u16();
         if response.status().is_redirection() {
             let location = response
@@ -198,7 +224,7 @@ impl Client {
             url,
             status,
             response,
-            secs,
+            timeouts,
         })
     }
 
@@ -217,7 +243,7 @@ impl Client {
             req = req.header("authorization", format!("Bearer {key}"));
         }
         let sent = req.send(body.to_string());
-        Self::finish(url, timeouts.seconds(), sent)
+        Self::finish(url, timeouts, sent)
     }
 
     /// `GET {base_url}{path}`.
@@ -228,7 +254,7 @@ impl Client {
             req = req.header("authorization", format!("Bearer {key}"));
         }
         let sent = req.call();
-        Self::finish(url, timeouts.seconds(), sent)
+        Self::finish(url, timeouts, sent)
     }
 }
 
@@ -259,13 +285,13 @@ impl Reply {
 
     /// The whole body as text, refusing more than `limit` bytes.
     pub fn text(self, limit: u64) -> Result<String, ClientError> {
-        let (url, secs) = (self.url, self.secs);
+        let (url, timeouts) = (self.url, self.timeouts);
         self.response
             .into_body()
             .with_config()
             .limit(limit)
             .read_to_string()
-            .map_err(|e| Client::failed(&url, secs, e))
+            .map_err(|e| Client::failed(&url, timeouts, e))
     }
 
     /// Reads the body as server-sent events: each `data:` payload but `[DONE]` goes to `on_data`, which may stop
@@ -275,11 +301,11 @@ impl Reply {
         self,
         on_data: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<StreamEnd, ClientError> {
-        let (url, secs) = (self.url, self.secs);
+        let (url, timeouts) = (self.url, self.timeouts);
         let reader = std::io::BufReader::new(self.response.into_body().into_reader());
         let mut end = StreamEnd::default();
         for line in reader.lines() {
-            let line = line.map_err(|e| Client::failed(&url, secs, ureq::Error::Io(e)))?;
+            let line = line.map_err(|e| Client::failed(&url, timeouts, ureq::Error::Io(e)))?;
             let Some(data) = line.strip_prefix("data:") else {
                 let field = line.split(':').next().unwrap_or("");
                 if !line.trim().is_empty()
@@ -450,5 +476,24 @@ mod tests {
             .events(&mut |_| ControlFlow::Break(()))
             .unwrap();
         assert_eq!((end.done, end.events), (false, 1));
+    }
+
+    #[test]
+    fn a_timeout_names_the_limit_that_ran_out() {
+        // A peer that takes the connection and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+        let t = Timeouts::Phases {
+            connect: Duration::from_secs(30),
+            read: Duration::from_secs(1),
+        };
+        let e = Client::new(&url, None).get("/models", t).err().unwrap();
+        assert!(
+            matches!(&e, ClientError::Timeout { secs: 1, phase, .. } if phase == "receive response"),
+            "{e}"
+        );
+        assert_eq!(e.detail(), "no answer within 1 s (receive response)");
+        drop(held.join());
     }
 }

@@ -205,7 +205,7 @@ impl Endpoint {
 impl From<ClientError> for CallError {
     fn from(e: ClientError) -> Self {
         match e {
-            ClientError::Timeout { url, secs } => CallError::Timeout { url, secs },
+            ClientError::Timeout { url, secs, .. } => CallError::Timeout { url, secs },
             ClientError::Transport { url, detail } => CallError::Transport { url, detail },
             ClientError::Redirected {
                 url,

@@ -113,8 +113,10 @@ impl RemoteEndpoint {
             ),
             _ => (
                 format!(
-                    "the endpoint behind model {:?} ({}) did not answer: {e}",
-                    self.id, self.base_url
+                    "the endpoint behind model {:?} ({}) did not answer: {}",
+                    self.id,
+                    self.base_url,
+                    e.detail()
                 ),
                 "upstream_unreachable",
             ),
@@ -246,7 +248,7 @@ impl RemoteEndpoint {
 
     /// Whether the endpoint answers `GET /models` (used by `/health` when only remote models are served).
     pub fn check(&self) -> Result<(), ApiError> {
-        let timeouts = Timeouts::Idle {
+        let timeouts = Timeouts::Phases {
             connect: Duration::from_secs(10),
             read: Duration::from_secs(10),
         };
@@ -261,8 +263,9 @@ impl RemoteEndpoint {
     }
 }
 
-/// A relayed call may take long (a big model's long answer) but never goes quiet for long.
-const RELAY_TIMEOUTS: Timeouts = Timeouts::Idle {
+/// A relayed call may take long (a big model's long answer): 10 s to connect, then up to 600 s for the reply's
+/// head and 600 s for its body.
+const RELAY_TIMEOUTS: Timeouts = Timeouts::Phases {
     connect: Duration::from_secs(10),
     read: Duration::from_secs(600),
 };

@@ -196,7 +196,15 @@ impl Suite {
                 params: p
                     .params
                     .try_into()
-                    .map_err(|e: toml::de::Error| err(file, format!("{at}: {}", e.message())))?,
+                    .map_err(|e: toml::de::Error| {
+                        err(
+                            file,
+                            format!(
+                                "{at}: {} (a prompt's own keys are id, category, system, prompt, turns and reference)",
+                                e.message()
+                            ),
+                        )
+                    })?,
             });
         }
         let suite = Suite {

@@ -193,6 +193,11 @@ impl Format {
     /// The formats' rows one after another, when they are all of one format (`extra_weights`: the weights of
     /// every part but the first, reserved in one allocation).
     pub(crate) fn stack(parts: Vec<Format>, extra_weights: usize) -> Option<Format> {
+        // Checked before anything is copied (a mixed-quant file has many such groups).
+        let kind = std::mem::discriminant(parts.first()?);
+        if parts.iter().any(|p| std::mem::discriminant(p) != kind) {
+            return None;
+        }
         let mut it = parts.into_iter();
         let mut first = it.next()?;
         let per = first.weights_per_element();
@@ -207,9 +212,6 @@ impl Format {
             }
         }
         for next in it {
-            if std::mem::discriminant(&next) != std::mem::discriminant(&first) {
-                return None;
-            }
             for (a, b) in first.planes_mut().into_iter().zip(next.into_planes()) {
                 match (a, b) {
                     (PlaneMut::U8(a), PlaneOwned::U8(b)) => a.extend(b),
