@@ -327,41 +327,6 @@ mod tests {
     }
 
     #[test]
-    fn prompts_take_every_sampling_setting_and_old_suites_keep_their_version() {
-        use crate::runner::{params_for, RunnerSettings};
-        let text = "[defaults]\nmax_tokens = 40\nstop = [\"END\"]\n[[prompts]]\nid = \"a\"\nprompt = \"x\"\n\
-                    temperature = 0.9\nfrequency_penalty = 0.5\n[[prompts]]\nid = \"b\"\nprompt = \"y\"\n";
-        let s = Suite::from_toml(text, "s", "f").unwrap();
-        let settings = RunnerSettings::default();
-        let greedy = params_for(&s, &s.prompts[0], 0, &settings);
-        assert_eq!(
-            (
-                greedy.temperature,
-                greedy.max_tokens,
-                greedy.frequency_penalty
-            ),
-            (0.0, 40, 0.5),
-            "the greedy answer takes length and penalties, not the temperature"
-        );
-        assert_eq!(greedy.stop, ["END"]);
-        let sample = params_for(&s, &s.prompts[0], 2, &settings);
-        assert_eq!((sample.temperature, sample.seed), (0.9, Some(2)));
-        let other = params_for(&s, &s.prompts[1], 1, &settings);
-        assert_eq!((other.temperature, other.top_p), (0.7, 0.95));
-        // A suite that uses only the settings suites always had serializes as it did, so its version holds.
-        let old = Suite::from_toml(
-            "[[prompts]]\nid = \"x\"\nprompt = \"Hi\"\nmax_tokens = 9\ntop_k = 4\n",
-            "s",
-            "f",
-        )
-        .unwrap();
-        assert_eq!(
-            old.canonical_json(),
-            r#"{"name":"s","prompts":[{"id":"x","turns":["Hi"],"params":{"max_tokens":9,"top_k":4}}]}"#
-        );
-    }
-
-    #[test]
     fn errors_name_the_file_and_the_prompt() {
         for (text, needle) in [
             ("[[prompts]]\nprompt = \"a\"\n", "prompt #1 has no `id`"),
