@@ -186,7 +186,8 @@ pub fn index_shard_names(text: &str) -> Result<Vec<String>, String> {
     for name in &names {
         let rel = Path::new(name);
         let escapes = rel.components().any(|c| !matches!(c, Component::Normal(_)));
-        if escapes || rel.components().count() != 1 {
+        // A separator anywhere (a trailing `/` too, which `components` would drop) is not a plain file name.
+        if escapes || rel.components().count() != 1 || name.contains(['/', '\\']) {
             return Err(format!(
                 "weight_map names shard {name:?}, which is not a plain file name inside the checkpoint folder"
             ));
@@ -196,4 +197,32 @@ pub fn index_shard_names(text: &str) -> Result<Vec<String>, String> {
         return Err("weight_map is empty".into());
     }
     Ok(names.into_iter().map(str::to_string).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::index_shard_names;
+
+    #[test]
+    fn regression_shard_names_with_a_separator_are_refused() {
+        // Found by the safetensors_header fuzz target: a trailing slash left one path component.
+        for bad in [
+            "model-00001.safetensors/",
+            "a/model.safetensors",
+            "../model.safetensors",
+            "/model.safetensors",
+            "sub\\model.safetensors",
+            "..",
+            "",
+        ] {
+            let index = serde_json::json!({"weight_map": {"w": bad}}).to_string();
+            let e = index_shard_names(&index).unwrap_err();
+            assert!(e.contains("not a plain file name"), "{bad:?}: {e}");
+        }
+        let ok = serde_json::json!({"weight_map": {"w": "model-00001-of-00002.safetensors"}});
+        assert_eq!(
+            index_shard_names(&ok.to_string()).unwrap(),
+            ["model-00001-of-00002.safetensors"]
+        );
+    }
 }
