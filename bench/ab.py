@@ -13,6 +13,7 @@ import pathlib
 import resource
 import statistics
 import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GGUF = pathlib.Path(os.environ.get("VIBECHECK_MODEL_CACHE") or ROOT / ".cache/models") / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -36,8 +37,11 @@ def main():
     ap.add_argument("--model", default=str(GGUF))
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--quiet", type=float, default=1.0)
-    ap.add_argument("bench_args", nargs="*")
-    a = ap.parse_args()
+    argv = sys.argv[1:]
+    # Everything after `--` goes to `vibecheck bench` as is.
+    cut = argv.index("--") if "--" in argv else len(argv)
+    a = ap.parse_args(argv[:cut])
+    a.bench_args = argv[cut + 1 :]
     runs = {"baseline": [], "candidate": []}
     for i in range(a.rounds):
         for name in runs:
