@@ -121,10 +121,20 @@ impl Endpoint {
         messages: &[(String, String)],
         max_tokens: usize,
     ) -> Result<String, CallError> {
+        self.chat_with(messages, max_tokens, &serde_json::Map::new())
+    }
+
+    /// [`Endpoint::chat`] with more OpenAI request fields (`stop`, the penalties) added to the body.
+    pub fn chat_with(
+        &self,
+        messages: &[(String, String)],
+        max_tokens: usize,
+        extra: &serde_json::Map<String, Value>,
+    ) -> Result<String, CallError> {
         let mut wait = self.backoff;
         let mut attempt = 0;
         loop {
-            let Failed { error, retry_after } = match self.chat_once(messages, max_tokens) {
+            let Failed { error, retry_after } = match self.chat_once(messages, max_tokens, extra) {
                 Ok(text) => return Ok(text),
                 Err(f) => f,
             };
@@ -162,13 +172,17 @@ impl Endpoint {
         &self,
         messages: &[(String, String)],
         max_tokens: usize,
+        extra: &serde_json::Map<String, Value>,
     ) -> Result<String, Failed> {
-        let body = json!({
+        let mut body = json!({
             "model": self.model,
             "messages": messages.iter().map(|(role, content)| json!({"role": role, "content": content})).collect::<Vec<_>>(),
             "temperature": 0,
             "max_tokens": max_tokens,
         });
+        for (k, v) in extra {
+            body[k] = v.clone();
+        }
         let reply = self
             .client()
             .post_json("/chat/completions", &body, Timeouts::Total(self.timeout))
@@ -300,6 +314,29 @@ mod tests {
         assert!(
             text.contains("503") && text.contains("still refused after 1 retries"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn extra_fields_reach_the_endpoint() {
+        let server = RawServer::start(vec![chat_reply("ok")]);
+        let mut extra = serde_json::Map::new();
+        extra.insert("stop".into(), json!(["END"]));
+        extra.insert("presence_penalty".into(), json!(0.5));
+        let e = endpoint(&server, 0);
+        assert_eq!(
+            e.chat_with(&[("user".into(), "hi".into())], 8, &extra)
+                .as_deref(),
+            Ok("ok")
+        );
+        let body: Value = serde_json::from_str(&server.hits()[0].body).unwrap();
+        assert_eq!(
+            (
+                &body["stop"],
+                &body["presence_penalty"],
+                &body["max_tokens"]
+            ),
+            (&json!(["END"]), &json!(0.5), &json!(8))
         );
     }
 

@@ -211,6 +211,27 @@ fn baseline_cells(
     Ok((format!("{run}/{name}"), cells))
 }
 
+/// The settings of a suite prompt that OpenAI's API has names for and that shape a greedy answer (stop strings and
+/// the penalties), as request fields; an endpoint baseline is asked with them so it answers under the suite's rules.
+/// (`repetition_penalty`, `top_k` and `min_p` are not OpenAI fields; hosted APIs refuse them.)
+fn openai_fields(
+    o: &vibecheck_suite::suite::Overrides,
+) -> serde_json::Map<String, serde_json::Value> {
+    // The shortest decimal that reads back as the f32 (0.3, not 0.30000001192092896).
+    let short = |x: f32| serde_json::json!(x.to_string().parse::<f64>().unwrap_or(f64::from(x)));
+    let mut m = serde_json::Map::new();
+    if let Some(stop) = &o.stop {
+        m.insert("stop".into(), serde_json::json!(stop));
+    }
+    if let Some(v) = o.frequency_penalty {
+        m.insert("frequency_penalty".into(), short(v));
+    }
+    if let Some(v) = o.presence_penalty {
+        m.insert("presence_penalty".into(), short(v));
+    }
+    m
+}
+
 /// Has an endpoint answer the suite (greedy, multi-turn fed back) and stores it as run `baseline:<model>`.
 fn answer_with_endpoint(store: &mut Store, t: &Timeline, ep: &Endpoint) -> Result<(), JudgeError> {
     let suite: vibecheck_suite::Suite = serde_json::from_str(&t.suite.body)
@@ -232,22 +253,28 @@ fn answer_with_endpoint(store: &mut Store, t: &Timeline, ep: &Endpoint) -> Resul
         if let Some(s) = &p.system {
             messages.push(("system".into(), s.clone()));
         }
-        let max_tokens = p
-            .params
-            .or(&suite.defaults)
+        let settings = p.params.or(&suite.defaults);
+        let max_tokens = settings
             .max_tokens
             .unwrap_or(vibecheck_suite::DEFAULT_MAX_TOKENS);
+        let extra = openai_fields(&settings);
         let mut turns = Vec::new();
         for (i, user) in p.turns.iter().enumerate() {
             messages.push(("user".into(), user.clone()));
             let text = ep
-                .chat(&messages, max_tokens)
+                .chat_with(&messages, max_tokens, &extra)
                 .map_err(JudgeError::Baseline)?;
             messages.push(("assistant".into(), text.clone()));
             turns.push(NewAnswer {
                 turn: i as u32,
                 text,
-                params: serde_json::json!({"temperature": 0, "max_tokens": max_tokens, "endpoint": ep.id()}).to_string(),
+                params: {
+                    let mut p = serde_json::json!({"temperature": 0, "max_tokens": max_tokens, "endpoint": ep.id()});
+                    for (k, v) in &extra {
+                        p[k] = v.clone();
+                    }
+                    p.to_string()
+                },
                 template_hash: "endpoint".into(),
                 vibecheck_version: env!("CARGO_PKG_VERSION").into(),
                 finish_reason: "stop".into(),
@@ -519,4 +546,22 @@ pub fn judge_run(
     });
     result?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn endpoint_baselines_get_the_suite_settings_openai_has_names_for() {
+        let o = vibecheck_suite::suite::Overrides {
+            stop: Some(vec!["END".into()]),
+            presence_penalty: Some(0.3),
+            repetition_penalty: Some(1.2),
+            ..Default::default()
+        };
+        let m = super::openai_fields(&o);
+        assert_eq!(
+            serde_json::Value::Object(m),
+            serde_json::json!({"stop": ["END"], "presence_penalty": 0.3})
+        );
+    }
 }
