@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import statistics
 import subprocess
 import sys
@@ -23,21 +22,13 @@ import time
 
 import httpx
 
+from cpu import children_s, machine_busy_s
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GGUF = pathlib.Path(os.environ.get("VIBECHECK_MODEL_CACHE") or ROOT / ".cache/models") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 LONG = "Summarise this: " + "The keeper climbed the stairs every night to light the lamp. " * 160
 
 
-def machine_busy_s():
-    """CPU seconds the whole machine has spent busy (from /proc/stat)."""
-    fields = [int(x) for x in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def children_s():
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def bench(binary, model):

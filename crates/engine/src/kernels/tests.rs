@@ -32,6 +32,12 @@ fn the_format_table_matches_what_packing_makes() {
         let q = QTensor::quantize(&w, dtype).unwrap();
         let p = PackedMatrix::from_qtensor(&q).unwrap();
         assert_eq!(p.format.check_shape(p.rows, p.cols), Ok(()), "{dtype:?}");
+        assert!(p.is_quantized(), "{dtype:?}");
+        assert!(p
+            .format
+            .planes()
+            .iter()
+            .any(|pl| matches!(pl, format::Plane::U8(_) | format::Plane::I8(_))));
         seen.insert(p.format_name());
     }
     for dtype in [DType::F32, DType::BF16, DType::F16] {
