@@ -16,22 +16,46 @@ use crate::EngineError;
 pub enum Arch {
     Llama,
     Mistral,
+    Mixtral,
     Qwen2,
+    Qwen2Moe,
     Qwen3,
+    Qwen3Moe,
+    Olmo,
     Olmo2,
+    Gemma,
     Gemma2,
+    Gemma3,
+    Phi,
     Phi3,
+    SmolLM3,
+    Granite,
+    GptNeoX,
+    StableLm,
+    Cohere,
 }
 
 impl Arch {
-    pub const ALL: [(&'static str, Arch); 7] = [
+    pub const ALL: [(&'static str, Arch); 19] = [
         ("LlamaForCausalLM", Arch::Llama),
         ("MistralForCausalLM", Arch::Mistral),
+        ("MixtralForCausalLM", Arch::Mixtral),
         ("Qwen2ForCausalLM", Arch::Qwen2),
+        ("Qwen2MoeForCausalLM", Arch::Qwen2Moe),
         ("Qwen3ForCausalLM", Arch::Qwen3),
+        ("Qwen3MoeForCausalLM", Arch::Qwen3Moe),
+        ("OlmoForCausalLM", Arch::Olmo),
         ("Olmo2ForCausalLM", Arch::Olmo2),
+        ("GemmaForCausalLM", Arch::Gemma),
         ("Gemma2ForCausalLM", Arch::Gemma2),
+        ("Gemma3ForCausalLM", Arch::Gemma3),
+        ("PhiForCausalLM", Arch::Phi),
         ("Phi3ForCausalLM", Arch::Phi3),
+        ("SmolLM3ForCausalLM", Arch::SmolLM3),
+        ("GraniteForCausalLM", Arch::Granite),
+        ("GPTNeoXForCausalLM", Arch::GptNeoX),
+        ("StableLmForCausalLM", Arch::StableLm),
+        ("CohereForCausalLM", Arch::Cohere),
     ];
 
     pub fn from_hf_name(name: &str) -> Option<Arch> {
@@ -53,6 +77,84 @@ impl Arch {
             .collect::<Vec<_>>()
             .join(", ")
     }
+
+    /// Gemma's family: embeddings times √hidden, `(1 + w)` RMSNorm, tanh-GELU.
+    pub fn is_gemma(self) -> bool {
+        matches!(self, Arch::Gemma | Arch::Gemma2 | Arch::Gemma3)
+    }
+
+    fn is_qwen(self) -> bool {
+        matches!(
+            self,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen2Moe | Arch::Qwen3Moe
+        )
+    }
+}
+
+/// How a model normalizes its hidden states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NormKind {
+    /// RMSNorm times its weight.
+    #[default]
+    Rms,
+    /// RMSNorm times `1 + w` (the Gemma family).
+    RmsPlusOne,
+    /// LayerNorm, with or without a weight and a bias (OLMo 1 has neither, Cohere no bias).
+    LayerNorm { weight: bool, bias: bool },
+}
+
+/// Which rotary table a layer's attention uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerRope {
+    Global,
+    /// Gemma 3's sliding layers: the local base (`rope_local_base_freq`).
+    Local,
+    /// No positional rotation (SmolLM3's NoPE layers).
+    None,
+}
+
+/// A mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub experts: usize,
+    pub top_k: usize,
+    /// Renormalize the chosen experts' router weights to sum to one.
+    pub norm_topk_prob: bool,
+    /// Each expert's intermediate size.
+    pub intermediate_size: usize,
+    /// Qwen2-MoE's shared expert behind a sigmoid gate.
+    pub shared_expert_intermediate_size: Option<usize>,
+    /// Per layer: whether it is sparse (Qwen's `mlp_only_layers` and `decoder_sparse_step` make some dense).
+    pub sparse_layers: Vec<bool>,
+}
+
+/// What sets an architecture apart from Llama, as data (every field's default is Llama's behaviour).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Quirks {
+    pub norm: NormKind,
+    /// Per layer; empty means every layer uses the global table.
+    pub layer_rope: Vec<LayerRope>,
+    /// The RoPE base of [`LayerRope::Local`] layers.
+    pub local_rope_theta: Option<f64>,
+    /// Rotate adjacent pairs (Cohere) rather than the two halves of the rotated dims.
+    pub rope_interleaved: bool,
+    /// Multiplies the embeddings (Gemma's √hidden, Granite's `embedding_multiplier`).
+    pub embedding_multiplier: Option<f64>,
+    /// Multiplies each block's output before the residual add (Granite).
+    pub residual_multiplier: Option<f64>,
+    /// Replaces `head_dim^-0.5` as the attention scale (Granite).
+    pub attention_multiplier: Option<f64>,
+    /// Multiplies the logits (Cohere's `logit_scale`, Granite's `1 / logits_scaling`).
+    pub logits_multiplier: Option<f64>,
+    /// Clamps q, k and v to ±this after projection (OLMo 1).
+    pub clip_qkv: Option<f64>,
+    /// Attention and MLP read the same residual and both add to it (Phi-2, GPT-NeoX, Cohere).
+    pub parallel_residual: bool,
+    /// The output projection has a bias (Phi-2).
+    pub lm_head_bias: bool,
+    /// The attention output projection has a bias (where `attention_bias` covers only q/k/v, it has none).
+    pub attention_out_bias: bool,
+    pub moe: Option<MoeConfig>,
 }
 
 /// The MLP's activation function.
@@ -116,7 +218,8 @@ pub struct ModelConfig {
     pub num_kv_heads: usize,
     pub head_dim: usize,
     pub vocab_size: usize,
-    pub rms_norm_eps: f64,
+    /// The epsilon of every norm (RMSNorm's or LayerNorm's).
+    pub norm_eps: f64,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     pub rope: RopeConfig,
@@ -131,20 +234,34 @@ pub struct ModelConfig {
     pub query_pre_attn_scalar: Option<f64>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    pub quirks: Quirks,
 }
 
 impl ModelConfig {
     /// The dimensions rotated by RoPE in each head.
     pub fn rotary_dim(&self) -> usize {
-        let d = (self.head_dim as f64 * self.rope.partial_rotary_factor).round() as usize;
-        d - d % 2
+        // transformers truncates (`int(head_dim * partial_rotary_factor)`).
+        let d = (self.head_dim as f64 * self.rope.partial_rotary_factor) as usize;
+        (d - d % 2).min(self.head_dim)
     }
 
     pub fn attention_scale(&self) -> f64 {
+        if let Some(m) = self.quirks.attention_multiplier {
+            return m;
+        }
         match self.query_pre_attn_scalar {
             Some(s) => 1.0 / s.sqrt(),
             None => 1.0 / (self.head_dim as f64).sqrt(),
         }
+    }
+
+    /// The rotary table layer `i` uses.
+    pub fn layer_rope(&self, i: usize) -> LayerRope {
+        self.quirks
+            .layer_rope
+            .get(i)
+            .copied()
+            .unwrap_or(LayerRope::Global)
     }
 
     /// Reads `config.json` in `dir`.
@@ -169,7 +286,9 @@ impl ModelConfig {
                 Arch::supported_list()
             )
         })?;
+        refuse_unimplemented(json, arch)?;
         let f = Fields(json);
+        let flag = |key: &str| json.get(key).and_then(|v| v.as_bool());
         let hidden_size = bounded("hidden_size", f.usize("hidden_size")?, Limit::Width)?;
         let num_heads = bounded(
             "num_attention_heads",
@@ -208,52 +327,169 @@ impl ModelConfig {
             ));
         }
 
-        let rope = parse_rope(json, arch)?;
-        let act_name = json
-            .get("hidden_activation")
-            .or_else(|| json.get("hidden_act"))
-            .and_then(|v| v.as_str())
-            .unwrap_or(if arch == Arch::Gemma2 {
-                "gelu_pytorch_tanh"
-            } else {
-                "silu"
-            });
-        let activation = match act_name {
-            "silu" | "swish" => Activation::Silu,
-            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
-            "gelu" => Activation::Gelu,
-            other => {
-                return Err(format!(
-                "hidden_act {other:?} is not supported (supported: silu, gelu, gelu_pytorch_tanh)"
-            ))
-            }
-        };
+        let (rope, local_rope_theta) = parse_rope(json, arch)?;
+        let activation = parse_activation(json, arch)?;
 
-        let sliding_window = f.opt_usize("sliding_window")?;
-        let use_sliding = json.get("use_sliding_window").and_then(|v| v.as_bool());
+        // Which layers slide, as transformers decides it: `layer_types` where the config lists them, else each
+        // architecture's own rule (Qwen's window starts at `max_window_layers`).
+        let use_sliding = flag("use_sliding_window");
+        let sliding_window = f.opt_usize("sliding_window")?.filter(|&w| w > 0);
+        let max_window_layers = f.opt_usize("max_window_layers")?.unwrap_or(28);
+        let pattern = f.opt_usize("sliding_window_pattern")?.unwrap_or(6).max(1);
         let layer_types: Option<Vec<String>> =
             json.get("layer_types").and_then(|v| v.as_array()).map(|a| {
                 a.iter()
                     .map(|s| s.as_str().unwrap_or("").to_string())
                     .collect()
             });
-        let layer_windows = (0..num_layers)
-            .map(|i| {
-                let sliding = match (&layer_types, arch) {
-                    (Some(types), _) => types.get(i).is_some_and(|t| t == "sliding_attention"),
-                    (None, Arch::Gemma2) => i % 2 == 0,
-                    (None, Arch::Qwen2 | Arch::Qwen3) => use_sliding == Some(true),
-                    (None, _) => true,
-                };
-                if sliding {
-                    sliding_window
-                } else {
-                    None
-                }
+        let sliding: Vec<bool> = (0..num_layers)
+            .map(|i| match (&layer_types, arch) {
+                _ if use_sliding == Some(false) && !arch.is_gemma() => false,
+                (Some(types), _) => types.get(i).is_some_and(|t| t == "sliding_attention"),
+                (None, Arch::Gemma2) => i % 2 == 0,
+                (None, Arch::Gemma3) => (i + 1) % pattern != 0,
+                (None, a) if a.is_qwen() => use_sliding == Some(true) && i >= max_window_layers,
+                (None, _) => true,
             })
             .collect();
+        let layer_windows = sliding
+            .iter()
+            .map(|&s| if s { sliding_window } else { None })
+            .collect();
+        let layer_rope = match arch {
+            Arch::Gemma3 => sliding
+                .iter()
+                .map(|&s| {
+                    if s {
+                        LayerRope::Local
+                    } else {
+                        LayerRope::Global
+                    }
+                })
+                .collect(),
+            Arch::SmolLM3 => {
+                let listed = json.get("no_rope_layers").and_then(|v| v.as_array());
+                let interval = f.opt_usize("no_rope_layer_interval")?.unwrap_or(4).max(1);
+                (0..num_layers)
+                    .map(|i| {
+                        let uses_rope = match listed {
+                            Some(l) => l.get(i).and_then(|v| v.as_u64()).unwrap_or(1) != 0,
+                            None => (i + 1) % interval != 0,
+                        };
+                        if uses_rope {
+                            LayerRope::Global
+                        } else {
+                            LayerRope::None
+                        }
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
 
-        let tie_default = arch == Arch::Gemma2;
+        let norm = match arch {
+            _ if arch.is_gemma() => NormKind::RmsPlusOne,
+            Arch::Phi | Arch::GptNeoX | Arch::StableLm => NormKind::LayerNorm {
+                weight: true,
+                bias: true,
+            },
+            Arch::Cohere => NormKind::LayerNorm {
+                weight: true,
+                bias: false,
+            },
+            Arch::Olmo => NormKind::LayerNorm {
+                weight: false,
+                bias: false,
+            },
+            _ => NormKind::Rms,
+        };
+        let norm_eps = match arch {
+            // OLMo 1's LayerNorm has its epsilon fixed in the code, not in the config.
+            Arch::Olmo => 1e-5,
+            _ => f
+                .opt_f64("rms_norm_eps")?
+                .or(f.opt_f64("layer_norm_eps")?)
+                .unwrap_or(if matches!(norm, NormKind::LayerNorm { .. }) {
+                    1e-5
+                } else {
+                    1e-6
+                }),
+        };
+        let attention_bias = match arch {
+            Arch::Phi => true,
+            Arch::StableLm => flag("use_qkv_bias").unwrap_or(false),
+            Arch::Qwen2 | Arch::Qwen2Moe => {
+                flag("attention_bias").or(flag("qkv_bias")).unwrap_or(true)
+            }
+            Arch::GptNeoX => flag("attention_bias").unwrap_or(true),
+            _ => flag("attention_bias").unwrap_or(false),
+        };
+        let attention_out_bias = match arch {
+            Arch::Phi => true,
+            Arch::Qwen2 | Arch::Qwen2Moe | Arch::StableLm => false,
+            _ => attention_bias,
+        };
+        let mlp_bias = match arch {
+            Arch::Phi | Arch::GptNeoX => true,
+            _ => flag("mlp_bias").unwrap_or(false),
+        };
+        let moe = parse_moe(&f, json, arch, num_layers)?;
+        let granite = arch == Arch::Granite;
+        let quirks = Quirks {
+            norm,
+            layer_rope,
+            local_rope_theta,
+            rope_interleaved: arch == Arch::Cohere,
+            embedding_multiplier: if arch.is_gemma() {
+                Some((hidden_size as f64).sqrt())
+            } else if granite {
+                Some(f.opt_f64("embedding_multiplier")?.unwrap_or(1.0))
+            } else {
+                None
+            },
+            residual_multiplier: if granite {
+                Some(f.opt_f64("residual_multiplier")?.unwrap_or(1.0))
+            } else {
+                None
+            },
+            attention_multiplier: if granite {
+                Some(f.opt_f64("attention_multiplier")?.unwrap_or(1.0))
+            } else {
+                None
+            },
+            logits_multiplier: match arch {
+                Arch::Granite => {
+                    let s = f.opt_f64("logits_scaling")?.unwrap_or(1.0);
+                    if s == 0.0 {
+                        return Err(
+                            "`logits_scaling` must not be 0 (the logits are divided by it)".into(),
+                        );
+                    }
+                    Some(1.0 / s)
+                }
+                Arch::Cohere => Some(f.opt_f64("logit_scale")?.unwrap_or(0.0625)),
+                _ => None,
+            },
+            clip_qkv: if arch == Arch::Olmo {
+                f.opt_f64("clip_qkv")?
+            } else {
+                None
+            },
+            parallel_residual: match arch {
+                Arch::Phi | Arch::Cohere => true,
+                Arch::GptNeoX => flag("use_parallel_residual").unwrap_or(true),
+                Arch::StableLm => flag("use_parallel_residual").unwrap_or(false),
+                _ => false,
+            },
+            lm_head_bias: arch == Arch::Phi,
+            attention_out_bias,
+            moe,
+        };
+
+        let tie_default = matches!(
+            arch,
+            Arch::Gemma | Arch::Gemma2 | Arch::Gemma3 | Arch::Cohere | Arch::SmolLM3
+        );
         let eos_token_ids = token_ids(json.get("eos_token_id"));
         Ok(ModelConfig {
             arch,
@@ -268,34 +504,136 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             vocab_size: bounded("vocab_size", f.usize("vocab_size")?, Limit::Vocab)?,
-            rms_norm_eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            norm_eps,
             max_position_embeddings,
-            tie_word_embeddings: json
-                .get("tie_word_embeddings")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(tie_default),
+            tie_word_embeddings: flag("tie_word_embeddings").unwrap_or(tie_default),
             rope,
-            attention_bias: json
-                .get("attention_bias")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(arch == Arch::Qwen2),
-            mlp_bias: json
-                .get("mlp_bias")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false),
+            attention_bias,
+            mlp_bias,
             activation,
             layer_windows,
             attn_logit_softcapping: f.opt_f64("attn_logit_softcapping")?,
             final_logit_softcapping: f.opt_f64("final_logit_softcapping")?,
-            query_pre_attn_scalar: if arch == Arch::Gemma2 {
-                f.opt_f64("query_pre_attn_scalar")?
-            } else {
-                None
+            query_pre_attn_scalar: match arch {
+                Arch::Gemma2 => f.opt_f64("query_pre_attn_scalar")?,
+                Arch::Gemma3 => Some(f.opt_f64("query_pre_attn_scalar")?.unwrap_or(256.0)),
+                _ => None,
             },
             bos_token_id: token_ids(json.get("bos_token_id")).first().copied(),
             eos_token_ids,
+            quirks,
         })
     }
+}
+
+/// Variants of a supported architecture that change its computation in a way not implemented here: refused by
+/// name rather than run wrongly.
+fn refuse_unimplemented(json: &Value, arch: Arch) -> Result<(), String> {
+    let on = |key: &str| json.get(key).and_then(|v| v.as_bool()) == Some(true);
+    let refused = match arch {
+        Arch::Phi | Arch::StableLm if on("qk_layernorm") => Some("qk_layernorm"),
+        Arch::Cohere if on("use_qk_norm") => Some("use_qk_norm"),
+        _ if on("use_bidirectional_attention") => Some("use_bidirectional_attention"),
+        _ => None,
+    };
+    match refused {
+        Some(key) => Err(format!(
+            "`{key}: true` ({}) is not supported yet; this architecture loads without it",
+            arch.hf_name()
+        )),
+        None => Ok(()),
+    }
+}
+
+fn parse_activation(json: &Value, arch: Arch) -> Result<Activation, String> {
+    let explicit = json
+        .get("hidden_activation")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    let act = json.get("hidden_act").and_then(|v| v.as_str());
+    let name = match (explicit, act) {
+        (Some(e), _) => e,
+        // Gemma 1 checkpoints say "gelu" but were trained with the tanh approximation, which transformers uses.
+        (None, Some("gelu")) if arch == Arch::Gemma => "gelu_pytorch_tanh".into(),
+        (None, Some(a)) => a.to_string(),
+        (None, None) if arch.is_gemma() => "gelu_pytorch_tanh".into(),
+        (None, None) if arch == Arch::GptNeoX => "gelu".into(),
+        (None, None) if arch == Arch::Phi => "gelu_new".into(),
+        (None, None) => "silu".into(),
+    };
+    Ok(match name.as_str() {
+        "silu" | "swish" => Activation::Silu,
+        "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
+        "gelu" => Activation::Gelu,
+        other => {
+            return Err(format!(
+                "hidden_act {other:?} is not supported (supported: silu, gelu, gelu_new, gelu_pytorch_tanh)"
+            ))
+        }
+    })
+}
+
+/// The experts of Mixtral and the Qwen MoE models. transformers 5 writes `num_local_experts` where hub configs
+/// of Qwen say `num_experts`.
+fn parse_moe(
+    f: &Fields,
+    json: &Value,
+    arch: Arch,
+    num_layers: usize,
+) -> Result<Option<MoeConfig>, String> {
+    if !matches!(arch, Arch::Mixtral | Arch::Qwen2Moe | Arch::Qwen3Moe) {
+        return Ok(None);
+    }
+    let experts = f
+        .opt_usize("num_local_experts")?
+        .or(f.opt_usize("num_experts")?)
+        .ok_or(
+            "missing `num_local_experts` (or `num_experts`): how many experts each MoE layer has",
+        )?;
+    let experts = bounded("num_local_experts", experts, Limit::Heads)?;
+    let top_k = f.opt_usize("num_experts_per_tok")?.unwrap_or(2);
+    if experts == 0 || top_k == 0 || top_k > experts {
+        return Err(format!(
+            "`num_experts_per_tok` ({top_k}) must be between 1 and the number of experts ({experts})"
+        ));
+    }
+    let qwen = arch != Arch::Mixtral;
+    let intermediate_size = if qwen {
+        f.usize("moe_intermediate_size")?
+    } else {
+        f.usize("intermediate_size")?
+    };
+    let only_dense: Vec<u64> = json
+        .get("mlp_only_layers")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+        .unwrap_or_default();
+    let step = if qwen {
+        f.opt_usize("decoder_sparse_step")?.unwrap_or(1).max(1)
+    } else {
+        1
+    };
+    Ok(Some(MoeConfig {
+        experts,
+        top_k,
+        norm_topk_prob: match arch {
+            Arch::Mixtral => true,
+            _ => json
+                .get("norm_topk_prob")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(arch == Arch::Qwen3Moe),
+        },
+        intermediate_size: bounded("moe_intermediate_size", intermediate_size, Limit::Width)?,
+        shared_expert_intermediate_size: if arch == Arch::Qwen2Moe {
+            f.opt_usize("shared_expert_intermediate_size")?
+                .filter(|&n| n > 0)
+        } else {
+            None
+        },
+        sparse_layers: (0..num_layers)
+            .map(|i| !only_dense.contains(&(i as u64)) && (i + 1) % step == 0)
+            .collect(),
+    }))
 }
 
 /// Reads one id or a list of ids (`eos_token_id` may be either).
@@ -403,15 +741,20 @@ fn opt_f64_in(obj: &Value, key: &str) -> Result<Option<f64>, String> {
     }
 }
 
-fn parse_rope(json: &Value, arch: Arch) -> Result<RopeConfig, String> {
-    // transformers 5 keeps everything in `rope_parameters`; transformers 4 has `rope_theta` at the top level and
-    // the scaling in `rope_scaling`.
-    let params = json.get("rope_parameters").filter(|v| v.is_object());
+/// The RoPE of the global layers, and the base of Gemma 3's local (sliding) layers.
+fn parse_rope(json: &Value, arch: Arch) -> Result<(RopeConfig, Option<f64>), String> {
+    // transformers 5 keeps everything in `rope_parameters` (Gemma 3: one entry per layer type); transformers 4
+    // has `rope_theta` at the top level and the scaling in `rope_scaling`.
+    let top = json.get("rope_parameters").filter(|v| v.is_object());
+    let params = top
+        .and_then(|p| p.get("full_attention"))
+        .filter(|v| v.is_object())
+        .or(top);
     let scaling = json
         .get("rope_scaling")
         .filter(|v| v.is_object())
         .or(params);
-    let theta = match opt_f64_in(json, "rope_theta")? {
+    let theta = match opt_f64_in(json, "rope_theta")?.or(opt_f64_in(json, "rotary_emb_base")?) {
         Some(t) => t,
         None => match params
             .map(|p| opt_f64_in(p, "rope_theta"))
@@ -424,9 +767,12 @@ fn parse_rope(json: &Value, arch: Arch) -> Result<RopeConfig, String> {
                      refusing to guess the RoPE base (add `rope_theta` to the config)"
                     .into(),
             ),
-            // transformers 4 configs without the key use the class default, which is 10000 for every
-            // architecture supported here.
-            None => 10000.0,
+            // transformers 4 configs without the key use their class's default.
+            None => match arch {
+                Arch::Mixtral | Arch::Gemma3 => 1e6,
+                Arch::SmolLM3 => 2e6,
+                _ => 10000.0,
+            },
         },
     };
     let partial_rotary_factor = params
@@ -434,16 +780,39 @@ fn parse_rope(json: &Value, arch: Arch) -> Result<RopeConfig, String> {
         .transpose()?
         .flatten()
         .or(opt_f64_in(json, "partial_rotary_factor")?)
+        .or(opt_f64_in(json, "rotary_pct")?)
         .unwrap_or(1.0);
+    if !(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0) {
+        return Err(format!(
+            "`partial_rotary_factor` must be in (0, 1], found {partial_rotary_factor}"
+        ));
+    }
     let scaling = match scaling {
         None => RopeScaling::None,
         Some(s) => parse_scaling(s, json, arch)?,
     };
-    Ok(RopeConfig {
-        theta,
-        scaling,
-        partial_rotary_factor,
-    })
+    let local = if arch == Arch::Gemma3 {
+        let nested = top
+            .and_then(|p| p.get("sliding_attention"))
+            .map(|p| opt_f64_in(p, "rope_theta"))
+            .transpose()?
+            .flatten();
+        Some(
+            nested
+                .or(opt_f64_in(json, "rope_local_base_freq")?)
+                .unwrap_or(10000.0),
+        )
+    } else {
+        None
+    };
+    Ok((
+        RopeConfig {
+            theta,
+            scaling,
+            partial_rotary_factor,
+        },
+        local,
+    ))
 }
 
 fn parse_scaling(s: &Value, json: &Value, _arch: Arch) -> Result<RopeScaling, String> {
@@ -544,12 +913,69 @@ mod tests {
     #[test]
     fn unknown_architecture_lists_supported_ones() {
         let mut j = base();
-        j["architectures"] = json!(["GPTNeoXForCausalLM"]);
+        j["architectures"] = json!(["BloomForCausalLM"]);
         let err = ModelConfig::from_hf_json(&j).unwrap_err();
         assert!(
-            err.contains("GPTNeoXForCausalLM") && err.contains("Phi3ForCausalLM"),
+            err.contains("BloomForCausalLM") && err.contains("GPTNeoXForCausalLM"),
             "{err}"
         );
+    }
+
+    /// transformers 4 Qwen configs (no `layer_types`): the window applies from `max_window_layers` on, not to
+    /// every layer.
+    #[test]
+    fn qwen_window_starts_at_max_window_layers() {
+        let mut j = base();
+        j["architectures"] = json!(["Qwen2ForCausalLM"]);
+        j["num_hidden_layers"] = json!(4);
+        j["use_sliding_window"] = json!(true);
+        j["sliding_window"] = json!(16);
+        j["max_window_layers"] = json!(2);
+        let c = ModelConfig::from_hf_json(&j).unwrap();
+        assert_eq!(c.layer_windows, vec![None, None, Some(16), Some(16)]);
+        j["use_sliding_window"] = json!(false);
+        let c = ModelConfig::from_hf_json(&j).unwrap();
+        assert_eq!(c.layer_windows, vec![None; 4]);
+    }
+
+    /// Gemma 3's 4.x keys: the sliding pattern and the local base at the top level.
+    #[test]
+    fn gemma3_transformers4_keys() {
+        let mut j = base();
+        j["architectures"] = json!(["Gemma3ForCausalLM"]);
+        j["num_hidden_layers"] = json!(6);
+        j["sliding_window"] = json!(512);
+        j["sliding_window_pattern"] = json!(3);
+        j["rope_theta"] = json!(1e6);
+        j["rope_local_base_freq"] = json!(1e4);
+        let c = ModelConfig::from_hf_json(&j).unwrap();
+        let w = Some(512);
+        assert_eq!(c.layer_windows, vec![w, w, None, w, w, None]);
+        assert_eq!(c.layer_rope(0), LayerRope::Local);
+        assert_eq!(c.layer_rope(2), LayerRope::Global);
+        assert_eq!((c.rope.theta, c.quirks.local_rope_theta), (1e6, Some(1e4)));
+    }
+
+    /// GPT-NeoX's 4.x keys for the rotary fraction and base.
+    #[test]
+    fn gpt_neox_transformers4_rotary_keys() {
+        let mut j = base();
+        j["architectures"] = json!(["GPTNeoXForCausalLM"]);
+        j["rotary_pct"] = json!(0.25);
+        j["rotary_emb_base"] = json!(10000);
+        let c = ModelConfig::from_hf_json(&j).unwrap();
+        assert_eq!(c.rotary_dim(), 4);
+        assert!(c.quirks.parallel_residual && c.attention_bias && c.mlp_bias);
+    }
+
+    /// Variants whose computation is not implemented are refused by name rather than run wrongly.
+    #[test]
+    fn unimplemented_variants_are_refused_by_name() {
+        let mut j = base();
+        j["architectures"] = json!(["CohereForCausalLM"]);
+        j["use_qk_norm"] = json!(true);
+        let err = ModelConfig::from_hf_json(&j).unwrap_err();
+        assert!(err.contains("use_qk_norm"), "{err}");
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub fn gguf_to_hf(
         "num_key_value_heads": cfg.num_kv_heads,
         "head_dim": cfg.head_dim,
         "vocab_size": cfg.vocab_size,
-        "rms_norm_eps": cfg.rms_norm_eps,
+        "rms_norm_eps": cfg.norm_eps,
         "max_position_embeddings": cfg.max_position_embeddings,
         "rope_theta": cfg.rope.theta,
         "rope_scaling": match cfg.rope.scaling {

@@ -1,13 +1,18 @@
 //! One decoder for every supported architecture.
 //!
-//! Llama, Mistral, Qwen2/3, OLMo 2, Gemma 2 and Phi-3 are the same pre-norm transformer with small differences,
-//! each following its transformers `modeling_*.py`:
-//! - Qwen2: biases on the q/k/v projections.
-//! - Qwen3: RMSNorm over each head of q and k before RoPE.
-//! - OLMo 2: RMSNorm over the whole q and k projections; norms after attention and MLP instead of before.
-//! - Gemma 2: embeddings scaled by √hidden, `(1 + w)` RMSNorm, norms before and after both blocks, tanh-GELU,
-//!   soft-capped attention and final logits, `query_pre_attn_scalar`, sliding window on alternate layers.
-//! - Phi-3: fused `qkv_proj` and `gate_up_proj`, partial rotary.
+//! Every supported model is a pre-norm transformer with small differences, each following its transformers
+//! `modeling_*.py`, and each difference is data in [`crate::config::Quirks`] rather than a branch per model:
+//! - Qwen2: biases on the q/k/v projections. Qwen3, Gemma 3: RMSNorm over each head of q and k before RoPE.
+//!   OLMo 2: RMSNorm over the whole q and k projections; norms after attention and MLP instead of before.
+//! - The Gemma family: embeddings scaled by √hidden, `(1 + w)` RMSNorm, tanh-GELU. Gemma 2 and 3: norms before
+//!   and after both blocks, `query_pre_attn_scalar`, sliding windows on some layers (Gemma 3's with their own
+//!   RoPE base); Gemma 2 soft-caps attention and final logits.
+//! - Phi-3: fused `qkv_proj` and `gate_up_proj`, partial rotary (Phi-4-mini).
+//! - Phi-2, GPT-NeoX, StableLM, Cohere, OLMo 1: LayerNorm (with or without weight and bias), partial rotary,
+//!   attention and MLP in parallel on one residual (Phi-2, NeoX, Cohere), NeoX's per-head fused q/k/v,
+//!   Cohere's interleaved RoPE and logit scale, OLMo's q/k/v clipping.
+//! - SmolLM3: layers without RoPE. Granite: embedding, residual, attention and logit multipliers.
+//! - Mixtral, Qwen2-MoE, Qwen3-MoE: sparse MLPs (`mlp.rs`).
 //!
 //! Every tensor carries a batch dimension and every sequence its own positions, so sequences of different
 //! lengths can share a forward pass (left-padded, masked per sequence).
@@ -16,47 +21,30 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::kv_cache::KvCache;
 
 pub use crate::cache::Cache;
-use crate::config::{Activation, Arch, ModelConfig};
+use crate::config::{Arch, LayerRope, ModelConfig};
 use crate::masks::Masks;
+use crate::mlp::{Ffn, Gated, GatedNames, Plain};
+use crate::norm::Norm;
 use crate::rope::RopeTables;
 use crate::weights::{Linear, Weights};
 use crate::EngineError;
 
-/// RMSNorm with its weight kept in float32 (Gemma's `1 + w` already folded in).
-#[derive(Debug, Clone)]
-struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    fn load(w: &Weights, name: &str, cfg: &ModelConfig) -> Result<Self, EngineError> {
-        let mut weight = w.dense_f32(&format!("{name}.weight"))?;
-        if cfg.arch == Arch::Gemma2 {
-            weight = (weight + 1.0)?;
-        }
-        Ok(Self {
-            weight,
-            eps: cfg.rms_norm_eps as f32,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dtype = x.dtype();
-        let x32 = x.to_dtype(DType::F32)?.contiguous()?;
-        candle_nn::ops::rms_norm(&x32, &self.weight, self.eps)?.to_dtype(dtype)
-    }
-}
-
 enum QkNorm {
     None,
-    PerHead(RmsNorm, RmsNorm),
-    Full(RmsNorm, RmsNorm),
+    PerHead(Norm, Norm),
+    Full(Norm, Norm),
 }
 
 enum Projections {
-    Separate { q: Linear, k: Linear, v: Linear },
+    Separate {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+    },
+    /// q rows, then k, then v.
     Fused(Linear),
+    /// GPT-NeoX's `query_key_value`: for each head its q, k and v rows in turn.
+    PerHead(Linear),
 }
 
 struct Attention {
@@ -64,29 +52,20 @@ struct Attention {
     o: Linear,
     qk_norm: QkNorm,
     window: Option<usize>,
-}
-
-enum MlpProj {
-    Separate { gate: Linear, up: Linear },
-    Fused(Linear),
-}
-
-struct Mlp {
-    proj: MlpProj,
-    down: Linear,
+    rope: LayerRope,
 }
 
 struct Layer {
     attn: Attention,
-    mlp: Mlp,
+    ffn: Ffn,
     /// Before attention (absent in OLMo 2).
-    input_norm: Option<RmsNorm>,
-    /// After attention (Gemma 2, OLMo 2).
-    post_attn_norm: Option<RmsNorm>,
-    /// Before the MLP (the `post_attention_layernorm` of Llama-style models).
-    pre_mlp_norm: Option<RmsNorm>,
-    /// After the MLP (Gemma 2, OLMo 2).
-    post_mlp_norm: Option<RmsNorm>,
+    input_norm: Option<Norm>,
+    /// After attention (Gemma 2 and 3, OLMo 2).
+    post_attn_norm: Option<Norm>,
+    /// Before the MLP (the `post_attention_layernorm` of Llama-style models; GPT-NeoX's second parallel norm).
+    pre_mlp_norm: Option<Norm>,
+    /// After the MLP (Gemma 2 and 3, OLMo 2).
+    post_mlp_norm: Option<Norm>,
 }
 
 enum Embedding {
@@ -96,15 +75,54 @@ enum Embedding {
     Packed(std::sync::Arc<crate::kernels::PackedMatrix>),
 }
 
+/// Where an architecture keeps its tensors (transformers' names).
+struct Names {
+    embed: &'static str,
+    final_norm: &'static str,
+    lm_head: &'static str,
+    layers: &'static str,
+    attn: &'static str,
+    o: &'static str,
+}
+
+impl Names {
+    fn of(arch: Arch) -> Self {
+        match arch {
+            Arch::GptNeoX => Names {
+                embed: "gpt_neox.embed_in",
+                final_norm: "gpt_neox.final_layer_norm",
+                lm_head: "embed_out",
+                layers: "gpt_neox.layers",
+                attn: "attention",
+                o: "dense",
+            },
+            Arch::Phi => Names {
+                final_norm: "model.final_layernorm",
+                o: "dense",
+                ..Self::of(Arch::Llama)
+            },
+            _ => Names {
+                embed: "model.embed_tokens",
+                final_norm: "model.norm",
+                lm_head: "lm_head",
+                layers: "model.layers",
+                attn: "self_attn",
+                o: "o_proj",
+            },
+        }
+    }
+}
+
 /// A loaded model.
 pub struct Decoder {
     pub cfg: ModelConfig,
     embed: Embedding,
-    embed_scale: Option<f64>,
     layers: Vec<Layer>,
-    norm: RmsNorm,
+    norm: Norm,
     lm_head: Linear,
     rope: RopeTables,
+    /// Gemma 3's table for its sliding layers (another base).
+    rope_local: Option<RopeTables>,
     dtype: DType,
     device: Device,
     /// The KV cache's dtype where it differs from the compute dtype (`--kv-cache f16` on the CPU).
@@ -115,18 +133,20 @@ impl Decoder {
     /// Builds the decoder from `weights` (tensor names as in transformers).
     pub fn load(cfg: ModelConfig, w: &Weights, max_positions: usize) -> Result<Self, EngineError> {
         let h = cfg.hidden_size;
+        let names = Names::of(cfg.arch);
+        let embed_name = format!("{}.weight", names.embed);
         let (embed, embed_dims) = if w.device.is_cpu() {
-            let p = w.packed("model.embed_tokens.weight")?;
+            let p = w.packed(&embed_name)?;
             let dims = vec![p.rows, p.cols];
             (Embedding::Packed(p), dims)
         } else {
-            let t = w.dense("model.embed_tokens.weight")?;
+            let t = w.dense(&embed_name)?;
             let dims = t.dims().to_vec();
             (Embedding::Dense(t), dims)
         };
         if embed_dims != [cfg.vocab_size, h] {
             return Err(EngineError::Config(format!(
-                "model.embed_tokens.weight has shape {embed_dims:?}, expected [{}, {h}] from vocab_size and hidden_size",
+                "{embed_name} has shape {embed_dims:?}, expected [{}, {h}] from vocab_size and hidden_size",
                 cfg.vocab_size
             )));
         }
@@ -147,28 +167,65 @@ impl Decoder {
         use rayon::prelude::*;
         let layers = (0..cfg.num_layers)
             .into_par_iter()
-            .map(|i| Self::load_layer(&cfg, w, i))
+            .map(|i| Self::load_layer(&cfg, w, &names, i))
             .collect::<Result<Vec<_>, _>>()?;
-        // Tied (or saved without one): the output projection is the embedding matrix, shared, not copied.
-        let lm_head = if !cfg.tie_word_embeddings && w.contains("lm_head.weight") {
-            w.linear("lm_head", cfg.vocab_size, h, false)?
-        } else {
-            w.linear("model.embed_tokens", cfg.vocab_size, h, false)?
-        };
+        let lm_head = Self::load_head(&cfg, w, &names)?;
         let max_positions = max_positions.min(cfg.max_position_embeddings.max(1));
         let rope = RopeTables::new(&cfg, max_positions, w.dtype, &w.device)?;
+        let rope_local = match cfg.quirks.local_rope_theta {
+            Some(theta) => {
+                let mut local = cfg.clone();
+                local.rope.theta = theta;
+                local.rope.scaling = crate::config::RopeScaling::None;
+                Some(RopeTables::new(&local, max_positions, w.dtype, &w.device)?)
+            }
+            None => None,
+        };
         Ok(Self {
-            embed_scale: (cfg.arch == Arch::Gemma2).then(|| (h as f64).sqrt()),
-            norm: RmsNorm::load(w, "model.norm", &cfg)?,
+            norm: Norm::load(w, names.final_norm, h, &cfg)?,
             embed,
             layers,
             lm_head,
             rope,
+            rope_local,
             dtype: w.dtype,
             device: w.device.clone(),
             kv_dtype: None,
             cfg,
         })
+    }
+
+    /// The output projection as transformers 5 decides it: a stored head is used (with a warning when the
+    /// config says the head is tied to different embeddings), a tied model without one shares the embedding
+    /// matrix (not copied), and an untied model without one is refused.
+    fn load_head(cfg: &ModelConfig, w: &Weights, names: &Names) -> Result<Linear, EngineError> {
+        let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);
+        let head = format!("{}.weight", names.lm_head);
+        let embed = format!("{}.weight", names.embed);
+        let bias = cfg.quirks.lm_head_bias;
+        if w.contains(&head) {
+            if cfg.tie_word_embeddings && !w.same_tensor(&head, &embed)? {
+                tracing::warn!(
+                    file = %w.origin_path().display(),
+                    "config.json says tie_word_embeddings, but the weights hold an {head} that differs from \
+                     {embed}; using the stored head, as transformers 5 does"
+                );
+            }
+            return w.linear(names.lm_head, vocab, h, bias);
+        }
+        if !cfg.tie_word_embeddings {
+            return Err(EngineError::file(
+                w.origin_path(),
+                format!(
+                    "tensor {head:?} is missing and config.json says the head is not tied to the embeddings \
+                     (tie_word_embeddings: false): the checkpoint is incomplete, or the config should say true"
+                ),
+            ));
+        }
+        if bias {
+            return Err(w.missing_tensor(&format!("{}.bias", names.lm_head)));
+        }
+        w.linear(names.embed, vocab, h, false)
     }
 
     /// Keeps the KV cache in `dtype` (float16 halves what a long context reads per token and holds, at ~3
@@ -183,77 +240,133 @@ impl Decoder {
         self.kv_dtype.unwrap_or(self.dtype)
     }
 
-    fn load_layer(cfg: &ModelConfig, w: &Weights, i: usize) -> Result<Layer, EngineError> {
-        let (h, nh, nkv, hd, inter) = (
+    fn load_attention(
+        cfg: &ModelConfig,
+        w: &Weights,
+        p: &str,
+        i: usize,
+    ) -> Result<Attention, EngineError> {
+        let (h, nh, nkv, hd) = (
             cfg.hidden_size,
             cfg.num_heads,
             cfg.num_kv_heads,
             cfg.head_dim,
-            cfg.intermediate_size,
         );
-        let p = format!("model.layers.{i}");
-        let proj = if cfg.arch == Arch::Phi3 {
-            Projections::Fused(w.linear(
-                &format!("{p}.self_attn.qkv_proj"),
+        let b = cfg.attention_bias;
+        let proj = match cfg.arch {
+            Arch::Phi3 => Projections::Fused(w.linear(
+                &format!("{p}.qkv_proj"),
                 (nh + 2 * nkv) * hd,
                 h,
                 false,
-            )?)
-        } else {
-            let b = cfg.attention_bias;
-            let (q, k, v) = (
-                format!("{p}.self_attn.q_proj"),
-                format!("{p}.self_attn.k_proj"),
-                format!("{p}.self_attn.v_proj"),
-            );
-            match w.stacked_linear(&[(&q, nh * hd), (&k, nkv * hd), (&v, nkv * hd)], h, b)? {
-                Some(qkv) => Projections::Fused(qkv),
-                None => Projections::Separate {
-                    q: w.linear(&q, nh * hd, h, b)?,
-                    k: w.linear(&k, nkv * hd, h, b)?,
-                    v: w.linear(&v, nkv * hd, h, b)?,
-                },
-            }
-        };
-        let o_bias = cfg.attention_bias && matches!(cfg.arch, Arch::Llama | Arch::Mistral);
-        let qk_norm = match cfg.arch {
-            Arch::Qwen3 => QkNorm::PerHead(
-                RmsNorm::load(w, &format!("{p}.self_attn.q_norm"), cfg)?,
-                RmsNorm::load(w, &format!("{p}.self_attn.k_norm"), cfg)?,
-            ),
-            Arch::Olmo2 => QkNorm::Full(
-                RmsNorm::load(w, &format!("{p}.self_attn.q_norm"), cfg)?,
-                RmsNorm::load(w, &format!("{p}.self_attn.k_norm"), cfg)?,
-            ),
-            _ => QkNorm::None,
-        };
-        let attn = Attention {
-            proj,
-            o: w.linear(&format!("{p}.self_attn.o_proj"), h, nh * hd, o_bias)?,
-            qk_norm,
-            window: cfg.layer_windows.get(i).copied().flatten(),
-        };
-        let mb = cfg.mlp_bias;
-        let mlp = Mlp {
-            proj: if cfg.arch == Arch::Phi3 {
-                MlpProj::Fused(w.linear(&format!("{p}.mlp.gate_up_proj"), 2 * inter, h, false)?)
-            } else {
-                let (gate, up) = (format!("{p}.mlp.gate_proj"), format!("{p}.mlp.up_proj"));
-                match w.stacked_linear(&[(&gate, inter), (&up, inter)], h, mb)? {
-                    Some(gu) => MlpProj::Fused(gu),
-                    None => MlpProj::Separate {
-                        gate: w.linear(&gate, inter, h, mb)?,
-                        up: w.linear(&up, inter, h, mb)?,
+            )?),
+            Arch::GptNeoX => Projections::PerHead(w.linear(
+                &format!("{p}.query_key_value"),
+                3 * nh * hd,
+                h,
+                b,
+            )?),
+            _ => {
+                let (q, k, v) = (
+                    format!("{p}.q_proj"),
+                    format!("{p}.k_proj"),
+                    format!("{p}.v_proj"),
+                );
+                match w.stacked_linear(&[(&q, nh * hd), (&k, nkv * hd), (&v, nkv * hd)], h, b)? {
+                    Some(qkv) => Projections::Fused(qkv),
+                    None => Projections::Separate {
+                        q: w.linear(&q, nh * hd, h, b)?,
+                        k: w.linear(&k, nkv * hd, h, b)?,
+                        v: w.linear(&v, nkv * hd, h, b)?,
                     },
                 }
-            },
-            down: w.linear(&format!("{p}.mlp.down_proj"), h, inter, mb)?,
+            }
         };
-        let norm = |n: &str| RmsNorm::load(w, &format!("{p}.{n}"), cfg);
+        let qk = |kind: fn(Norm, Norm) -> QkNorm| -> Result<QkNorm, EngineError> {
+            Ok(kind(
+                Norm::load_qk(w, &format!("{p}.q_norm"), cfg)?,
+                Norm::load_qk(w, &format!("{p}.k_norm"), cfg)?,
+            ))
+        };
+        let qk_norm = match cfg.arch {
+            Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma3 => qk(QkNorm::PerHead)?,
+            Arch::Olmo2 => qk(QkNorm::Full)?,
+            _ => QkNorm::None,
+        };
+        let o_name = format!("{p}.{}", Names::of(cfg.arch).o);
+        Ok(Attention {
+            proj,
+            o: w.linear(&o_name, h, nh * hd, cfg.quirks.attention_out_bias)?,
+            qk_norm,
+            window: cfg.layer_windows.get(i).copied().flatten(),
+            rope: cfg.layer_rope(i),
+        })
+    }
+
+    fn load_ffn(cfg: &ModelConfig, w: &Weights, p: &str, i: usize) -> Result<Ffn, EngineError> {
+        let (h, inter, act, bias) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.activation,
+            cfg.mlp_bias,
+        );
+        if let Some(moe) = cfg
+            .quirks
+            .moe
+            .as_ref()
+            .filter(|m| m.sparse_layers.get(i).copied().unwrap_or(true))
+        {
+            let mixtral = cfg.arch == Arch::Mixtral;
+            let prefix = if mixtral {
+                format!("{p}.block_sparse_moe")
+            } else {
+                format!("{p}.mlp")
+            };
+            return Ok(Ffn::Moe(crate::mlp::load_moe(
+                w, &prefix, moe, h, act, mixtral,
+            )?));
+        }
+        let plain = |up: &str, down: &str| -> Result<Ffn, EngineError> {
+            Ok(Ffn::Plain(Plain {
+                up: w.linear(&format!("{p}.{up}"), inter, h, bias)?,
+                down: w.linear(&format!("{p}.{down}"), h, inter, bias)?,
+                act,
+            }))
+        };
+        match cfg.arch {
+            Arch::Phi => plain("mlp.fc1", "mlp.fc2"),
+            Arch::GptNeoX => plain("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+            _ => Ok(Ffn::Gated(Gated::load(
+                w,
+                &format!("{p}.mlp"),
+                &GatedNames {
+                    gate: "gate_proj",
+                    up: "up_proj",
+                    down: "down_proj",
+                },
+                (cfg.arch == Arch::Phi3).then_some("gate_up_proj"),
+                (h, inter),
+                bias,
+                act,
+            )?)),
+        }
+    }
+
+    fn load_layer(
+        cfg: &ModelConfig,
+        w: &Weights,
+        names: &Names,
+        i: usize,
+    ) -> Result<Layer, EngineError> {
+        let p = format!("{}.{i}", names.layers);
+        let attn = Self::load_attention(cfg, w, &format!("{p}.{}", names.attn), i)?;
+        let ffn = Self::load_ffn(cfg, w, &p, i)?;
+        let h = cfg.hidden_size;
+        let norm = |n: &str| Norm::load(w, &format!("{p}.{n}"), h, cfg);
         let layer = match cfg.arch {
-            Arch::Gemma2 => Layer {
+            Arch::Gemma2 | Arch::Gemma3 => Layer {
                 attn,
-                mlp,
+                ffn,
                 input_norm: Some(norm("input_layernorm")?),
                 post_attn_norm: Some(norm("post_attention_layernorm")?),
                 pre_mlp_norm: Some(norm("pre_feedforward_layernorm")?),
@@ -261,15 +374,24 @@ impl Decoder {
             },
             Arch::Olmo2 => Layer {
                 attn,
-                mlp,
+                ffn,
                 input_norm: None,
                 post_attn_norm: Some(norm("post_attention_layernorm")?),
                 pre_mlp_norm: None,
                 post_mlp_norm: Some(norm("post_feedforward_layernorm")?),
             },
+            // Attention and MLP both read the one input norm.
+            Arch::Phi | Arch::Cohere => Layer {
+                attn,
+                ffn,
+                input_norm: Some(norm("input_layernorm")?),
+                post_attn_norm: None,
+                pre_mlp_norm: None,
+                post_mlp_norm: None,
+            },
             _ => Layer {
                 attn,
-                mlp,
+                ffn,
                 input_norm: Some(norm("input_layernorm")?),
                 post_attn_norm: None,
                 pre_mlp_norm: Some(norm("post_attention_layernorm")?),
@@ -382,10 +504,14 @@ impl Decoder {
                     .collect()
             })
             .collect();
-        let (cos, sin) = self.rope.gather(&positions)?;
+        let global = self.rope.gather(&positions)?;
+        let local = match &self.rope_local {
+            Some(r) => Some(r.gather(&positions)?),
+            None => None,
+        };
         let step = Step {
-            cos,
-            sin,
+            global,
+            local,
             masks: Masks::new(&cache.pads, start, t, &self.device)?,
         };
 
@@ -404,7 +530,7 @@ impl Decoder {
                 Tensor::from_vec(rows, (b, t, h), &self.device)?.to_dtype(self.dtype)?
             }
         };
-        if let Some(s) = self.embed_scale {
+        if let Some(s) = self.cfg.quirks.embedding_multiplier {
             // transformers multiplies by the normalizer cast to the hidden dtype.
             let s = Tensor::new(s as f32, &self.device)?.to_dtype(self.dtype)?;
             x = x.broadcast_mul(&s)?;
@@ -420,6 +546,9 @@ impl Decoder {
         };
         let x = self.norm.forward(&x)?;
         let mut logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        if let Some(m) = self.cfg.quirks.logits_multiplier {
+            logits = (logits * m)?;
+        }
         if let Some(cap) = self.cfg.final_logit_softcapping {
             logits = ((logits / cap)?.tanh()? * cap)?;
         }
@@ -441,37 +570,37 @@ impl Decoder {
             Some(n) => n.forward(x)?,
             None => x.clone(),
         };
-        let mut h = self.attention(&layer.attn, &h, kv, step)?;
-        if let Some(n) = &layer.post_attn_norm {
-            h = n.forward(&h)?;
+        let mut a = self.attention(&layer.attn, &h, kv, step)?;
+        if self.cfg.quirks.parallel_residual {
+            // One residual for both blocks; the MLP reads its own norm of it where the model has one (NeoX).
+            let m_in = match &layer.pre_mlp_norm {
+                Some(n) => n.forward(x)?,
+                None => h,
+            };
+            let m = layer.ffn.forward(&m_in)?;
+            return (a + m)? + x;
         }
-        let x = (x + h)?;
+        if let Some(n) = &layer.post_attn_norm {
+            a = n.forward(&a)?;
+        }
+        let x = (x + self.residual(a)?)?;
         let h = match &layer.pre_mlp_norm {
             Some(n) => n.forward(&x)?,
             None => x.clone(),
         };
-        let mut h = self.mlp(&layer.mlp, &h)?;
+        let mut m = layer.ffn.forward(&h)?;
         if let Some(n) = &layer.post_mlp_norm {
-            h = n.forward(&h)?;
+            m = n.forward(&m)?;
         }
-        x + h
+        x + self.residual(m)?
     }
 
-    fn mlp(&self, mlp: &Mlp, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (gate, up) = match &mlp.proj {
-            MlpProj::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
-            MlpProj::Fused(p) => {
-                let gu = p.forward(x)?;
-                let n = self.cfg.intermediate_size;
-                (gu.narrow(D::Minus1, 0, n)?, gu.narrow(D::Minus1, n, n)?)
-            }
-        };
-        let act = match self.cfg.activation {
-            Activation::Silu => candle_nn::ops::silu(&gate)?,
-            Activation::GeluTanh => gate.gelu()?,
-            Activation::Gelu => gate.gelu_erf()?,
-        };
-        mlp.down.forward(&(act * up)?)
+    /// A block's output as it joins the residual stream (Granite scales it).
+    fn residual(&self, h: Tensor) -> candle_core::Result<Tensor> {
+        match self.cfg.quirks.residual_multiplier {
+            Some(m) => h * m,
+            None => Ok(h),
+        }
     }
 
     fn attention(
@@ -484,7 +613,7 @@ impl Decoder {
         let cfg = &self.cfg;
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let (mut q, mut k, v) = match &attn.proj {
+        let (q, k, v) = match &attn.proj {
             Projections::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
             Projections::Fused(p) => {
                 let qkv = p.forward(x)?;
@@ -494,7 +623,21 @@ impl Decoder {
                     qkv.narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?,
                 )
             }
+            Projections::PerHead(p) => {
+                let qkv = p.forward(x)?.reshape((b, t, nh, 3 * hd))?;
+                let part = |i: usize| -> candle_core::Result<Tensor> {
+                    qkv.narrow(D::Minus1, i * hd, hd)?
+                        .contiguous()?
+                        .reshape((b, t, nh * hd))
+                };
+                (part(0)?, part(1)?, part(2)?)
+            }
         };
+        let (q, k, v) = match cfg.quirks.clip_qkv {
+            Some(c) => (q.clamp(-c, c)?, k.clamp(-c, c)?, v.clamp(-c, c)?),
+            None => (q, k, v),
+        };
+        let (mut q, mut k) = (q, k);
         if let QkNorm::Full(qn, kn) = &attn.qk_norm {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
@@ -505,8 +648,8 @@ impl Decoder {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
-        let q = self.apply_rope(&q.transpose(1, 2)?.contiguous()?, &step.cos, &step.sin)?;
-        let k = self.apply_rope(&k.transpose(1, 2)?.contiguous()?, &step.cos, &step.sin)?;
+        let q = self.apply_rope(&q.transpose(1, 2)?.contiguous()?, attn.rope, step)?;
+        let k = self.apply_rope(&k.transpose(1, 2)?.contiguous()?, attn.rope, step)?;
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let (k, v) = match self.kv_dtype {
             Some(d) => kv.append(&k.to_dtype(d)?, &v.to_dtype(d)?)?,
@@ -570,15 +713,28 @@ impl Decoder {
         shape.run(&q, k, v, &visible, masks.t)
     }
 
-    fn apply_rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    fn apply_rope(&self, x: &Tensor, which: LayerRope, step: &Step) -> candle_core::Result<Tensor> {
+        let (cos, sin) = match (which, &step.local) {
+            (LayerRope::None, _) => return Ok(x.clone()),
+            (LayerRope::Local, Some(local)) => (&local.0, &local.1),
+            _ => (&step.global.0, &step.global.1),
+        };
+        let rope = |x: &Tensor| {
+            if self.cfg.quirks.rope_interleaved {
+                candle_nn::rotary_emb::rope_i(x, cos, sin)
+            } else {
+                candle_nn::rotary_emb::rope(x, cos, sin)
+            }
+        };
         let rot = self.cfg.rotary_dim();
         let hd = self.cfg.head_dim;
         if rot == hd {
-            return candle_nn::rotary_emb::rope(x, cos, sin);
+            return rope(x);
         }
-        let rotated =
-            candle_nn::rotary_emb::rope(&x.narrow(D::Minus1, 0, rot)?.contiguous()?, cos, sin)?;
-        Tensor::cat(&[&rotated, &x.narrow(D::Minus1, rot, hd - rot)?], D::Minus1)
+        // Partial rotary: the first `rot` dims of each head turn, the rest pass through. `cat` along the last
+        // dim yields a strided tensor; the KV cache needs it contiguous.
+        let rotated = rope(&x.narrow(D::Minus1, 0, rot)?.contiguous()?)?;
+        Tensor::cat(&[&rotated, &x.narrow(D::Minus1, rot, hd - rot)?], D::Minus1)?.contiguous()
     }
 }
 
@@ -597,7 +753,9 @@ fn prefill_chunk() -> usize {
 
 /// What every layer of one forward pass shares: rotary tables gathered for the positions, and the masks.
 struct Step {
-    cos: Tensor,
-    sin: Tensor,
+    /// cos and sin of the global table.
+    global: (Tensor, Tensor),
+    /// Of Gemma 3's local table.
+    local: Option<(Tensor, Tensor)>,
     masks: Masks,
 }

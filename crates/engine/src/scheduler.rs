@@ -154,7 +154,7 @@ impl Batcher {
             submitted: Instant::now(),
         };
         if let Err(std::sync::mpsc::SendError(mut job)) = self.tx.send(job) {
-            (job.listener)(BatchEvent::Failed(EngineError::Request(
+            (job.listener)(BatchEvent::Failed(EngineError::Internal(
                 "the model's batch thread has stopped".into(),
             )));
         }
@@ -180,7 +180,8 @@ impl Live {
     }
 
     fn fail(mut self, e: &EngineError) {
-        (self.listener)(BatchEvent::Failed(EngineError::Request(e.to_string())));
+        tracing::error!(error = %e, "generation failed");
+        (self.listener)(BatchEvent::Failed(e.for_client()));
     }
 
     /// Flushes and reports the finished generation.
@@ -429,7 +430,7 @@ impl Loop {
                 live.seq.finish = Some(FinishReason::Stop);
                 tracing::warn!("sampling failed: {e}");
                 live.failed = true;
-                (live.listener)(BatchEvent::Failed(e));
+                (live.listener)(BatchEvent::Failed(e.for_client()));
                 false
             }
         }

@@ -234,7 +234,7 @@ impl Weights {
     }
 
     /// How many decoder layers the file holds: one past the highest layer index of any tensor name
-    /// (`model.layers.N.` in safetensors, `blk.N.` in GGUF).
+    /// (`model.layers.N.` or GPT-NeoX's `gpt_neox.layers.N.` in safetensors, `blk.N.` in GGUF).
     pub fn layer_count(&self) -> usize {
         let index = |name: &str, prefix: &str| -> Option<usize> {
             name.strip_prefix(prefix)?.split('.').next()?.parse().ok()
@@ -242,7 +242,7 @@ impl Weights {
         let highest = match &self.backend {
             Backend::Safetensors { tensors, .. } => tensors
                 .keys()
-                .filter_map(|n| index(n, "model.layers."))
+                .filter_map(|n| index(n, "model.layers.").or_else(|| index(n, "gpt_neox.layers.")))
                 .max(),
             Backend::Gguf { content, .. } => content
                 .tensor_infos
@@ -256,6 +256,49 @@ impl Weights {
     /// The file the weights come from (the first shard of a folder).
     pub fn origin_path(&self) -> &Path {
         self.origin()
+    }
+
+    /// The error for a tensor the model needs and the file lacks.
+    pub fn missing_tensor(&self, name: &str) -> EngineError {
+        self.missing(name)
+    }
+
+    /// Whether two stored tensors hold the same dtype, shape and bytes (read a few MB at a time).
+    pub fn same_tensor(&self, a: &str, b: &str) -> Result<bool, EngineError> {
+        const PIECE: usize = 4 << 20;
+        let compare = |file: &std::fs::File, (oa, ob): (u64, u64), len: usize| {
+            for at in (0..len).step_by(PIECE) {
+                let n = PIECE.min(len - at);
+                let x = read_range(file, oa + at as u64, n).map_err(|m| self.bad(a, m))?;
+                let y = read_range(file, ob + at as u64, n).map_err(|m| self.bad(b, m))?;
+                if x != y {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+        match &self.backend {
+            Backend::Safetensors { opened, .. } => {
+                let (ta, _) = self.safetensors_tensor(a)?;
+                let (tb, _) = self.safetensors_tensor(b)?;
+                if ta.dtype != tb.dtype || ta.shape != tb.shape || ta.len != tb.len {
+                    return Ok(false);
+                }
+                if ta.shard != tb.shard {
+                    let x = read_range(&opened[ta.shard], ta.offset, ta.len)
+                        .map_err(|m| self.bad(a, m))?;
+                    let y = read_range(&opened[tb.shard], tb.offset, tb.len)
+                        .map_err(|m| self.bad(b, m))?;
+                    return Ok(x == y);
+                }
+                compare(&opened[ta.shard], (ta.offset, tb.offset), ta.len)
+            }
+            Backend::Gguf { .. } => {
+                let (da, sa, xa) = self.gguf_bytes(a)?;
+                let (db, sb, xb) = self.gguf_bytes(b)?;
+                Ok(da == db && sa == sb && xa == xb)
+            }
+        }
     }
 
     fn missing(&self, name: &str) -> EngineError {
@@ -396,7 +439,9 @@ impl Weights {
                     let kind = match self.quantize {
                         Some(q)
                             if hf_name.contains("embed_tokens")
-                                || hf_name.starts_with("lm_head") =>
+                                || hf_name.starts_with("lm_head")
+                                || hf_name.contains("embed_in")
+                                || hf_name.starts_with("embed_out") =>
                         {
                             Some(q.for_embeddings())
                         }

@@ -220,7 +220,12 @@ async fn run(
                         metrics.record(&g);
                         Msg::Done(i, g)
                     }
-                    BatchEvent::Failed(e) => Msg::Failed(e.to_string()),
+                    BatchEvent::Failed(e) => {
+                        if !e.is_client_fault() {
+                            tracing::error!(error = %e, "a generation failed");
+                        }
+                        Msg::Failed(e.for_client().to_string())
+                    }
                 })
                 .is_ok()
             }),

@@ -103,7 +103,7 @@ pub fn config_from_gguf(c: &Content) -> Result<ModelConfig, String> {
         num_kv_heads: kv_heads,
         head_dim,
         vocab_size: vocab,
-        rms_norm_eps: get_f(c, "llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+        norm_eps: get_f(c, "llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
         max_position_embeddings: bounded(
             "llama.context_length",
             get_u(c, "llama.context_length")?.unwrap_or(2048),
@@ -124,6 +124,7 @@ pub fn config_from_gguf(c: &Content) -> Result<ModelConfig, String> {
         query_pre_attn_scalar: None,
         bos_token_id: get(c, "tokenizer.ggml.bos_token_id").and_then(|v| v.to_u32().ok()),
         eos_token_ids: eos,
+        quirks: Default::default(),
     })
 }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use vibecheck_engine::{ChatMessage, LoadOptions, Model, Prompt, SamplingParams};
 
-use crate::fixtures::{assert_mentions, load_err, tiny_copy};
+use crate::fixtures::{assert_mentions, load_err, reference_dir, tiny_copy};
 
 fn write_safetensors(path: &Path, header: &serde_json::Value, data_len: usize) {
     let h = header.to_string().into_bytes();
@@ -143,12 +143,13 @@ fn unsupported_architecture_lists_the_supported_ones() {
     let (_t, dir) = tiny_copy();
     let cfg = std::fs::read_to_string(dir.join("config.json"))
         .unwrap()
-        .replace("LlamaForCausalLM", "GPTNeoXForCausalLM");
+        .replace("LlamaForCausalLM", "BloomForCausalLM");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
     assert_mentions(
         &load_err(&dir),
         &[
             "config.json",
+            "BloomForCausalLM",
             "GPTNeoXForCausalLM",
             "Gemma2ForCausalLM",
             "Phi3ForCausalLM",
@@ -345,4 +346,77 @@ fn regression_safetensors_tensor_in_two_shards_names_both_files() {
     .unwrap();
     let err = load_err(&dir);
     assert_mentions(&err, &[first, second, "one shard only"]);
+}
+
+/// The tensors of `dir/model.safetensors` rewritten by `edit`.
+fn rewrite_tensors(
+    dir: &std::path::Path,
+    edit: impl FnOnce(&mut std::collections::HashMap<String, candle_core::Tensor>),
+) {
+    let path = dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+}
+
+/// An untied model saved without its head is refused, naming the tensor (vibecheck used to tie it silently).
+#[test]
+fn untied_model_without_its_head_is_refused() {
+    let (_t, dir) = tiny_copy();
+    rewrite_tensors(&dir, |t| {
+        t.remove("lm_head.weight");
+    });
+    assert_mentions(
+        &load_err(&dir),
+        &["lm_head.weight", "missing", "tie_word_embeddings"],
+    );
+}
+
+/// A config that says tied beside a stored head that differs: transformers 5 uses the stored head, and so does
+/// vibecheck (with a warning in the log), so the logits stay transformers' own.
+#[test]
+fn a_stored_head_wins_over_tie_word_embeddings() {
+    let (_t, dir) = tiny_copy();
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace(
+            "\"tie_word_embeddings\": false",
+            "\"tie_word_embeddings\": true",
+        );
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let logits = |dir: &std::path::Path| {
+        let model = vibecheck_engine::Model::load(
+            dir.to_str().unwrap(),
+            &vibecheck_engine::LoadOptions::default(),
+        )
+        .unwrap();
+        assert!(model.config().tie_word_embeddings);
+        let mut cache = vibecheck_engine::model::Cache::new(model.config(), 1);
+        model
+            .decoder
+            .forward(&[vec![1, 2, 3, 4]], &mut cache, false)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    let original = {
+        let model = vibecheck_engine::Model::load(
+            reference_dir().join("tiny/llama").to_str().unwrap(),
+            &vibecheck_engine::LoadOptions::default(),
+        )
+        .unwrap();
+        let mut cache = vibecheck_engine::model::Cache::new(model.config(), 1);
+        model
+            .decoder
+            .forward(&[vec![1, 2, 3, 4]], &mut cache, false)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    assert_eq!(logits(&dir), original);
+    // Without the stored head the same config ties, and the logits change.
+    rewrite_tensors(&dir, |t| {
+        t.remove("lm_head.weight");
+    });
+    assert_ne!(logits(&dir), original);
 }

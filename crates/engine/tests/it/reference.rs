@@ -136,6 +136,84 @@ fn phi3_matches_transformers() {
     check("phi3", None, 1e-4);
 }
 
+/// Gemma 1.
+#[test]
+fn gemma_matches_transformers() {
+    check("gemma", None, 1e-4);
+}
+
+/// Gemma 3 text: sliding and full layers with their own RoPE bases, q/k norms.
+#[test]
+fn gemma3_matches_transformers() {
+    check("gemma3", None, 1e-4);
+}
+
+/// SmolLM3: a layer without RoPE.
+#[test]
+fn smollm3_matches_transformers() {
+    check("smollm3", None, 1e-4);
+}
+
+/// Mixtral: top-2 of 4 experts, renormalized.
+#[test]
+fn mixtral_matches_transformers() {
+    check("mixtral", None, 1e-4);
+}
+
+/// Qwen2-MoE: top-2 without renormalization, a gated shared expert.
+#[test]
+fn qwen2_moe_matches_transformers() {
+    check("qwen2_moe", None, 1e-4);
+}
+
+/// Qwen3-MoE: top-2 renormalized, q/k norms.
+#[test]
+fn qwen3_moe_matches_transformers() {
+    check("qwen3_moe", None, 1e-4);
+}
+
+/// Granite: its four multipliers.
+#[test]
+fn granite_matches_transformers() {
+    check("granite", None, 1e-4);
+}
+
+/// Phi-2: parallel attention and MLP on one LayerNorm, partial rotary, biases.
+#[test]
+fn phi_matches_transformers() {
+    check("phi", None, 1e-4);
+}
+
+/// Phi-3 with a partial rotary factor (Phi-4-mini).
+#[test]
+fn phi3_partial_matches_transformers() {
+    check("phi3_partial", None, 1e-4);
+}
+
+/// GPT-NeoX / Pythia: per-head fused q/k/v, parallel residual.
+#[test]
+fn gpt_neox_matches_transformers() {
+    check("gpt_neox", None, 1e-4);
+}
+
+/// OLMo 1: parameter-free LayerNorm, clipped q/k/v.
+#[test]
+fn olmo_matches_transformers() {
+    check("olmo", None, 1e-4);
+}
+
+/// StableLM 2: LayerNorm with bias, partial rotary, q/k/v bias.
+#[test]
+fn stablelm_matches_transformers() {
+    check("stablelm", None, 1e-4);
+}
+
+/// Cohere: interleaved RoPE, logit scale, parallel blocks.
+#[test]
+fn cohere_matches_transformers() {
+    check("cohere", None, 1e-4);
+}
+
 /// transformers ran this one in bfloat16; a bf16 result carries ~3 significant digits.
 #[test]
 fn llama_bf16_sharded_matches_transformers_in_bf16() {
@@ -147,10 +225,17 @@ fn llama_bf16_sharded_loads_in_f32_too() {
     check("llama-bf16-sharded", Some(DType::F32), 0.05);
 }
 
-/// A batch of two different-length prompts (left-padded) gives each the logits it gets alone.
+/// A batch of two different-length prompts (left-padded) gives each the logits it gets alone: for a dense model,
+/// a sparse one (each token's experts chosen and summed as when it runs alone) and Gemma 3's two RoPE tables.
 #[test]
 fn batched_ragged_prompts_match_single_runs() {
-    let dir = reference_dir().join("tiny").join("qwen3");
+    for name in ["qwen3", "qwen3_moe", "qwen2_moe", "gemma3", "gpt_neox"] {
+        batched_ragged_prompts_match_single_runs_for(name);
+    }
+}
+
+fn batched_ragged_prompts_match_single_runs_for(name: &str) {
+    let dir = reference_dir().join("tiny").join(name);
     let opts = LoadOptions {
         device: test_device(),
         ..LoadOptions::default()
@@ -172,12 +257,12 @@ fn batched_ragged_prompts_match_single_runs() {
     let diff = max_diff;
     assert!(
         diff(&rows[0], &la) < 1e-4,
-        "row 0 differs by {}",
+        "{name}: row 0 differs by {}",
         diff(&rows[0], &la)
     );
     assert!(
         diff(&rows[1], &lb) < 1e-4,
-        "row 1 differs by {}",
+        "{name}: row 1 differs by {}",
         diff(&rows[1], &lb)
     );
     // One decode step for both sequences at their own positions.
@@ -191,8 +276,8 @@ fn batched_ragged_prompts_match_single_runs() {
     a2.push(11);
     let mut b2 = b.clone();
     b2.push(11);
-    assert!(diff(&step[0], &single(&a2)) < 1e-4);
-    assert!(diff(&step[1], &single(&b2)) < 1e-4);
+    assert!(diff(&step[0], &single(&a2)) < 1e-4, "{name}: decode row 0");
+    assert!(diff(&step[1], &single(&b2)) < 1e-4, "{name}: decode row 1");
 }
 
 /// float16 weights (as some trainers save them) load and compute like their float32 originals.
