@@ -14,4 +14,6 @@ pub mod safetensors_header;
 mod source;
 
 pub use error::CheckpointError;
-pub use source::{index_shard_names, resolve, shard_files, Source, SourceKind};
+pub use source::{
+    adapter_base, adapter_config, index_shard_names, resolve, shard_files, Source, SourceKind,
+};

@@ -86,6 +86,19 @@ pub fn list(dir: &Path) -> Result<Vec<RunCheckpoint>, CheckpointError> {
 /// Whether a checkpoint folder is complete: `config.json` and a tokenizer present, every shard the index names
 /// present, and every safetensors header consistent with its file size (a shard still being written is not).
 pub fn is_complete(dir: &Path) -> Result<(), CheckpointError> {
+    if dir.join("adapter_config.json").is_file() && !dir.join("config.json").is_file() {
+        // A LoRA adapter: its description and its weights.
+        let weights = dir.join("adapter_model.safetensors");
+        if !weights.is_file() {
+            return Err(CheckpointError::invalid(
+                dir,
+                "an adapter folder without adapter_model.safetensors yet",
+            ));
+        }
+        crate::adapter_config(dir)?;
+        safetensors_header::read(&weights)?;
+        return Ok(());
+    }
     if !dir.join("config.json").is_file() {
         return Err(CheckpointError::invalid(dir, "no config.json yet"));
     }

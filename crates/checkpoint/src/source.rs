@@ -11,6 +11,9 @@ pub enum SourceKind {
     HfFolder,
     /// A single GGUF file carrying weights, hyper-parameters, tokenizer and chat template.
     Gguf,
+    /// A peft LoRA adapter folder (`adapter_config.json`, `adapter_model.safetensors`) over a base model named by
+    /// its `base_model_name_or_path` ([`adapter_base`]).
+    Adapter,
 }
 
 /// A model located on disk.
@@ -49,6 +52,13 @@ fn from_path(path: &Path) -> Result<Source, CheckpointError> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string());
     if path.is_dir() {
+        if path.join("adapter_config.json").is_file() && !path.join("config.json").is_file() {
+            return Ok(Source {
+                kind: SourceKind::Adapter,
+                path: path.to_path_buf(),
+                name,
+            });
+        }
         if path.join("config.json").is_file() {
             return Ok(Source {
                 kind: SourceKind::HfFolder,
@@ -86,6 +96,53 @@ fn from_path(path: &Path) -> Result<Source, CheckpointError> {
         path,
         "not a checkpoint: expected a folder with config.json or a .gguf file",
     ))
+}
+
+/// The largest `adapter_config.json` read (real ones are about 1 kB).
+const MAX_ADAPTER_CONFIG_BYTES: u64 = 1 << 20;
+
+/// An adapter folder's `adapter_config.json`, parsed.
+pub fn adapter_config(dir: &Path) -> Result<serde_json::Value, CheckpointError> {
+    let path = dir.join("adapter_config.json");
+    let size = std::fs::metadata(&path)
+        .map_err(|e| CheckpointError::io(&path, e))?
+        .len();
+    if size > MAX_ADAPTER_CONFIG_BYTES {
+        return Err(CheckpointError::invalid(
+            &path,
+            format!("is {size} bytes; an adapter's description is about a kilobyte"),
+        ));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| CheckpointError::io(&path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| CheckpointError::invalid(&path, format!("not valid JSON: {e}")))?;
+    if !json.is_object() {
+        return Err(CheckpointError::invalid(&path, "is not a JSON object"));
+    }
+    Ok(json)
+}
+
+/// The base model an adapter folder names (`base_model_name_or_path`): a path relative to the adapter folder
+/// when one exists there (how a run saved beside its base refers to it), else as written (an absolute path or a
+/// hub id).
+pub fn adapter_base(dir: &Path) -> Result<String, CheckpointError> {
+    let json = adapter_config(dir)?;
+    let base = json
+        .get("base_model_name_or_path")
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            CheckpointError::invalid(
+                dir.join("adapter_config.json"),
+                "has no `base_model_name_or_path`, so the base model is unknown; pass it with --base",
+            )
+        })?;
+    let relative = dir.join(base);
+    Ok(if Path::new(base).is_relative() && relative.exists() {
+        relative.display().to_string()
+    } else {
+        base.to_string()
+    })
 }
 
 fn gguf_files_in(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {

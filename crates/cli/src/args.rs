@@ -89,6 +89,10 @@ pub struct ModelArgs {
     /// default).
     #[arg(long, value_parser = parse_kv_cache)]
     pub kv_cache: Option<vibecheck_engine::DType>,
+    /// The base model of LoRA adapter checkpoints (a folder, .gguf file or cached hub id), in place of the
+    /// `base_model_name_or_path` their adapter_config.json names. Every adapter over one base shares it.
+    #[arg(long)]
+    pub base: Option<String>,
 }
 
 /// Sampling flags: a thin adapter over the engine's [`SamplingOverrides`] (a new knob is a field there and a flag
@@ -139,6 +143,7 @@ impl ModelArgs {
             dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
             quantize: args.quantize,
             kv_cache: args.kv_cache,
+            base: args.base.clone(),
             ..LoadOptions::default()
         };
         Model::load(&args.model, &opts).with_context(|| format!("loading {}", args.model))

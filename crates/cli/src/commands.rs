@@ -88,6 +88,10 @@ struct ServeArgs {
     /// default).
     #[arg(long, value_parser = crate::args::parse_kv_cache)]
     kv_cache: Option<vibecheck_engine::DType>,
+    /// The base model of LoRA adapter checkpoints (a folder, .gguf file or cached hub id), in place of the
+    /// `base_model_name_or_path` their adapter_config.json names. Every adapter over one base shares it.
+    #[arg(long)]
+    base: Option<String>,
     /// Keep loaded models under this size (e.g. 8G, 512M), unloading the least recently used.
     #[arg(long, value_parser = parse_size)]
     memory_budget: Option<u64>,
@@ -410,6 +414,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         device: parse_device(&a.device)?,
         quantize: a.quantize,
         kv_cache: a.kv_cache,
+        base: a.base.clone(),
         ..LoadOptions::default()
     };
     let registry = vibecheck_server::Registry::from_sources(&a.sources, opts)

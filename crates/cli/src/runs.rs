@@ -59,6 +59,10 @@ pub struct WatchArgs {
     /// is stored as `<run>+<kind>` unless --name says otherwise, so it never mixes with unquantized answers.
     #[arg(long)]
     quantize: Option<vibecheck_engine::kernels::Quantize>,
+    /// The base model of LoRA adapter checkpoints (a folder, .gguf file or cached hub id), in place of the
+    /// `base_model_name_or_path` their adapter_config.json names. Every adapter over one base shares it.
+    #[arg(long)]
+    base: Option<String>,
 }
 
 #[derive(Args)]
@@ -204,6 +208,7 @@ pub fn watch(a: WatchArgs) -> Result<()> {
     let load = LoadOptions {
         device: parse_device(&a.device)?,
         quantize: a.quantize,
+        base: a.base.clone(),
         ..LoadOptions::default()
     };
     let name = match (a.name, a.quantize) {

@@ -15,6 +15,7 @@ pub mod generate;
 pub mod gguf;
 pub mod kernels;
 pub mod loader;
+pub mod lora;
 mod masks;
 mod mlp;
 pub mod model;

@@ -1,6 +1,7 @@
 //! Turning a model name into a ready [`Model`]: decoder, tokenizer, chat template and generation defaults.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
@@ -31,6 +32,9 @@ pub struct LoadOptions {
     /// The KV cache's dtype; `None` keeps it in the compute dtype (float32 on the CPU). Float16 halves what a
     /// long context reads per token, as llama.cpp's default cache does.
     pub kv_cache: Option<DType>,
+    /// The base model of a LoRA adapter (a folder, GGUF file or hub id), in place of the one its
+    /// `adapter_config.json` names (`--base`).
+    pub base: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -41,6 +45,7 @@ impl Default for LoadOptions {
             max_context: 4096,
             quantize: None,
             kv_cache: None,
+            base: None,
         }
     }
 }
@@ -56,8 +61,21 @@ pub struct Model {
     pub eos_ids: Vec<u32>,
     pub source: Source,
     pub load_time: Duration,
-    /// Bytes of the matrices our CPU kernels read (after any quantization; 0 on a GPU).
+    /// Bytes of the matrices our CPU kernels read (after any quantization; 0 on a GPU). An adapter counts
+    /// only its own tensors here: the base's are shared.
     pub packed_bytes: usize,
+    /// For a LoRA adapter: the base model it shares with every other adapter over the same base, and what the
+    /// adapter changes.
+    pub adapter: Option<Adapter>,
+    /// The content hash of the source's answer-deciding files, computed once when first asked.
+    hash: std::sync::OnceLock<Result<String, String>>,
+}
+
+/// A LoRA adapter's link to its base.
+pub struct Adapter {
+    pub base: Arc<Model>,
+    pub summary: crate::lora::AdapterSummary,
+    pub config: crate::lora::AdapterConfig,
 }
 
 impl Model {
@@ -72,6 +90,7 @@ impl Model {
         let mut model = match source.kind {
             SourceKind::HfFolder => Self::load_hf(&source, opts)?,
             SourceKind::Gguf => Self::load_gguf(&source, opts)?,
+            SourceKind::Adapter => Self::load_adapter(&source, opts)?,
         };
         model.load_time = started.elapsed();
         // Loading frees many transient buffers on several threads; glibc keeps their pages in its arenas. Hand
@@ -128,6 +147,8 @@ impl Model {
             source: source.clone(),
             load_time: Duration::ZERO,
             packed_bytes: weights.packed_bytes(),
+            adapter: None,
+            hash: Default::default(),
         })
     }
 
@@ -199,12 +220,169 @@ impl Model {
             source: source.clone(),
             load_time: Duration::ZERO,
             packed_bytes: weights.packed_bytes(),
+            adapter: None,
+            hash: Default::default(),
         })
     }
 
     pub fn config(&self) -> &ModelConfig {
         &self.decoder.cfg
     }
+
+    /// SHA-256 over the source's answer-deciding files ([`vibecheck_checkpoint::run::content_hash`]), computed
+    /// once.
+    pub fn content_hash(&self) -> Result<String, String> {
+        self.hash
+            .get_or_init(|| {
+                vibecheck_checkpoint::run::content_hash(&self.source.path)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+
+    /// A LoRA adapter over a base shared with every other adapter of it in this process.
+    fn load_adapter(source: &Source, opts: &LoadOptions) -> Result<Self, EngineError> {
+        let dir = &source.path;
+        let cfg_path = dir.join("adapter_config.json");
+        let json = vibecheck_checkpoint::adapter_config(dir)?;
+        let config = crate::lora::AdapterConfig::from_json(&json)
+            .map_err(|m| EngineError::file(&cfg_path, m))?;
+        let weights_path = dir.join("adapter_model.safetensors");
+        if !weights_path.is_file() {
+            let bin = dir.join("adapter_model.bin");
+            return Err(EngineError::file(
+                dir,
+                if bin.is_file() {
+                    "the adapter's weights are in adapter_model.bin (a pickle, which vibecheck does not execute); \
+                     save it with safetensors (peft's save_pretrained does by default)"
+                } else {
+                    "an adapter folder needs adapter_model.safetensors beside adapter_config.json"
+                },
+            ));
+        }
+        let base_spec = match &opts.base {
+            Some(b) => b.clone(),
+            None => vibecheck_checkpoint::adapter_base(dir)?,
+        };
+        let base = shared_base(&base_spec, opts).map_err(|e| {
+            EngineError::file(
+                &cfg_path,
+                format!(
+                    "the adapter's base model {base_spec:?}{} cannot be loaded: {}. Pass the base with --base \
+                     (a folder, a .gguf file or a cached hub id)",
+                    if opts.base.is_some() { " (from --base)" } else { " (base_model_name_or_path)" },
+                    e.to_string().trim_end_matches('.')
+                ),
+            )
+        })?;
+        let files = vec![weights_path.clone()];
+        let weights =
+            Weights::from_safetensors(files, base.decoder.dtype(), base.decoder.device())?;
+        let (decoder, summary) = crate::lora::apply(&base.decoder, &config, &weights)?;
+        tracing::info!(
+            adapter = %source.name,
+            base = %base.source.name,
+            adapted = summary.adapted,
+            replaced = ?summary.replaced,
+            "LoRA adapter applied over a shared base"
+        );
+        // The adapter folder's own tokenizer and chat template (trainers save them there) where it has them.
+        let (tokenizer, template) = if dir.join("tokenizer.json").is_file() {
+            let tokenizer = Tokenizer::from_hf_dir(dir)?;
+            let template = match template_source_from_dir(dir)? {
+                Some(src) => compile_template(Some(src), &tokenizer)?,
+                None => base.template.clone(),
+            };
+            (tokenizer, template)
+        } else {
+            (base.tokenizer.clone(), base.template.clone())
+        };
+        let (mut defaults, gen_eos) = read_generation_config(&dir.join("generation_config.json"))?;
+        if !dir.join("generation_config.json").is_file() {
+            defaults = base.defaults.clone();
+        }
+        let eos_ids = union(&[&gen_eos, &base.eos_ids, &tokenizer.eos_ids]);
+        Ok(Self {
+            decoder,
+            tokenizer,
+            template,
+            defaults,
+            eos_ids,
+            source: source.clone(),
+            load_time: Duration::ZERO,
+            packed_bytes: weights.packed_bytes() + summary.bytes,
+            adapter: Some(Adapter {
+                base,
+                summary,
+                config,
+            }),
+            hash: Default::default(),
+        })
+    }
+}
+
+/// Bases of LoRA adapters, shared: each is loaded once and lives while an adapter over it does. The most
+/// recently used one is also held here, so switching between the adapters of one run never reloads it even
+/// when no adapter is loaded in between.
+struct Bases {
+    loaded: Vec<(String, Weak<Model>)>,
+    recent: Option<Arc<Model>>,
+}
+
+static BASES: Mutex<Bases> = Mutex::new(Bases {
+    loaded: Vec::new(),
+    recent: None,
+});
+
+/// How many times a base model was actually loaded in this process (shared bases are not counted again).
+pub fn base_loads() -> usize {
+    BASE_LOADS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static BASE_LOADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn shared_base(spec: &str, opts: &LoadOptions) -> Result<Arc<Model>, EngineError> {
+    let source = vibecheck_checkpoint::resolve(spec)?;
+    if source.kind == SourceKind::Adapter {
+        return Err(EngineError::file(
+            &source.path,
+            "is an adapter itself; an adapter's base must be a full model",
+        ));
+    }
+    let place = source
+        .path
+        .canonicalize()
+        .unwrap_or_else(|_| source.path.clone());
+    let key = format!(
+        "{}|{:?}|{:?}|{:?}|{:?}|{}",
+        place.display(),
+        opts.device.location(),
+        opts.dtype,
+        opts.quantize,
+        opts.kv_cache,
+        opts.max_context
+    );
+    // Held while loading: two adapters over one base wait for the one load rather than making two.
+    let mut bases = BASES.lock().unwrap_or_else(|p| p.into_inner());
+    bases.loaded.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(m) = bases
+        .loaded
+        .iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, w)| w.upgrade())
+    {
+        bases.recent = Some(m.clone());
+        return Ok(m);
+    }
+    let base_opts = LoadOptions {
+        base: None,
+        ..opts.clone()
+    };
+    let model = Arc::new(Model::load_source(source, &base_opts)?);
+    BASE_LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    bases.loaded.push((key, Arc::downgrade(&model)));
+    bases.recent = Some(model.clone());
+    Ok(model)
 }
 
 /// Every id of `lists`, first occurrence first.

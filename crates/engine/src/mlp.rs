@@ -15,6 +15,7 @@ fn activate(act: Activation, x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+#[derive(Clone)]
 enum GateUp {
     Separate {
         gate: Linear,
@@ -25,6 +26,7 @@ enum GateUp {
 }
 
 /// `down(act(gate x) · up x)`.
+#[derive(Clone)]
 pub(crate) struct Gated {
     proj: GateUp,
     down: Linear,
@@ -88,6 +90,7 @@ impl Gated {
 }
 
 /// `fc2(act(fc1 x))`.
+#[derive(Clone)]
 pub(crate) struct Plain {
     pub up: Linear,
     pub down: Linear,
@@ -96,6 +99,7 @@ pub(crate) struct Plain {
 
 /// A sparse MLP: a router picks `top_k` experts per token; their outputs are summed with the router's weights
 /// (renormalized over the chosen ones where the model says so), plus Qwen2-MoE's gated shared expert.
+#[derive(Clone)]
 pub(crate) struct Moe {
     pub router: Linear,
     pub experts: Vec<Gated>,
@@ -180,13 +184,63 @@ impl Moe {
 }
 
 /// A layer's feed-forward block.
+#[derive(Clone)]
 pub(crate) enum Ffn {
     Gated(Gated),
     Plain(Plain),
     Moe(Moe),
 }
 
+impl Gated {
+    /// The projection `name` (`gate_proj`, `up_proj`, `down_proj`, Phi-3's `gate_up_proj`): its [`Linear`],
+    /// first output row there and row count.
+    fn projection_mut(&mut self, name: &str) -> Option<(&mut Linear, usize, usize)> {
+        let inter = self.inter;
+        match (&mut self.proj, name) {
+            (GateUp::Separate { gate, .. }, "gate_proj" | "w1") => Some((gate, 0, inter)),
+            (GateUp::Separate { up, .. }, "up_proj" | "w3") => Some((up, 0, inter)),
+            (GateUp::Fused(l), "gate_proj" | "w1") => Some((l, 0, inter)),
+            (GateUp::Fused(l), "up_proj" | "w3") => Some((l, inter, inter)),
+            (GateUp::Fused(l), "gate_up_proj") if l.out_dim() == 2 * inter => {
+                Some((l, 0, 2 * inter))
+            }
+            _ if matches!(name, "down_proj" | "w2") => {
+                let rows = self.down.out_dim();
+                Some((&mut self.down, 0, rows))
+            }
+            _ => None,
+        }
+    }
+}
+
 impl Ffn {
+    /// The projection at `module` inside a layer (`mlp.up_proj`, `mlp.experts.3.gate_proj`,
+    /// `block_sparse_moe.experts.0.w1`, `mlp.fc1`).
+    pub fn projection_mut(&mut self, module: &str) -> Option<(&mut Linear, usize, usize)> {
+        let (block, name) = module.split_once('.')?;
+        match self {
+            Ffn::Gated(g) if block == "mlp" => g.projection_mut(name),
+            Ffn::Plain(p) if block == "mlp" => match name {
+                "fc1" | "dense_h_to_4h" => {
+                    let rows = p.up.out_dim();
+                    Some((&mut p.up, 0, rows))
+                }
+                "fc2" | "dense_4h_to_h" => {
+                    let rows = p.down.out_dim();
+                    Some((&mut p.down, 0, rows))
+                }
+                _ => None,
+            },
+            Ffn::Moe(m) if block == "mlp" || block == "block_sparse_moe" => {
+                let (e, proj) = name.strip_prefix("experts.")?.split_once('.')?;
+                m.experts
+                    .get_mut(e.parse::<usize>().ok()?)?
+                    .projection_mut(proj)
+            }
+            _ => None,
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Ffn::Gated(g) => g.forward(x),

@@ -29,12 +29,14 @@ use crate::rope::RopeTables;
 use crate::weights::{Linear, Weights};
 use crate::EngineError;
 
+#[derive(Clone)]
 enum QkNorm {
     None,
     PerHead(Norm, Norm),
     Full(Norm, Norm),
 }
 
+#[derive(Clone)]
 enum Projections {
     Separate {
         q: Linear,
@@ -47,6 +49,7 @@ enum Projections {
     PerHead(Linear),
 }
 
+#[derive(Clone)]
 struct Attention {
     proj: Projections,
     o: Linear,
@@ -55,6 +58,7 @@ struct Attention {
     rope: LayerRope,
 }
 
+#[derive(Clone)]
 struct Layer {
     attn: Attention,
     ffn: Ffn,
@@ -68,6 +72,7 @@ struct Layer {
     post_mlp_norm: Option<Norm>,
 }
 
+#[derive(Clone)]
 enum Embedding {
     /// A candle tensor (GPU).
     Dense(Tensor),
@@ -114,6 +119,7 @@ impl Names {
 }
 
 /// A loaded model.
+#[derive(Clone)]
 pub struct Decoder {
     pub cfg: ModelConfig,
     embed: Embedding,
@@ -238,6 +244,84 @@ impl Decoder {
     /// The KV cache's dtype.
     pub fn kv_cache_dtype(&self) -> DType {
         self.kv_dtype.unwrap_or(self.dtype)
+    }
+
+    /// The projection at a transformers module path (`model.layers.3.self_attn.q_proj`, `lm_head`): the
+    /// [`Linear`] that computes it, the first of its output rows there and their count (q, k and v may share one
+    /// stacked matrix, as may gate and up). `None` for a path that names no projection of this model.
+    pub fn projection_mut(&mut self, path: &str) -> Option<(&mut Linear, usize, usize)> {
+        let names = Names::of(self.cfg.arch);
+        if path == names.lm_head {
+            let rows = self.lm_head.out_dim();
+            return Some((&mut self.lm_head, 0, rows));
+        }
+        let rest = path.strip_prefix(names.layers)?.strip_prefix('.')?;
+        let (index, module) = rest.split_once('.')?;
+        let layer = self.layers.get_mut(index.parse::<usize>().ok()?)?;
+        let cfg = &self.cfg;
+        if let Some(name) = module
+            .strip_prefix(names.attn)
+            .and_then(|m| m.strip_prefix('.'))
+        {
+            let (q, kv) = (
+                cfg.num_heads * cfg.head_dim,
+                cfg.num_kv_heads * cfg.head_dim,
+            );
+            let attn = &mut layer.attn;
+            if name == names.o {
+                let rows = attn.o.out_dim();
+                return Some((&mut attn.o, 0, rows));
+            }
+            return match (&mut attn.proj, name) {
+                (Projections::Separate { q: l, .. }, "q_proj") => Some((l, 0, q)),
+                (Projections::Separate { k: l, .. }, "k_proj") => Some((l, 0, kv)),
+                (Projections::Separate { v: l, .. }, "v_proj") => Some((l, 0, kv)),
+                (Projections::Fused(l), "q_proj") => Some((l, 0, q)),
+                (Projections::Fused(l), "k_proj") => Some((l, q, kv)),
+                (Projections::Fused(l), "v_proj") => Some((l, q + kv, kv)),
+                (Projections::Fused(l), "qkv_proj") if cfg.arch == Arch::Phi3 => {
+                    let rows = l.out_dim();
+                    Some((l, 0, rows))
+                }
+                _ => None,
+            };
+        }
+        layer.ffn.projection_mut(module)
+    }
+
+    /// Replaces the embedding matrix (a LoRA adapter's `modules_to_save`); the head keeps what it had.
+    pub fn replace_embedding(&mut self, w: &Weights, name: &str) -> Result<(), EngineError> {
+        let (vocab, h) = (self.cfg.vocab_size, self.cfg.hidden_size);
+        let (embed, dims) = if w.device.is_cpu() {
+            let p = w.packed(name)?;
+            let dims = vec![p.rows, p.cols];
+            (Embedding::Packed(p), dims)
+        } else {
+            let t = w.dense(name)?;
+            let dims = t.dims().to_vec();
+            (Embedding::Dense(t), dims)
+        };
+        if dims != [vocab, h] {
+            return Err(EngineError::file(
+                w.origin_path(),
+                format!("tensor {name:?} has shape {dims:?}, but the base model's embeddings are [{vocab}, {h}]"),
+            ));
+        }
+        self.embed = embed;
+        Ok(())
+    }
+
+    /// Replaces the output projection (a LoRA adapter's `modules_to_save`).
+    pub fn replace_head(&mut self, w: &Weights, prefix: &str) -> Result<(), EngineError> {
+        let (vocab, h) = (self.cfg.vocab_size, self.cfg.hidden_size);
+        self.lm_head = w.linear(prefix, vocab, h, self.cfg.quirks.lm_head_bias)?;
+        Ok(())
+    }
+
+    /// Transformers' names of the embedding matrix and the head (without `.weight`).
+    pub fn embedding_and_head_names(&self) -> (&'static str, &'static str) {
+        let n = Names::of(self.cfg.arch);
+        (n.embed, n.lm_head)
     }
 
     fn load_attention(

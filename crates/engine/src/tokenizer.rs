@@ -11,6 +11,7 @@ use crate::gguf::GgufVocab;
 use crate::EngineError;
 
 /// A tokenizer with the special tokens a chat template refers to.
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub bos_token: Option<String>,

@@ -37,11 +37,73 @@ pub enum Linear {
         weight: Arc<PackedMatrix>,
         bias: Option<Tensor>,
     },
+    /// A shared base projection plus low-rank updates on some of its output rows (peft's unmerged LoRA).
+    Lora {
+        base: Box<Linear>,
+        parts: Vec<LoraPart>,
+    },
+}
+
+/// One LoRA update: `scale · (x Aᵀ) Bᵀ` added to output rows `offset..offset + B.rows` of its projection.
+#[derive(Debug, Clone)]
+pub struct LoraPart {
+    /// `[r, in]`.
+    pub a: Tensor,
+    /// `[out, r]`.
+    pub b: Tensor,
+    pub scale: f64,
+    pub offset: usize,
 }
 
 impl Linear {
+    /// Output features (rows of the weight).
+    pub fn out_dim(&self) -> usize {
+        match self {
+            Linear::Dense { weight, .. } => weight.dims().first().copied().unwrap_or(0),
+            Linear::Quant { weight, .. } => match weight {
+                QMatMul::QTensor(q) => q.shape().dims().first().copied().unwrap_or(0),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+                    t.dims().first().copied().unwrap_or(0)
+                }
+            },
+            Linear::Packed { weight, .. } => weight.rows,
+            Linear::Lora { base, .. } => base.out_dim(),
+        }
+    }
+
+    /// Input features (columns of the weight).
+    pub fn in_dim(&self) -> usize {
+        match self {
+            Linear::Dense { weight, .. } => weight.dims().get(1).copied().unwrap_or(0),
+            Linear::Quant { weight, .. } => match weight {
+                QMatMul::QTensor(q) => q.shape().dims().get(1).copied().unwrap_or(0),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims().get(1).copied().unwrap_or(0),
+            },
+            Linear::Packed { weight, .. } => weight.cols,
+            Linear::Lora { base, .. } => base.in_dim(),
+        }
+    }
+
+    /// This projection with `part` added (on top of any it has).
+    pub fn with_lora(self, part: LoraPart) -> Linear {
+        match self {
+            Linear::Lora { base, mut parts } => {
+                parts.push(part);
+                Linear::Lora { base, parts }
+            }
+            other => Linear::Lora {
+                base: Box::new(other),
+                parts: vec![part],
+            },
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Linear::Lora { base, parts } = self {
+            return lora_forward(base, parts, x);
+        }
         let y = match self {
+            Linear::Lora { .. } => unreachable!("handled above"),
             Linear::Dense { weight, .. } => {
                 let dims = x.dims().to_vec();
                 let k = dims[dims.len() - 1];
@@ -75,8 +137,41 @@ impl Linear {
             Linear::Dense { bias, .. }
             | Linear::Quant { bias, .. }
             | Linear::Packed { bias, .. } => bias.as_ref(),
+            Linear::Lora { .. } => None,
         }
     }
+}
+
+/// `base(x) + Σ scale · (x Aᵀ) Bᵀ`, each update on its rows, computed as peft computes the unmerged adapter.
+fn lora_forward(base: &Linear, parts: &[LoraPart], x: &Tensor) -> candle_core::Result<Tensor> {
+    let mut y = base.forward(x)?;
+    let dims = x.dims().to_vec();
+    let k = dims[dims.len() - 1];
+    let rows = x.elem_count() / k.max(1);
+    let total = base.out_dim();
+    let x2 = x.reshape((rows, k))?.to_dtype(parts[0].a.dtype())?;
+    for p in parts {
+        let out = p.b.dim(0)?;
+        let d = ((x2.matmul(&p.a.t()?)?.matmul(&p.b.t()?)?) * p.scale)?.to_dtype(y.dtype())?;
+        let d = if out == total {
+            d
+        } else {
+            let mut pieces = Vec::with_capacity(3);
+            if p.offset > 0 {
+                pieces.push(Tensor::zeros((rows, p.offset), d.dtype(), d.device())?);
+            }
+            pieces.push(d);
+            let after = total - p.offset - out;
+            if after > 0 {
+                pieces.push(Tensor::zeros((rows, after), y.dtype(), y.device())?);
+            }
+            Tensor::cat(&pieces, 1)?
+        };
+        let mut out_dims = dims.clone();
+        *out_dims.last_mut().unwrap() = total;
+        y = (y + d.reshape(out_dims)?)?;
+    }
+    Ok(y)
 }
 
 /// A tensor as stored: dense, or in a ggml block format (boxed: a `QTensor` is large on some targets).
@@ -222,6 +317,16 @@ impl Weights {
             Backend::Safetensors { files, .. } => &files[0],
             Backend::Gguf { path, .. } => path,
         }
+    }
+
+    /// Every tensor's name (safetensors files; a GGUF file's are its own convention's), sorted.
+    pub fn tensor_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = match &self.backend {
+            Backend::Safetensors { tensors, .. } => tensors.keys().cloned().collect(),
+            Backend::Gguf { content, .. } => content.tensor_infos.keys().cloned().collect(),
+        };
+        names.sort();
+        names
     }
 
     pub fn contains(&self, hf_name: &str) -> bool {

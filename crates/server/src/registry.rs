@@ -59,10 +59,11 @@ impl Entry {
         }
     }
 
-    /// `gguf`, `safetensors` or `remote`.
+    /// `gguf`, `safetensors`, `lora` or `remote`.
     pub fn format(&self) -> &'static str {
         match &self.backend {
             Backend::Local(s) if s.kind == vibecheck_checkpoint::SourceKind::Gguf => "gguf",
+            Backend::Local(s) if s.kind == vibecheck_checkpoint::SourceKind::Adapter => "lora",
             Backend::Local(_) => "safetensors",
             Backend::Remote(_) => "remote",
         }

@@ -86,7 +86,14 @@ fn short(x: f32) -> f64 {
 /// The parameters as stored with the answer, with the batch size it was decoded in (on the CPU a batch of up to
 /// 31 sequences computes each exactly as a lone decode does, but larger batches take the prompt GEMM and a GPU's
 /// batched products may round differently, so the batch is part of what reproduces an answer exactly).
-fn params_json(p: &SamplingParams, batch: usize, quantize: Option<&str>) -> String {
+/// A LoRA adapter's answers also record its base (name and content hash), without which they cannot be
+/// reproduced.
+fn params_json(
+    p: &SamplingParams,
+    batch: usize,
+    quantize: Option<&str>,
+    base: Option<&serde_json::Value>,
+) -> String {
     let mut v = json!({"temperature": short(p.temperature), "top_p": short(p.top_p), "top_k": p.top_k,
                        "min_p": short(p.min_p), "repetition_penalty": short(p.repetition_penalty),
                        "max_tokens": p.max_tokens, "seed": p.seed, "batch": batch});
@@ -102,6 +109,9 @@ fn params_json(p: &SamplingParams, batch: usize, quantize: Option<&str>) -> Stri
     }
     if let Some(q) = quantize {
         v["quantize"] = json!(q);
+    }
+    if let Some(b) = base {
+        v["base"] = b.clone();
     }
     v.to_string()
 }
@@ -137,6 +147,9 @@ pub fn answer_jobs(
     s: &RunnerSettings,
 ) -> Vec<Result<Vec<NewAnswer>, EngineError>> {
     let template = template_hash(model);
+    let base = model.adapter.as_ref().map(|a| {
+        json!({"name": a.base.source.name, "hash": a.base.content_hash().unwrap_or_else(|e| format!("unknown: {e}"))})
+    });
     let params: Vec<SamplingParams> = jobs
         .iter()
         .map(|j| params_for(suite, &suite.prompts[j.prompt], j.sample, s))
@@ -196,7 +209,12 @@ pub fn answer_jobs(
                         turns.push(NewAnswer {
                             turn: turn as u32,
                             text: g.text,
-                            params: params_json(&params[i], active.len(), s.quantize.as_deref()),
+                            params: params_json(
+                                &params[i],
+                                active.len(),
+                                s.quantize.as_deref(),
+                                base.as_ref(),
+                            ),
                             seed: params[i].seed,
                             template_hash: template.clone(),
                             vibecheck_version: env!("CARGO_PKG_VERSION").to_string(),

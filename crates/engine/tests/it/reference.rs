@@ -214,6 +214,98 @@ fn cohere_matches_transformers() {
     check("cohere", None, 1e-4);
 }
 
+/// peft's LoRA adapter over the tiny llama (r 4, alpha 8 on q, v, up and down), applied unmerged as peft runs it.
+#[test]
+fn lora_adapter_matches_peft() {
+    check("lora-llama", None, 1e-4);
+}
+
+/// rsLoRA scaling and a replaced `lm_head` (`modules_to_save`).
+#[test]
+fn rslora_adapter_with_its_own_head_matches_peft() {
+    check("lora-llama-rslora", None, 1e-4);
+}
+
+/// Two adapters over one base share it: one base in memory, its matrices not copied, and the base's own
+/// answers unchanged by the adapters over it.
+#[test]
+fn adapters_over_one_base_share_it() {
+    let load = |name: &str| {
+        Model::load(
+            reference_dir().join("tiny").join(name).to_str().unwrap(),
+            &LoadOptions::default(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (load("lora-llama"), load("lora-llama-rslora"));
+    let (ba, bb) = (
+        &a.adapter.as_ref().unwrap().base,
+        &b.adapter.as_ref().unwrap().base,
+    );
+    assert!(std::sync::Arc::ptr_eq(ba, bb), "the base was loaded twice");
+    assert_eq!(a.adapter.as_ref().unwrap().summary.adapted, 8);
+    assert_eq!(
+        b.adapter.as_ref().unwrap().summary.replaced,
+        vec!["lm_head".to_string()]
+    );
+    // Each adapter holds only its own tensors; the base's packed matrices are shared.
+    assert!(
+        a.packed_bytes * 10 < ba.packed_bytes,
+        "{} vs {}",
+        a.packed_bytes,
+        ba.packed_bytes
+    );
+    let ids: Vec<u32> = (1..12).collect();
+    let reference = read_json(&reference_dir().join("tiny/llama/reference.json"));
+    let base_ids: Vec<u32> = reference["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let greedy: Vec<u32> = reference["greedy_8"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(8)
+    };
+    let g = ba.generate(&Prompt::Tokens(base_ids), &params).unwrap();
+    assert_eq!(g.token_ids, greedy, "the base's own answers changed");
+    assert_ne!(single_logits(&a, &ids), single_logits(ba, &ids));
+}
+
+/// An adapter whose base cannot be found says which base it looked for and how to give one; `--base` then
+/// loads it.
+#[test]
+fn adapter_with_a_missing_base_names_it_and_base_fixes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("checkpoint-10");
+    crate::fixtures::copy_dir(&reference_dir().join("tiny/lora-llama"), &dir);
+    let err = Model::load(dir.to_str().unwrap(), &LoadOptions::default())
+        .err()
+        .expect("loaded without its base")
+        .to_string();
+    for part in ["adapter_config.json", "../llama", "--base"] {
+        assert!(err.contains(part), "{err:?} should mention {part:?}");
+    }
+    let opts = LoadOptions {
+        base: Some(reference_dir().join("tiny/llama").display().to_string()),
+        ..LoadOptions::default()
+    };
+    let m = Model::load(dir.to_str().unwrap(), &opts).unwrap();
+    let want = Model::load(
+        reference_dir().join("tiny/lora-llama").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let ids: Vec<u32> = (3..20).collect();
+    assert_eq!(single_logits(&m, &ids), single_logits(&want, &ids));
+}
+
 /// transformers ran this one in bfloat16; a bf16 result carries ~3 significant digits.
 #[test]
 fn llama_bf16_sharded_matches_transformers_in_bf16() {

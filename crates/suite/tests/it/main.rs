@@ -324,3 +324,59 @@ fn file_system_events_wake_the_watcher_long_before_the_poll_interval() {
     );
     assert_eq!(summaries[0].step, Some(7));
 }
+
+/// A TRL-style LoRA run (each `checkpoint-N` an adapter over one base): every checkpoint is answered like any
+/// other, the base is loaded once for all of them (switching adapters never reloads it), and each answer records
+/// the base's name and content hash.
+#[test]
+fn a_lora_run_is_watched_over_one_shared_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("tiny-run");
+    let db = tmp.path().join("v.db");
+    let base = reference_dir().join("tiny/llama");
+    for (step, adapter) in [(10, "lora-llama"), (20, "lora-llama-rslora")] {
+        let dir = run.join(format!("checkpoint-{step}"));
+        copy_dir(&reference_dir().join("tiny").join(adapter), &dir);
+        let cfg = std::fs::read_to_string(dir.join("adapter_config.json"))
+            .unwrap()
+            .replace("\"../llama\"", &format!("{:?}", base.display().to_string()));
+        std::fs::write(dir.join("adapter_config.json"), cfg).unwrap();
+    }
+    let loads_before = vibecheck_engine::loader::base_loads();
+    let mut store = Store::open(&db).unwrap();
+    let mut failures = Vec::new();
+    let summaries = vibecheck_suite::watch(
+        &mut store,
+        &options(&run, true),
+        &AtomicBool::new(false),
+        &mut |e| {
+            if let WatchEvent::Failed { name, error } = e {
+                failures.push(format!("{name}: {error}"));
+            }
+        },
+    )
+    .unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(summaries.len(), 2);
+    assert_eq!(
+        vibecheck_engine::loader::base_loads() - loads_before,
+        1,
+        "the base was loaded more than once"
+    );
+    let answers = Store::open(&db).unwrap().all_answers().unwrap();
+    assert_eq!(answers.len(), 2 * 2 * 4);
+    let base_hash = vibecheck_checkpoint::run::content_hash(&base).unwrap();
+    for a in &answers {
+        let p: serde_json::Value = serde_json::from_str(&a.params).unwrap();
+        assert_eq!(p["base"]["hash"], base_hash.as_str(), "{}", a.params);
+    }
+    // The two adapters answer differently (they are different checkpoints, not the base twice).
+    let greedy = |ck: &str| {
+        answers
+            .iter()
+            .filter(|a| a.checkpoint == ck && a.sample == 0)
+            .map(|a| a.text.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_ne!(greedy("checkpoint-10"), greedy("checkpoint-20"));
+}
