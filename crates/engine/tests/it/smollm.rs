@@ -541,3 +541,35 @@ fn a_float16_kv_cache_takes_half_the_bytes_and_keeps_the_answers() {
     assert_eq!(a.len(), b.len());
     assert_eq!(a.bytes(), 2 * b.bytes(), "float32 cache vs float16");
 }
+
+/// A random LoRA adapter (r 4 on q_proj and v_proj) over the real SmolLM2: greedy tokens equal peft's unmerged
+/// model over the same weights dequantized to float32 (`tests/fixtures/smollm2-lora`, made by
+/// `scripts/make-fixtures.py`), and they are not the base's own.
+#[test]
+fn lora_adapter_over_smollm2_matches_peft() {
+    let dir = vibecheck_test_support::workspace_root().join("tests/fixtures/smollm2-lora");
+    let reference = read_json(&dir.join("reference.json"));
+    let ids = |k: &str| -> Vec<u32> {
+        reference[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let opts = LoadOptions {
+        base: Some(smollm_f32_dir().display().to_string()),
+        ..LoadOptions::default()
+    };
+    let model = Model::load(dir.to_str().unwrap(), &opts).unwrap();
+    assert_eq!(model.adapter.as_ref().unwrap().summary.adapted, 60);
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(16)
+    };
+    let g = model
+        .generate(&Prompt::Tokens(ids("prompt_token_ids")), &params)
+        .unwrap();
+    assert_eq!(g.token_ids, ids("greedy_16"), "{:?}", g.text);
+    assert_ne!(g.token_ids, ids("base_greedy_head"));
+}
