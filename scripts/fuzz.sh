@@ -13,7 +13,7 @@ cd "$root"
 secs="${1:-${VIBECHECK_FUZZ_SECONDS:-60}}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(gguf_header safetensors_header config_json tokenizer_json chat_template openai_request)
+[ ${#targets[@]} -gt 0 ] || targets=(gguf_header safetensors_header config_json tokenizer_json chat_template openai_request torch_pickle)
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 export RUSTC_BOOTSTRAP=1
@@ -70,6 +70,15 @@ put("safetensors_header", "index.json", json.dumps({"metadata": {"total_size": 8
     "a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}}))
 put("chat_template", "chatml", "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+# Torch pickles: the data.pkl of every .bin fixture (plain tensors, bfloat16 shards, one that names os.system).
+import zipfile
+for binfile in sorted(pathlib.Path("tests/fixtures/torch").glob("**/*.bin")):
+    if zipfile.is_zipfile(binfile):
+        with zipfile.ZipFile(binfile) as z:
+            for n in z.namelist():
+                if n.endswith("data.pkl"):
+                    put("torch_pickle", binfile.parent.name + "-" + binfile.stem, z.read(n))
 
 # Request bodies: byte 0 picks chat (even) or text completion (odd).
 for i, body in enumerate([

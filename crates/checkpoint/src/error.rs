@@ -22,6 +22,13 @@ pub enum CheckpointError {
         searched: String,
         hint: String,
     },
+    /// `detail` says where it is cached, which revisions are, and how to fetch this one.
+    #[error("hub model `{id}` is in the local cache but not at revision `{revision}`: {detail}")]
+    RevisionNotCached {
+        id: String,
+        revision: String,
+        detail: String,
+    },
 }
 
 impl CheckpointError {

@@ -60,7 +60,9 @@ fn cache_dirs_from(
 pub fn resolve(spec: &str) -> Result<PathBuf, CheckpointError> {
     let opts = HubOptions::from_env();
     match resolve_in(spec, &opts.caches) {
-        Err(CheckpointError::NotFound { .. }) if !opts.offline => {
+        Err(CheckpointError::NotFound { .. } | CheckpointError::RevisionNotCached { .. })
+            if !opts.offline =>
+        {
             download(spec, &opts, &mut |_| {})
         }
         other => other,
@@ -258,6 +260,41 @@ pub fn resolve_in(spec: &str, caches: &[PathBuf]) -> Result<PathBuf, CheckpointE
     }
     let offline =
         std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let fetch = if revision == "main" {
+        format!("`hf download {id}`")
+    } else {
+        format!("`hf download {id} --revision {revision}`")
+    };
+    // The model is cached, only not at this revision: say so, with what is cached.
+    if let Some(repo) = caches
+        .iter()
+        .map(|c| c.join(&folder))
+        .find(|r| r.join("snapshots").is_dir())
+    {
+        let mut cached: Vec<String> = std::fs::read_dir(repo.join("refs"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        cached.sort();
+        let cached = if cached.is_empty() {
+            "snapshots only, no named refs".to_string()
+        } else {
+            cached.join(", ")
+        };
+        let hint = if offline {
+            format!("HF_HUB_OFFLINE is set, so nothing is downloaded; fetch it with {fetch} on a connected machine and copy the cache folder.")
+        } else {
+            format!("Fetch it with {fetch}, or name a cached revision.")
+        };
+        return Err(CheckpointError::RevisionNotCached {
+            id: id.to_string(),
+            revision: revision.to_string(),
+            detail: format!("{} (cached: {cached}). {hint}", repo.display()),
+        });
+    }
     Err(CheckpointError::NotFound {
         spec: spec.to_string(),
         searched: if searched.is_empty() {
@@ -266,7 +303,7 @@ pub fn resolve_in(spec: &str, caches: &[PathBuf]) -> Result<PathBuf, CheckpointE
             searched.join(", ")
         },
         hint: if offline {
-            "HF_HUB_OFFLINE is set, so nothing is downloaded; fetch it on a connected machine with `huggingface-cli download` and copy the cache folder.".into()
+            format!("HF_HUB_OFFLINE is set, so nothing is downloaded; fetch it on a connected machine with {fetch} and copy the cache folder.")
         } else {
             "It is in none of these caches; `vibecheck` downloads it when online, or pass a local path.".into()
         },

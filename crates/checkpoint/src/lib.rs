@@ -9,11 +9,14 @@
 mod error;
 pub mod gguf;
 pub mod hub;
+pub mod layout;
 pub mod run;
 pub mod safetensors_header;
 mod source;
+pub mod torch;
 
 pub use error::CheckpointError;
 pub use source::{
-    adapter_base, adapter_config, index_shard_names, resolve, shard_files, Source, SourceKind,
+    adapter_base, adapter_config, index_shard_names, resolve, shard_files, weight_header, Source,
+    SourceKind,
 };

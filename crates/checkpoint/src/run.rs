@@ -15,8 +15,14 @@ pub struct RunCheckpoint {
     pub step: Option<u64>,
 }
 
-/// The training step a checkpoint folder name encodes, if it follows a trainer's convention.
+/// The training step (or epoch) a checkpoint folder name encodes, if it follows a trainer's convention:
+/// transformers' `checkpoint-500`, `step_1000`, DeepSpeed's `global_step1500`, Megatron's `iter_0001000`,
+/// torchtune's `epoch_2`, and a merged copy beside an adapter (`checkpoint-500-merged`).
 pub fn step_from_name(name: &str) -> Option<u64> {
+    let name = name
+        .strip_suffix("-merged")
+        .or_else(|| name.strip_suffix("_merged"))
+        .unwrap_or(name);
     let digits = [
         "checkpoint-",
         "checkpoint_",
@@ -24,10 +30,41 @@ pub fn step_from_name(name: &str) -> Option<u64> {
         "step-",
         "global_step",
         "step",
+        "iter_",
+        "iter-",
+        "epoch_",
+        "epoch-",
     ]
     .iter()
     .find_map(|p| name.strip_prefix(p))?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     digits.parse().ok()
+}
+
+/// Sub-folders of a run that hold a checkpoint but whose names give no step (`final`, `best_model`): they are
+/// not watched, and the caller says so rather than leaving them out in silence.
+pub fn unnamed_checkpoints(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            p.is_dir()
+                && !name.starts_with('.')
+                && !name.starts_with("tmp")
+                && step_from_name(&name).is_none()
+                && ["config.json", "adapter_config.json", "model.safetensors"]
+                    .iter()
+                    .any(|f| p.join(f).is_file())
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 fn step_from_trainer_state(dir: &Path) -> Option<u64> {
@@ -100,11 +137,16 @@ pub fn is_complete(dir: &Path) -> Result<(), CheckpointError> {
         return Ok(());
     }
     if !dir.join("config.json").is_file() {
-        return Err(CheckpointError::invalid(dir, "no config.json yet"));
+        return Err(CheckpointError::invalid(
+            dir,
+            match crate::layout::detect(dir) {
+                Some(layout) => layout.message(dir),
+                None => "no config.json yet".to_string(),
+            },
+        ));
     }
-    for file in crate::shard_files(dir)? {
-        safetensors_header::read(&file)?;
-    }
+    // Every weight file's header is checked against its size as it is listed.
+    crate::shard_files(dir)?;
     Ok(())
 }
 
@@ -122,6 +164,7 @@ fn answer_files(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
         .filter(|p| {
             let name = p.file_name().unwrap_or_default().to_string_lossy();
             name.ends_with(".safetensors")
+                || (name.ends_with(".bin") && name.starts_with("pytorch_model"))
                 || name.ends_with(".gguf")
                 || name.ends_with(".jinja")
                 || (name.ends_with(".json") && name != "trainer_state.json")
@@ -189,6 +232,10 @@ mod tests {
         assert_eq!(step_from_name("global_step1500"), Some(1500));
         assert_eq!(step_from_name("runs"), None);
         assert_eq!(step_from_name("checkpoint-final"), None);
+        assert_eq!(step_from_name("iter_0001000"), Some(1000));
+        assert_eq!(step_from_name("epoch_2"), Some(2));
+        assert_eq!(step_from_name("checkpoint-500-merged"), Some(500));
+        assert_eq!(step_from_name("checkpoint-+5"), None);
     }
 
     #[test]

@@ -73,7 +73,12 @@ fn from_path(path: &Path) -> Result<Source, CheckpointError> {
         return Err(CheckpointError::invalid(
             path,
             if ggufs.is_empty() {
-                "this folder has no config.json and no .gguf file; a checkpoint folder needs config.json beside its safetensors weights".to_string()
+                match crate::layout::detect(path) {
+                    Some(layout) => layout.message(path),
+                    None => "this folder has no config.json, no adapter_config.json and no .gguf file; a checkpoint \
+                             folder needs config.json beside its safetensors weights"
+                        .to_string(),
+                }
             } else {
                 format!(
                     "this folder has no config.json and {} .gguf files; name one of them directly",
@@ -167,29 +172,40 @@ fn has_gguf_magic(path: &Path) -> bool {
         && &magic == b"GGUF"
 }
 
-/// The safetensors files of a checkpoint folder, in a stable order, each validated.
-///
-/// With `model.safetensors.index.json` these are the shards its `weight_map` names (which must stay inside the
-/// folder and must all exist); otherwise `model.safetensors`.
+/// The weight files of a checkpoint folder, in a stable order, each validated: safetensors (with
+/// `model.safetensors.index.json`, the shards its `weight_map` names, which must stay inside the folder and must all
+/// exist; otherwise `model.safetensors`), else PyTorch's `pytorch_model.bin` (sharded the same way with
+/// `pytorch_model.bin.index.json`), read without running its pickle ([`crate::torch`]).
 pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
     let index = dir.join("model.safetensors.index.json");
+    let bin_index = dir.join("pytorch_model.bin.index.json");
     let files = if index.is_file() {
         shards_from_index(dir, &index)?
+    } else if dir.join("model.safetensors").is_file() {
+        vec![dir.join("model.safetensors")]
+    } else if bin_index.is_file() {
+        shards_from_index(dir, &bin_index)?
+    } else if dir.join("pytorch_model.bin").is_file() {
+        vec![dir.join("pytorch_model.bin")]
     } else {
-        let single = dir.join("model.safetensors");
-        if !single.is_file() {
-            return Err(CheckpointError::invalid(
-                dir,
-                "no model.safetensors and no model.safetensors.index.json; \
-                 save the model with safetensors (transformers does by default) or pass a .gguf file",
-            ));
-        }
-        vec![single]
+        return Err(CheckpointError::invalid(
+            dir,
+            crate::layout::no_weights_message(dir),
+        ));
     };
     for file in &files {
-        safetensors_header::read(file)?;
+        weight_header(file)?;
     }
     Ok(files)
+}
+
+/// The tensor table of one weight file: a safetensors header, or a torch `.bin`'s (as byte ranges in the file).
+pub fn weight_header(path: &Path) -> Result<safetensors_header::Header, CheckpointError> {
+    if path.extension().is_some_and(|e| e == "bin") {
+        crate::torch::read(path)
+    } else {
+        safetensors_header::read(path)
+    }
 }
 
 /// The largest shard index read: a real one lists each tensor once, well under a megabyte even for large models.

@@ -130,10 +130,13 @@ struct ChatArgs {
 
 #[derive(Args)]
 struct ConvertArgs {
-    gguf: PathBuf,
+    /// A .gguf file (written out as a Hugging Face folder), or a checkpoint folder whose weights are
+    /// pytorch_model.bin files (written out as safetensors; the pickles are read as data, never run).
+    source: PathBuf,
     out_dir: PathBuf,
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// The weights' dtype for a GGUF source (f32, bf16, f16); a .bin folder keeps its stored dtypes.
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 #[derive(Args)]
@@ -290,19 +293,28 @@ fn chat(a: ChatArgs) -> Result<()> {
 }
 
 fn convert(a: ConvertArgs) -> Result<()> {
-    let dtype = parse_dtype(&a.dtype)?;
     let bar = indicatif::ProgressBar::new_spinner()
-        .with_message(format!("converting {}", a.gguf.display()));
+        .with_message(format!("converting {}", a.source.display()));
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    let report = vibecheck_engine::convert::gguf_to_hf(&a.gguf, &a.out_dir, dtype)
-        .with_context(|| format!("converting {}", a.gguf.display()))?;
+    let (report, kind) = if a.source.is_dir() {
+        if a.dtype.is_some() {
+            bail!("--dtype is for GGUF sources; a .bin folder is converted in its stored dtypes");
+        }
+        let r = vibecheck_engine::convert::bin_to_safetensors(&a.source, &a.out_dir)
+            .with_context(|| format!("converting {}", a.source.display()))?;
+        (r, "safetensors".to_string())
+    } else {
+        let name = a.dtype.as_deref().unwrap_or("f32");
+        let r = vibecheck_engine::convert::gguf_to_hf(&a.source, &a.out_dir, parse_dtype(name)?)
+            .with_context(|| format!("converting {}", a.source.display()))?;
+        (r, format!("{name} weights"))
+    };
     bar.finish_and_clear();
     eprintln!(
-        "wrote {} ({} tensors, {:.1} MB of {} weights)",
+        "wrote {} ({} tensors, {:.1} MB of {kind})",
         a.out_dir.display(),
         report.tensors,
         report.bytes as f64 / 1e6,
-        a.dtype
     );
     Ok(())
 }

@@ -115,11 +115,54 @@ fn load_suite(prompts: Option<&Path>) -> Result<Suite> {
 }
 
 /// Progress bars and summary lines for a watcher.
-fn reporter() -> impl FnMut(WatchEvent<'_>) {
+/// What a watch did, for its closing line: nothing skipped in silence.
+#[derive(Default)]
+struct Tally {
+    answered: usize,
+    /// Checkpoints (or folders) skipped, with the reason.
+    skipped: Vec<(String, String)>,
+    /// Checkpoints still waiting to be complete.
+    waiting: std::collections::BTreeMap<String, String>,
+}
+
+impl Tally {
+    fn line(&self) -> String {
+        let mut parts = vec![format!(
+            "{} checkpoint{} answered",
+            self.answered,
+            if self.answered == 1 { "" } else { "s" }
+        )];
+        if !self.skipped.is_empty() {
+            let names: Vec<&str> = self.skipped.iter().map(|(n, _)| n.as_str()).collect();
+            parts.push(format!(
+                "{} skipped ({})",
+                self.skipped.len(),
+                names.join(", ")
+            ));
+        }
+        if !self.waiting.is_empty() {
+            let names: Vec<&str> = self.waiting.keys().map(String::as_str).collect();
+            parts.push(format!(
+                "{} still incomplete ({})",
+                self.waiting.len(),
+                names.join(", ")
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
+fn reporter() -> (
+    impl FnMut(WatchEvent<'_>),
+    std::rc::Rc<std::cell::RefCell<Tally>>,
+) {
     let bar = indicatif::ProgressBar::hidden();
     let mut waiting_said = std::collections::HashSet::new();
-    move |event| match event {
+    let tally = std::rc::Rc::new(std::cell::RefCell::new(Tally::default()));
+    let t = tally.clone();
+    let report = move |event: WatchEvent<'_>| match event {
         WatchEvent::Waiting { name, why } => {
+            t.borrow_mut().waiting.insert(name.to_string(), why.clone());
             if waiting_said.insert(name.to_string()) {
                 bar.println(format!("{name}: waiting until it is complete ({why})"));
             }
@@ -151,13 +194,20 @@ fn reporter() -> impl FnMut(WatchEvent<'_>) {
             for (prompt, e) in &summary.outcome.failed {
                 eprintln!("  {prompt}: not answered: {e}");
             }
+            let mut t = t.borrow_mut();
+            t.answered += 1;
+            t.waiting.remove(&summary.name);
             outln!("{summary}");
         }
         WatchEvent::Failed { name, error } => {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            let mut t = t.borrow_mut();
+            t.waiting.remove(name);
+            t.skipped.push((name.to_string(), error.clone()));
             eprintln!("{name}: skipped: {error}");
         }
-    }
+    };
+    (report, tally)
 }
 
 /// Starts the HTTP server for a run folder and store on its own thread; returns the printed base URL.
@@ -263,8 +313,25 @@ pub fn watch(a: WatchArgs) -> Result<()> {
         a.db.path.display()
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let mut report = reporter();
+    let (mut report, tally) = reporter();
     vibecheck_suite::watch(&mut store, &opts, &stop, &mut report)?;
+    let tally = tally.borrow();
+    if a.once {
+        eprintln!("{}", tally.line());
+        // Nothing answered and something skipped: the watch failed at what it was asked.
+        if tally.answered == 0 && !tally.skipped.is_empty() && store_has_no_answers(&store, &opts) {
+            bail!(
+                "no checkpoint of {} could be answered: {}",
+                a.run_dir.display(),
+                tally
+                    .skipped
+                    .iter()
+                    .map(|(n, e)| format!("{n}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+    }
     if a.serve && a.once {
         eprintln!("all checkpoints handled; still serving (Ctrl-C to stop)");
         loop {
@@ -272,6 +339,18 @@ pub fn watch(a: WatchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the run has no stored answers at all (a re-run whose answers are all stored already is no failure).
+fn store_has_no_answers(store: &vibecheck_store::Store, opts: &WatchOptions) -> bool {
+    let name = vibecheck_suite::run_name(opts);
+    match store.run(&name) {
+        Ok(Some(run)) => store
+            .answers(run.id, None, None)
+            .map(|a| a.is_empty())
+            .unwrap_or(true),
+        _ => true,
+    }
 }
 
 fn paint(pieces: &[Piece], color: bool) -> String {
@@ -587,8 +666,16 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         synthetic: true,
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let mut report = reporter();
+    let (mut report, tally) = reporter();
     vibecheck_suite::watch(&mut store, &opts, &stop, &mut report)?;
+    let tally = tally.borrow();
+    eprintln!("{}", tally.line());
+    if !tally.skipped.is_empty() {
+        bail!(
+            "the demo run's checkpoints did not all load: {}",
+            tally.line()
+        );
+    }
     if !a.exit_when_done {
         eprintln!("every checkpoint answered; still serving (Ctrl-C to stop)");
         loop {

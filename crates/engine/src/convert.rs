@@ -145,3 +145,76 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), EngineError>
         serde_json::to_string_pretty(value).map_err(|e| EngineError::file(path, e.to_string()))?;
     std::fs::write(path, text + "\n").map_err(|e| EngineError::io(path, e))
 }
+
+/// A checkpoint folder whose weights are torch `.bin` files (single or sharded) written out as safetensors: the
+/// same tensors in the same dtypes, one `.safetensors` per `.bin` (with an index when there are several), and
+/// the folder's description and tokenizer files copied. The pickles are read as data, never run.
+pub fn bin_to_safetensors(dir: &Path, out_dir: &Path) -> Result<ConvertReport, EngineError> {
+    let files = vibecheck_checkpoint::shard_files(dir)?;
+    if !files
+        .iter()
+        .all(|f| f.extension().is_some_and(|e| e == "bin"))
+    {
+        return Err(EngineError::file(
+            dir,
+            "already holds safetensors weights; there is nothing to convert",
+        ));
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| EngineError::io(out_dir, e))?;
+    let n = files.len();
+    let mut weight_map = serde_json::Map::new();
+    let (mut count, mut bytes) = (0usize, 0u64);
+    for (i, path) in files.iter().enumerate() {
+        let header = vibecheck_checkpoint::weight_header(path)?;
+        let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+        let out_name = if n == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{n:05}.safetensors", i + 1)
+        };
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for t in header.tensors {
+            let len = (t.end - t.begin) as usize;
+            let raw = crate::weights::read_range(&file, t.begin, len)
+                .map_err(|m| EngineError::file(path, format!("tensor {:?}: {m}", t.name)))?;
+            let dtype: safetensors::Dtype = serde_json::from_value(serde_json::Value::String(
+                t.dtype.clone(),
+            ))
+            .map_err(|_| {
+                EngineError::file(path, format!("tensor {:?}: dtype {:?}", t.name, t.dtype))
+            })?;
+            let view = safetensors::tensor::TensorView::new(dtype, t.shape.clone(), &raw)
+                .map_err(|e| EngineError::file(path, format!("tensor {:?}: {e:?}", t.name)))?;
+            let tensor = candle_core::safetensors::Load::load(&view, &Device::Cpu)
+                .map_err(|e| EngineError::file(path, format!("tensor {:?}: {e}", t.name)))?;
+            weight_map.insert(t.name.clone(), json!(out_name));
+            bytes += len as u64;
+            count += 1;
+            tensors.insert(t.name, tensor);
+        }
+        candle_core::safetensors::save(&tensors, out_dir.join(&out_name))?;
+    }
+    if n > 1 {
+        let index = json!({"metadata": {"total_size": bytes}, "weight_map": weight_map});
+        write_json(&out_dir.join("model.safetensors.index.json"), &index)?;
+    }
+    // The description, tokenizer and templates travel along; optimizer and trainer states do not.
+    let entries = std::fs::read_dir(dir).map_err(|e| EngineError::io(dir, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let keep = (name.ends_with(".json")
+            && name != "pytorch_model.bin.index.json"
+            && name != "trainer_state.json")
+            || name.ends_with(".jinja")
+            || name.ends_with(".txt")
+            || name == "tokenizer.model";
+        if keep && entry.path().is_file() {
+            std::fs::copy(entry.path(), out_dir.join(&name))
+                .map_err(|e| EngineError::io(entry.path(), e))?;
+        }
+    }
+    Ok(ConvertReport {
+        tensors: count,
+        bytes,
+    })
+}

@@ -321,6 +321,53 @@ impl Model {
     }
 }
 
+/// What a load checks before any tensor is read: the model's description parses (its architecture is one this
+/// engine runs), every weight file's header is consistent with the file, and an adapter's own description and
+/// base are in order. Headers only, so a server runs it for every source it is given at start, and a source that
+/// cannot load fails there with its reason rather than at the first request.
+pub fn preflight(source: &Source, opts: &LoadOptions) -> Result<(), EngineError> {
+    let path = &source.path;
+    match source.kind {
+        SourceKind::HfFolder => {
+            ModelConfig::from_hf_dir(path)?;
+            vibecheck_checkpoint::shard_files(path)?;
+        }
+        SourceKind::Gguf => {
+            let content = read_gguf(path)?;
+            gguf::config_from_gguf(&content).map_err(|m| EngineError::file(path, m))?;
+        }
+        SourceKind::Adapter => {
+            let cfg_path = path.join("adapter_config.json");
+            let json = vibecheck_checkpoint::adapter_config(path)?;
+            crate::lora::AdapterConfig::from_json(&json)
+                .map_err(|m| EngineError::file(&cfg_path, m))?;
+            let weights = path.join("adapter_model.safetensors");
+            vibecheck_checkpoint::safetensors_header::read(&weights)?;
+            let spec = match &opts.base {
+                Some(b) => b.clone(),
+                None => vibecheck_checkpoint::adapter_base(path)?,
+            };
+            let base = vibecheck_checkpoint::resolve(&spec).map_err(|e| {
+                EngineError::file(
+                    &cfg_path,
+                    format!(
+                        "the adapter's base model {spec:?} cannot be found: {}. Pass the base with --base",
+                        e.to_string().trim_end_matches('.')
+                    ),
+                )
+            })?;
+            if base.kind == SourceKind::Adapter {
+                return Err(EngineError::file(
+                    &base.path,
+                    "is an adapter itself; an adapter's base must be a full model",
+                ));
+            }
+            preflight(&base, opts)?;
+        }
+    }
+    Ok(())
+}
+
 /// Bases of LoRA adapters, shared: each is loaded once and lives while an adapter over it does. The most
 /// recently used one is also held here, so switching between the adapters of one run never reloads it even
 /// when no adapter is loaded in between.

@@ -234,7 +234,7 @@ impl Weights {
         let mut opened = Vec::with_capacity(files.len());
         let mut tensors: HashMap<String, SafetensorsEntry> = HashMap::new();
         for (shard, path) in files.iter().enumerate() {
-            let header = vibecheck_checkpoint::safetensors_header::read(path)?;
+            let header = vibecheck_checkpoint::weight_header(path)?;
             for t in header.tensors {
                 let dtype = serde_json::from_value(serde_json::Value::String(t.dtype.clone()))
                     .map_err(|_| {

@@ -58,7 +58,7 @@ pub async fn new_battle(
     let entries = state.registry.entries();
     let pool: Vec<String> = entries
         .iter()
-        .filter(|e| req.run.is_none() || e.run == req.run)
+        .filter(|e| (req.run.is_none() || e.run == req.run) && e.problem().is_none())
         .map(|e| e.id.clone())
         .collect();
     let (a, b) = match (req.model_a, req.model_b) {

@@ -20,6 +20,18 @@ pub enum Backend {
     Local(Source),
     /// An OpenAI-compatible endpoint elsewhere; requests are validated here and forwarded.
     Remote(RemoteEndpoint),
+    /// A checkpoint folder of a served run that cannot load as it is (still being written, or a layout vibecheck
+    /// does not load): listed with its [`Problem`], never left out.
+    Unavailable(std::path::PathBuf),
+}
+
+/// Why an entry cannot answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `incomplete` (still being written), `unsupported` (a layout that needs converting) or `failed` (it did
+    /// not load).
+    pub status: &'static str,
+    pub reason: String,
 }
 
 /// One model the server can answer with.
@@ -34,9 +46,47 @@ pub struct Entry {
     model: tokio::sync::Mutex<Option<(Arc<Model>, Arc<Batcher>)>>,
     /// When it last served a request (a registry-wide counter), for least-recently-used eviction.
     last_used: std::sync::atomic::AtomicU64,
+    /// Why it cannot answer, when it cannot (set when a load fails, cleared when one succeeds).
+    problem: parking_lot::Mutex<Option<Problem>>,
 }
 
 impl Entry {
+    fn new(id: String, run: Option<String>, step: Option<u64>, backend: Backend) -> Self {
+        Self {
+            id,
+            run,
+            step,
+            backend,
+            model: Default::default(),
+            last_used: Default::default(),
+            problem: Default::default(),
+        }
+    }
+
+    fn unavailable(id: String, ckpt: &run::RunCheckpoint, run: &str, problem: Problem) -> Self {
+        let e = Self::new(
+            id,
+            Some(run.to_string()),
+            ckpt.step,
+            Backend::Unavailable(ckpt.path.clone()),
+        );
+        *e.problem.lock() = Some(problem);
+        e
+    }
+
+    /// Why this model cannot answer, if it cannot.
+    pub fn problem(&self) -> Option<Problem> {
+        self.problem.lock().clone()
+    }
+
+    /// `available`, or the [`Problem`]'s status.
+    pub fn status(&self) -> &'static str {
+        self.problem
+            .lock()
+            .as_ref()
+            .map_or("available", |p| p.status)
+    }
+
     pub fn is_loaded(&self) -> bool {
         matches!(self.backend, Backend::Local(_))
             && self.model.try_lock().map(|m| m.is_some()).unwrap_or(false)
@@ -55,7 +105,7 @@ impl Entry {
             Backend::Local(source) => std::fs::metadata(&source.path)
                 .map(|m| m.len())
                 .unwrap_or(0),
-            Backend::Remote(_) => 0,
+            Backend::Remote(_) | Backend::Unavailable(_) => 0,
         }
     }
 
@@ -66,13 +116,14 @@ impl Entry {
             Backend::Local(s) if s.kind == vibecheck_checkpoint::SourceKind::Adapter => "lora",
             Backend::Local(_) => "safetensors",
             Backend::Remote(_) => "remote",
+            Backend::Unavailable(_) => "none",
         }
     }
 
     pub fn remote(&self) -> Option<&RemoteEndpoint> {
         match &self.backend {
             Backend::Remote(r) => Some(r),
-            Backend::Local(_) => None,
+            Backend::Local(_) | Backend::Unavailable(_) => None,
         }
     }
 }
@@ -92,15 +143,47 @@ pub struct Registry {
     clock: std::sync::atomic::AtomicU64,
 }
 
-fn run_entry(run_name: &str, ckpt: &run::RunCheckpoint) -> Result<Entry, EngineError> {
-    Ok(Entry {
-        id: format!("{run_name}/{}", ckpt.name),
-        run: Some(run_name.to_string()),
-        step: ckpt.step,
-        backend: Backend::Local(vibecheck_checkpoint::resolve(&ckpt.path.to_string_lossy())?),
-        model: Default::default(),
-        last_used: Default::default(),
-    })
+/// A run's checkpoint as an entry: loadable, or listed with why it is not (incomplete, a layout that needs
+/// converting, a description or header the engine refuses).
+fn checkpoint_entry(run_name: &str, ckpt: &run::RunCheckpoint, opts: &LoadOptions) -> Entry {
+    let id = format!("{run_name}/{}", ckpt.name);
+    if let Err(e) = run::is_complete(&ckpt.path) {
+        let status =
+            if vibecheck_checkpoint::layout::detect(&ckpt.path).is_some_and(|l| l.is_final()) {
+                "unsupported"
+            } else {
+                "incomplete"
+            };
+        return Entry::unavailable(
+            id,
+            ckpt,
+            run_name,
+            Problem {
+                status,
+                reason: e.to_string(),
+            },
+        );
+    }
+    let source = vibecheck_checkpoint::resolve(&ckpt.path.to_string_lossy())
+        .map_err(EngineError::from)
+        .and_then(|s| vibecheck_engine::loader::preflight(&s, opts).map(|()| s));
+    match source {
+        Ok(source) => Entry::new(
+            id,
+            Some(run_name.to_string()),
+            ckpt.step,
+            Backend::Local(source),
+        ),
+        Err(e) => Entry::unavailable(
+            id,
+            ckpt,
+            run_name,
+            Problem {
+                status: "failed",
+                reason: e.to_string(),
+            },
+        ),
+    }
 }
 
 impl Registry {
@@ -113,23 +196,30 @@ impl Registry {
             if run::is_run_dir(path) {
                 let run_name = run::run_name(path);
                 for ckpt in run::list(path)? {
-                    if let Err(e) = run::is_complete(&ckpt.path) {
-                        tracing::info!(checkpoint = %ckpt.path.display(), "skipped, not complete: {e}");
-                        continue;
+                    let entry = checkpoint_entry(&run_name, &ckpt, &opts);
+                    if let Some(p) = entry.problem() {
+                        tracing::warn!(model = %entry.id, status = p.status, "listed but cannot answer: {}", p.reason);
                     }
-                    entries.push(Arc::new(run_entry(&run_name, &ckpt)?));
+                    entries.push(Arc::new(entry));
+                }
+                for dir in run::unnamed_checkpoints(path) {
+                    tracing::warn!(
+                        folder = %dir.display(),
+                        "not served: it holds a checkpoint but its name gives no step (rename it checkpoint-N)"
+                    );
                 }
                 runs.push((path.to_path_buf(), run_name));
             } else {
+                // A source named on the command line that cannot load fails here, with its reason, rather than
+                // at the first request.
                 let source = vibecheck_checkpoint::resolve(spec)?;
-                entries.push(Arc::new(Entry {
-                    id: source.name.clone(),
-                    run: None,
-                    step: None,
-                    backend: Backend::Local(source),
-                    model: Default::default(),
-                    last_used: Default::default(),
-                }));
+                vibecheck_engine::loader::preflight(&source, &opts)?;
+                entries.push(Arc::new(Entry::new(
+                    source.name.clone(),
+                    None,
+                    None,
+                    Backend::Local(source),
+                )));
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -173,14 +263,12 @@ impl Registry {
                 remote.id
             )));
         }
-        entries.push(Arc::new(Entry {
-            id: remote.id.clone(),
-            run: None,
-            step: None,
-            backend: Backend::Remote(remote),
-            model: Default::default(),
-            last_used: Default::default(),
-        }));
+        entries.push(Arc::new(Entry::new(
+            remote.id.clone(),
+            None,
+            None,
+            Backend::Remote(remote),
+        )));
         Ok(())
     }
 
@@ -202,38 +290,50 @@ impl Registry {
         self.entries.read().clone()
     }
 
-    /// Looks at the served run folders again and adds checkpoints that are complete and no longer growing.
-    /// Returns the ids added. Blocking file-system work: call it off the async threads.
+    /// Looks at the served run folders again: adds checkpoints that are complete and no longer growing, lists
+    /// the ones that cannot load (yet) with their reason, and promotes a listed one once it loads. Returns the ids
+    /// that became available. Blocking file-system work: call it off the async threads.
     pub fn refresh(&self) -> Vec<String> {
         let mut added = Vec::new();
         for (dir, run_name) in &self.runs {
             let Ok(list) = run::list(dir) else { continue };
             for ckpt in list {
                 let id = format!("{run_name}/{}", ckpt.name);
-                if self.entries.read().iter().any(|e| e.id == id)
-                    || run::is_complete(&ckpt.path).is_err()
+                let current = self.entries.read().iter().find(|e| e.id == id).cloned();
+                if current
+                    .as_ref()
+                    .is_some_and(|e| !matches!(e.backend, Backend::Unavailable(_)))
                 {
                     continue;
                 }
-                let size = run::folder_size(&ckpt.path);
-                let mut pending = self.pending.lock();
-                if pending.get(&ckpt.path) != Some(&size) {
-                    pending.insert(ckpt.path.clone(), size);
+                if run::is_complete(&ckpt.path).is_ok() {
+                    // Complete: it becomes available once its size is the same at two looks.
+                    let size = run::folder_size(&ckpt.path);
+                    let mut pending = self.pending.lock();
+                    if pending.get(&ckpt.path) != Some(&size) {
+                        pending.insert(ckpt.path.clone(), size);
+                        continue;
+                    }
+                    pending.remove(&ckpt.path);
+                }
+                let entry = checkpoint_entry(run_name, &ckpt, &self.opts);
+                let problem = entry.problem();
+                if current.as_ref().is_some_and(|c| c.problem() == problem) {
                     continue;
                 }
-                pending.remove(&ckpt.path);
-                drop(pending);
-                match run_entry(run_name, &ckpt) {
-                    Ok(entry) => {
-                        let mut entries = self.entries.write();
-                        entries.push(Arc::new(entry));
-                        entries
-                            .sort_by(|a, b| (&a.run, a.step, &a.id).cmp(&(&b.run, b.step, &b.id)));
+                match &problem {
+                    None => {
                         tracing::info!(model = %id, "new checkpoint");
-                        added.push(id);
+                        added.push(id.clone());
                     }
-                    Err(e) => tracing::warn!(checkpoint = %ckpt.path.display(), "not served: {e}"),
+                    Some(p) => {
+                        tracing::warn!(model = %id, status = p.status, "listed but cannot answer: {}", p.reason)
+                    }
                 }
+                let mut entries = self.entries.write();
+                entries.retain(|e| e.id != id);
+                entries.push(Arc::new(entry));
+                entries.sort_by(|a, b| (&a.run, a.step, &a.id).cmp(&(&b.run, b.step, &b.id)));
             }
         }
         added
@@ -261,11 +361,22 @@ impl Registry {
     /// the first time as [`Registry::model`] does.
     pub async fn loaded(&self, entry: &Arc<Entry>) -> Result<(Arc<Model>, Arc<Batcher>), ApiError> {
         use std::sync::atomic::Ordering;
-        let Backend::Local(source) = &entry.backend else {
-            return Err(ApiError::internal(format!(
-                "{} is a remote model and has no local weights",
-                entry.id
-            )));
+        let source = match &entry.backend {
+            Backend::Local(source) => source,
+            Backend::Unavailable(_) => {
+                let p = entry.problem().map(|p| p.reason).unwrap_or_default();
+                return Err(ApiError::unavailable(format!(
+                    "model {} cannot answer ({}): {p}",
+                    entry.id,
+                    entry.status()
+                )));
+            }
+            Backend::Remote(_) => {
+                return Err(ApiError::internal(format!(
+                    "{} is a remote model and has no local weights",
+                    entry.id
+                )))
+            }
         };
         entry.last_used.store(
             self.clock.fetch_add(1, Ordering::SeqCst) + 1,
@@ -284,7 +395,16 @@ impl Registry {
             .await
             .map_err(|e| ApiError::internal(format!("loading failed: {e}")))?
             .map(Arc::new)
-            .map_err(|e| ApiError::internal(format!("loading {} failed: {e}", entry.id)))?;
+            .map_err(|e| {
+                // Recorded: /v1/models and /health show it, and the other models keep answering.
+                *entry.problem.lock() = Some(Problem {
+                    status: "failed",
+                    reason: e.to_string(),
+                });
+                tracing::error!(model = %entry.id, "loading failed: {e}");
+                ApiError::internal(format!("loading {} failed: {e}", entry.id))
+            })?;
+        *entry.problem.lock() = None;
         let batcher = Batcher::new(model.clone(), self.batching)
             .map(Arc::new)
             .map_err(|e| ApiError::internal(e.to_string()))?;

@@ -98,9 +98,13 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
         .entries()
         .iter()
         .map(|e| {
-            json!({"id": e.id, "object": "model", "created": 0, "owned_by": "vibecheck",
+            let mut m = json!({"id": e.id, "object": "model", "created": 0, "owned_by": "vibecheck",
                    "run": e.run, "step": e.step, "loaded": e.is_loaded(),
-                   "format": e.format()})
+                   "format": e.format(), "status": e.status()});
+            if let Some(p) = e.problem() {
+                m["reason"] = json!(p.reason);
+            }
+            m
         })
         .collect();
     Json(json!({"object": "list", "data": data}))
@@ -117,11 +121,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
         batches.prefill_chunks += c.prefill_chunks;
         batches.largest = batches.largest.max(c.largest);
     }
+    // Served: the models that can answer; the ones listed with a problem are not offered.
+    let served = entries.iter().filter(|e| e.problem().is_none()).count();
     let text = state.metrics.render(
         state.waiting.load(Ordering::SeqCst),
         running,
         loaded,
-        entries.len(),
+        served,
         batches,
     );
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
@@ -159,39 +165,106 @@ async fn health(State(state): State<AppState>) -> Response {
 async fn health_check(state: &AppState) -> Response {
     let entries = state.registry.entries();
     let started = std::time::Instant::now();
-    let Some(entry) = entries.iter().find(|e| e.remote().is_none()).cloned() else {
-        // Only remote models: healthy when the first endpoint answers.
-        let Some(remote) = entries.first().and_then(|e| e.remote()).cloned() else {
-            return ApiError::internal("no model is served").into_response();
+    // Health is per model: the server is healthy while any model can answer, and the ones that cannot are listed
+    // with their reasons.
+    let unavailable = |entries: &[std::sync::Arc<crate::registry::Entry>]| -> Vec<Value> {
+        entries
+            .iter()
+            .filter_map(|e| {
+                e.problem()
+                    .map(|p| json!({"id": e.id, "status": p.status, "reason": p.reason}))
+            })
+            .collect()
+    };
+    let mut locals: Vec<_> = entries
+        .iter()
+        .filter(|e| matches!(e.backend, crate::registry::Backend::Local(_)))
+        .cloned()
+        .collect();
+    if locals.is_empty() {
+        // Only remote models (or none that can load): healthy when the first endpoint answers.
+        let Some(remote) = entries.iter().find_map(|e| e.remote()).cloned() else {
+            let mut e = ApiError::unavailable(format!(
+                "no served model can answer: {}",
+                describe(&unavailable(&entries))
+            ));
+            if entries.is_empty() {
+                e = ApiError::internal("no model is served");
+            }
+            return e.into_response();
         };
         let id = remote.id.clone();
         return match tokio::task::spawn_blocking(move || remote.check()).await {
-            Ok(Ok(())) => Json(json!({"status": "ok", "model": id, "generation_ms": started.elapsed().as_millis() as u64})).into_response(),
+            Ok(Ok(())) => Json(json!({"status": "ok", "model": id, "generation_ms": started.elapsed().as_millis() as u64,
+                                      "unavailable": unavailable(&entries)})).into_response(),
             Ok(Err(mut e)) => {
                 e.status = axum::http::StatusCode::SERVICE_UNAVAILABLE;
                 e.into_response()
             }
             Err(e) => ApiError::internal(e.to_string()).into_response(),
         };
-    };
-    let result = async {
-        let model = state.registry.model(&entry).await?;
-        tokio::task::spawn_blocking(move || {
-            model.generate(&Prompt::Text("Hi".into()), &SamplingParams::greedy(1))
+    }
+    // A loaded model first (no load needed), then those with no known problem, failed ones last; a few tries.
+    locals.sort_by_key(|e| (!e.is_loaded(), e.problem().is_some()));
+    let mut last_error = None;
+    for entry in locals.into_iter().take(3) {
+        let result = async {
+            let model = state.registry.model(&entry).await?;
+            tokio::task::spawn_blocking(move || {
+                model.generate(&Prompt::Text("Hi".into()), &SamplingParams::greedy(1))
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(e.for_client().to_string()))
+        }
+        .await;
+        match result {
+            Ok(g)
+                if g.usage.completion_tokens
+                    + usize::from(g.finish_reason == vibecheck_engine::FinishReason::Stop)
+                    >= 1 =>
+            {
+                let entries = state.registry.entries();
+                return Json(json!({"status": "ok", "model": entry.id,
+                                   "generation_ms": started.elapsed().as_millis() as u64,
+                                   "unavailable": unavailable(&entries)}))
+                .into_response();
+            }
+            Ok(_) => {
+                last_error = Some(ApiError::internal(format!(
+                    "{}: the test generation produced nothing",
+                    entry.id
+                )))
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let entries = state.registry.entries();
+    let mut e = last_error.unwrap_or_else(|| ApiError::internal("no model could be tried"));
+    e.status = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    e.message = format!(
+        "no served model can answer: {}; last error: {}",
+        describe(&unavailable(&entries)),
+        e.message
+    );
+    e.into_response()
+}
+
+/// `id (status: reason)` for each model that cannot answer.
+fn describe(unavailable: &[Value]) -> String {
+    if unavailable.is_empty() {
+        return "none is listed as unavailable".into();
+    }
+    unavailable
+        .iter()
+        .map(|u| {
+            format!(
+                "{} ({}: {})",
+                u["id"].as_str().unwrap_or("?"),
+                u["status"].as_str().unwrap_or("?"),
+                u["reason"].as_str().unwrap_or("")
+            )
         })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))
-    }
-    .await;
-    match result {
-        Ok(g) if g.usage.completion_tokens + usize::from(g.finish_reason == vibecheck_engine::FinishReason::Stop) >= 1 => {
-            Json(json!({"status": "ok", "model": entry.id, "generation_ms": started.elapsed().as_millis() as u64})).into_response()
-        }
-        Ok(_) => ApiError::internal("the test generation produced nothing").into_response(),
-        Err(mut e) => {
-            e.status = axum::http::StatusCode::SERVICE_UNAVAILABLE;
-            e.into_response()
-        }
-    }
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -200,12 +200,32 @@ pub async fn run_page(
     );
     body.push_str(&failed_checkpoints(&t));
     body.push_str("<table class=\"heat\"><thead><tr><th>prompt</th>");
-    for c in &t.checkpoints {
-        body.push_str(&format!(
-            "<th title=\"{}\">{}</th>",
-            esc(&c.name),
-            c.step.map_or_else(|| esc(&c.name), |s| s.to_string())
-        ));
+    // Columns by step: answered checkpoints, and greyed ones that could not be loaded (the reason on hover), so a
+    // run whose later checkpoints fail does not look like a run that stopped.
+    let answered: std::collections::HashSet<i64> = t.checkpoints.iter().map(|c| c.id).collect();
+    let mut columns: Vec<(Option<u64>, Option<usize>, &vibecheck_store::Checkpoint)> = t
+        .checkpoints
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.step.map(|s| s as u64), Some(i), c))
+        .chain(
+            t.failed
+                .iter()
+                .filter(|c| !answered.contains(&c.id))
+                .map(|c| (c.step.map(|s| s as u64), None, c)),
+        )
+        .collect();
+    columns.sort_by_key(|(step, _, c)| (*step, c.id));
+    for (_, answered, c) in &columns {
+        let label = c.step.map_or_else(|| esc(&c.name), |s| s.to_string());
+        match answered {
+            Some(_) => body.push_str(&format!("<th title=\"{}\">{label}</th>", esc(&c.name))),
+            None => body.push_str(&format!(
+                "<th class=\"failed\" title=\"{}: could not be loaded: {}\">{label}</th>",
+                esc(&c.name),
+                esc(c.load_error.as_deref().unwrap_or(""))
+            )),
+        }
     }
     body.push_str("<th>length</th></tr></thead><tbody>");
     for p in &t.prompts {
@@ -215,7 +235,16 @@ pub async fn run_page(
             esc(&p.turns.join(" / ")),
             esc(&p.id)
         ));
-        for (i, cell) in p.cells.iter().enumerate() {
+        for (_, answered, failed) in &columns {
+            let Some(i) = *answered else {
+                body.push_str(&format!(
+                    "<td class=\"failed\" title=\"{}: could not be loaded: {}\">✕</td>",
+                    esc(&failed.name),
+                    esc(failed.load_error.as_deref().unwrap_or(""))
+                ));
+                continue;
+            };
+            let cell = &p.cells[i];
             match cell {
                 None => body.push_str("<td class=\"none\">·</td>"),
                 Some(c) => {

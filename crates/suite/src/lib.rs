@@ -13,4 +13,4 @@ pub use suite::{Suite, SuiteError, SuitePrompt};
 pub use timeline::{timeline, Timeline};
 /// The `max_tokens` a prompt gets when neither it nor its suite sets one (the engine's one default).
 pub use vibecheck_engine::DEFAULT_MAX_TOKENS;
-pub use watch::{watch, CheckpointSummary, WatchEvent, WatchOptions};
+pub use watch::{run_name, watch, CheckpointSummary, WatchEvent, WatchOptions};

@@ -152,11 +152,53 @@ pub fn watch(
             detail: e.to_string(),
         })?;
         let mut waiting = 0;
+        if first_look {
+            for dir in run::unnamed_checkpoints(&opts.run_dir) {
+                let name = dir.file_name().unwrap_or_default().to_string_lossy();
+                on_event(WatchEvent::Failed {
+                    name: &name,
+                    error: "not watched: this folder holds a checkpoint but its name gives no step; rename it \
+                            (checkpoint-N, step_N, epoch_N) to have it answered"
+                        .into(),
+                });
+            }
+        }
         for ckpt in list {
             if stop.load(Ordering::SeqCst) {
                 return Ok(summaries);
             }
             if let Err(e) = run::is_complete(&ckpt.path) {
+                // A layout that is never loadable (ZeRO partitions, FSDP shards, Megatron): once the folder
+                // stops changing it is recorded as failed with the command that converts it, so a run whose later
+                // checkpoints are ZeRO shards does not look like a run that stopped.
+                let size = run::folder_size(&ckpt.path);
+                if finished.get(&ckpt.path) == Some(&size) {
+                    continue;
+                }
+                let stable = sizes.insert(ckpt.path.clone(), size) == Some(size);
+                let unloadable =
+                    vibecheck_checkpoint::layout::detect(&ckpt.path).is_some_and(|l| l.is_final());
+                if stable && unloadable {
+                    let error = e.to_string();
+                    let hash = run::content_hash(&ckpt.path).unwrap_or_default();
+                    let row = store.upsert_checkpoint(
+                        run.id,
+                        &ckpt.name,
+                        &ckpt.path.display().to_string(),
+                        ckpt.step.map(|s| s as i64),
+                        &hash,
+                    );
+                    match row.and_then(|row| store.set_load_error(row.id, Some(&error))) {
+                        Err(e) if !transient(&e) => return Err(e.into()),
+                        _ => {}
+                    }
+                    on_event(WatchEvent::Failed {
+                        name: &ckpt.name,
+                        error,
+                    });
+                    finished.insert(ckpt.path.clone(), size);
+                    continue;
+                }
                 waiting += 1;
                 on_event(WatchEvent::Waiting {
                     name: &ckpt.name,

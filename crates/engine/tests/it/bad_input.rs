@@ -420,3 +420,99 @@ fn a_stored_head_wins_over_tie_word_embeddings() {
     });
     assert_ne!(logits(&dir), original);
 }
+
+fn torch_fixture(name: &str) -> std::path::PathBuf {
+    vibecheck_test_support::workspace_root()
+        .join("tests/fixtures/torch")
+        .join(name)
+}
+
+fn last_logits(dir: &std::path::Path) -> Vec<f32> {
+    let model = Model::load(dir.to_str().unwrap(), &LoadOptions::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut cache = vibecheck_engine::model::Cache::new(model.config(), 1);
+    model
+        .decoder
+        .forward(&[(1..24).collect()], &mut cache, false)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+/// `pytorch_model.bin` as torch.save writes it loads like the safetensors it was made from, exactly (same
+/// float32 bytes), and `convert` writes it out as safetensors that load the same.
+#[test]
+fn pytorch_model_bin_loads_as_its_safetensors_original() {
+    let want = last_logits(&reference_dir().join("tiny/llama"));
+    assert_eq!(last_logits(&torch_fixture("llama-bin")), want);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("converted");
+    let report =
+        vibecheck_engine::convert::bin_to_safetensors(&torch_fixture("llama-bin"), &out).unwrap();
+    assert!(report.tensors > 10);
+    assert!(out.join("model.safetensors").is_file() && out.join("tokenizer.json").is_file());
+    assert_eq!(last_logits(&out), want);
+}
+
+/// Sharded bfloat16 `.bin` files (with `pytorch_model.bin.index.json`) load like the same bfloat16 weights
+/// saved as safetensors.
+#[test]
+fn sharded_bf16_bins_load_like_the_same_weights_in_safetensors() {
+    let (_t, dir) = tiny_copy();
+    rewrite_tensors(&dir, |t| {
+        for v in t.values_mut() {
+            *v = v.to_dtype(candle_core::DType::BF16).unwrap();
+        }
+    });
+    let bins = last_logits(&torch_fixture("llama-bin-sharded"));
+    assert_eq!(bins, last_logits(&dir));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("converted");
+    vibecheck_engine::convert::bin_to_safetensors(&torch_fixture("llama-bin-sharded"), &out)
+        .unwrap();
+    assert!(out.join("model.safetensors.index.json").is_file());
+    assert_eq!(last_logits(&out), bins);
+}
+
+/// A pickle that would run code is refused, naming the global and the way to convert, and nothing runs; the
+/// legacy (pre-zip) torch format is named as such.
+#[test]
+fn pickles_that_run_code_and_legacy_torch_files_are_refused_with_the_fix() {
+    let (_t, dir) = tiny_copy();
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::fs::copy(torch_fixture("evil.bin"), dir.join("pytorch_model.bin")).unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &[
+            "pytorch_model.bin",
+            "posix.system",
+            "does not execute pickles",
+            "if you trust the file",
+            "safe_serialization=True",
+        ],
+    );
+    std::fs::copy(torch_fixture("legacy.bin"), dir.join("pytorch_model.bin")).unwrap();
+    assert_mentions(&load_err(&dir), &["legacy", "save_pretrained"]);
+}
+
+/// A DeepSpeed ZeRO checkpoint (config.json beside global_stepN partitions, as the HF Trainer leaves it) is
+/// named, with the command that consolidates it.
+#[test]
+fn zero_checkpoints_name_the_consolidation_command() {
+    let (_t, dir) = tiny_copy();
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::fs::create_dir_all(dir.join("global_step40")).unwrap();
+    std::fs::write(
+        dir.join("global_step40/zero_pp_rank_0_mp_rank_00_model_states.pt"),
+        b"x",
+    )
+    .unwrap();
+    std::fs::write(dir.join("latest"), "global_step40").unwrap();
+    std::fs::write(dir.join("zero_to_fp32.py"), "# DeepSpeed's script").unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &["DeepSpeed ZeRO", "zero_to_fp32.py", "--safe_serialization"],
+    );
+}

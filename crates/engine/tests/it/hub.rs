@@ -40,6 +40,21 @@ fn hub_id_resolves_through_the_cache_and_offline_misses_name_the_paths() {
         .to_string();
     assert!(err.contains("models--tiny-org--not-there"), "{err}");
     assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
+    assert!(err.contains("`hf download tiny-org/not-there`"), "{err}");
+
+    // A cached model at a revision that is not cached is named as such, not as a missing model.
+    let err = Model::load("tiny-org/tiny-llama@v2", &LoadOptions::default())
+        .err()
+        .expect("must fail")
+        .to_string();
+    for part in [
+        "is in the local cache",
+        "not at revision `v2`",
+        "cached: main",
+        "`hf download tiny-org/tiny-llama --revision v2`",
+    ] {
+        assert!(err.contains(part), "{err:?} should mention {part:?}");
+    }
 }
 
 /// A hub served on 127.0.0.1 by the test: the listing and resolve routes the real hub answers.

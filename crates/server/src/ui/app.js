@@ -112,14 +112,31 @@ async function loadModels() {
     list.sort((a, b) => (a.step ?? 0) - (b.step ?? 0));
     const group = el("optgroup", { label: run });
     for (const m of list) {
-      const label = m.step != null ? `${m.id} (step ${m.step})` : m.id;
-      group.append(el("option", { value: m.id, text: label }));
+      // A checkpoint that cannot answer (incomplete, a layout to convert, failed to load) is listed greyed out,
+      // with its reason on hover, never left out.
+      const down = m.status && m.status !== "available";
+      const label = (m.step != null ? `${m.id} (step ${m.step})` : m.id) + (down ? ` · ${m.status}` : "");
+      const option = el("option", { value: m.id, text: label });
       const box = el("input", { type: "checkbox", value: m.id });
-      picks.append(el("label", {}, box, label));
+      const pick = el("label", {}, box, label);
+      if (down) {
+        option.disabled = true;
+        box.disabled = true;
+        option.title = m.reason || m.status;
+        pick.title = m.reason || m.status;
+        pick.classList.add("unavailable");
+      }
+      group.append(option);
+      picks.append(pick);
     }
     select.append(group);
   }
-  if (state.model && models.some((m) => m.id === state.model)) select.value = state.model;
+  const usable = (id) => models.some((m) => m.id === id && (!m.status || m.status === "available"));
+  if (state.model && usable(state.model)) select.value = state.model;
+  else {
+    const first = models.find((m) => !m.status || m.status === "available");
+    if (first) select.value = first.id;
+  }
 }
 
 // ---- rendering ----

@@ -67,19 +67,169 @@ async fn models_lists_complete_checkpoints_by_step() {
     let app = app(&run);
     let (status, body, _) = call(&app, "GET", "/v1/models", None).await;
     assert_eq!(status, StatusCode::OK);
-    let ids: Vec<&str> = body["data"]
+    let listed: Vec<(&str, &str)> = body["data"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["id"].as_str().unwrap())
+        .map(|m| (m["id"].as_str().unwrap(), m["status"].as_str().unwrap()))
         .collect();
     assert_eq!(
-        ids,
-        vec!["tiny-run/checkpoint-10", "tiny-run/checkpoint-20"],
-        "the half-written checkpoint-30 is not offered"
+        listed,
+        vec![
+            ("tiny-run/checkpoint-10", "available"),
+            ("tiny-run/checkpoint-20", "available"),
+            ("tiny-run/checkpoint-30", "incomplete"),
+        ],
+        "the half-written checkpoint-30 is listed as such, not left out and not offered"
     );
     assert_eq!(body["data"][1]["step"], 20);
     assert_eq!(body["data"][1]["run"], "tiny-run");
+    let reason = body["data"][2]["reason"].as_str().unwrap();
+    assert!(reason.contains("model.safetensors"), "{reason}");
+    let (status, body, _) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(json!({"model": "tiny-run/checkpoint-30", "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("incomplete"));
+}
+
+/// The ids of the models that can answer.
+fn available(registry: &Registry) -> Vec<String> {
+    registry
+        .entries()
+        .iter()
+        .filter(|e| e.problem().is_none())
+        .map(|e| e.id.clone())
+        .collect()
+}
+
+/// A run mixing every layout a trainer leaves: safetensors, a LoRA adapter, a pytorch_model.bin, a ZeRO folder
+/// and a checkpoint of an unsupported architecture. The loadable ones answer; the others are listed with their
+/// reasons (the ZeRO one with its consolidation command) and answer 503 with it; /health stays green.
+#[tokio::test]
+async fn a_run_of_mixed_formats_serves_what_loads_and_lists_the_rest_with_reasons() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("mixed-run");
+    let tiny = reference_dir().join("tiny/llama");
+    copy_dir(&tiny, &run.join("checkpoint-10"));
+    let lora = run.join("checkpoint-20");
+    copy_dir(&reference_dir().join("tiny/lora-llama"), &lora);
+    let cfg = std::fs::read_to_string(lora.join("adapter_config.json"))
+        .unwrap()
+        .replace("\"../llama\"", &format!("{:?}", tiny.display().to_string()));
+    std::fs::write(lora.join("adapter_config.json"), cfg).unwrap();
+    copy_dir(
+        &vibecheck_test_support::workspace_root().join("tests/fixtures/torch/llama-bin"),
+        &run.join("checkpoint-30"),
+    );
+    let zero = run.join("checkpoint-40");
+    std::fs::create_dir_all(zero.join("global_step40")).unwrap();
+    std::fs::copy(tiny.join("config.json"), zero.join("config.json")).unwrap();
+    std::fs::write(zero.join("global_step40/mp_rank_00_model_states.pt"), b"x").unwrap();
+    std::fs::write(zero.join("zero_to_fp32.py"), "#").unwrap();
+    let bloom = run.join("checkpoint-50");
+    copy_dir(&tiny, &bloom);
+    let cfg = std::fs::read_to_string(bloom.join("config.json"))
+        .unwrap()
+        .replace("LlamaForCausalLM", "BloomForCausalLM");
+    std::fs::write(bloom.join("config.json"), cfg).unwrap();
+
+    let app = app(&run);
+    let (_, body, _) = call(&app, "GET", "/v1/models", None).await;
+    let listed: Vec<(String, String, String)> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_string(),
+                m["status"].as_str().unwrap().to_string(),
+                m["format"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, String)> = [
+        ("checkpoint-10", "available", "safetensors"),
+        ("checkpoint-20", "available", "lora"),
+        ("checkpoint-30", "available", "safetensors"),
+        ("checkpoint-40", "unsupported", "none"),
+        ("checkpoint-50", "failed", "none"),
+    ]
+    .iter()
+    .map(|(n, s, f)| (format!("mixed-run/{n}"), s.to_string(), f.to_string()))
+    .collect();
+    assert_eq!(listed, want);
+    assert!(body["data"][3]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("zero_to_fp32.py"));
+    assert!(body["data"][4]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("BloomForCausalLM"));
+    for id in ["mixed-run/checkpoint-20", "mixed-run/checkpoint-30"] {
+        let (status, body, _) = call(
+            &app,
+            "POST",
+            "/v1/chat/completions",
+            Some(json!({"model": id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{id}: {body}");
+    }
+    let (status, body, _) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(json!({"model": "mixed-run/checkpoint-40", "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("DeepSpeed ZeRO"));
+    let (status, body, _) = call(&app, "GET", "/health", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let down: Vec<&str> = body["unavailable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        down,
+        vec!["mixed-run/checkpoint-40", "mixed-run/checkpoint-50"]
+    );
+}
+
+/// A source named on the command line that cannot load fails when the server starts, with the reason.
+#[test]
+fn an_explicit_source_that_cannot_load_fails_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    copy_dir(&reference_dir().join("tiny/llama"), &dir);
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        vibecheck_test_support::workspace_root().join("tests/fixtures/torch/legacy.bin"),
+        dir.join("pytorch_model.bin"),
+    )
+    .unwrap();
+    let err = Registry::from_sources(&[dir.display().to_string()], LoadOptions::default())
+        .err()
+        .expect("a source that cannot load was accepted")
+        .to_string();
+    assert!(
+        err.contains("pytorch_model.bin") && err.contains("legacy"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -363,7 +513,7 @@ async fn new_checkpoints_appear_once_complete_and_stable() {
     let (_t, run) = run_folder();
     let registry =
         Registry::from_sources(&[run.display().to_string()], LoadOptions::default()).unwrap();
-    assert_eq!(registry.entries().len(), 2);
+    assert_eq!(available(&registry).len(), 2);
     copy_dir(
         &reference_dir().join("tiny/llama"),
         &run.join("checkpoint-40"),
@@ -382,9 +532,8 @@ async fn new_checkpoints_appear_once_complete_and_stable() {
     for _ in 0..3 {
         registry.refresh();
     }
-    let ids: Vec<String> = registry.entries().iter().map(|e| e.id.clone()).collect();
     assert_eq!(
-        ids,
+        available(&registry),
         vec![
             "tiny-run/checkpoint-10",
             "tiny-run/checkpoint-20",
@@ -400,6 +549,7 @@ async fn new_checkpoints_appear_once_complete_and_stable() {
     registry.refresh();
     let steps: Vec<Option<u64>> = registry.entries().iter().map(|e| e.step).collect();
     assert_eq!(steps, vec![Some(10), Some(20), Some(30), Some(40)]);
+    assert_eq!(available(&registry).len(), 4, "checkpoint-30 is promoted");
 }
 
 /// Under a memory budget that holds one checkpoint, asking for a second unloads the least recently used.

@@ -380,3 +380,53 @@ fn a_lora_run_is_watched_over_one_shared_base() {
     };
     assert_ne!(greedy("checkpoint-10"), greedy("checkpoint-20"));
 }
+
+/// A run whose later checkpoint is a DeepSpeed ZeRO folder: the watch answers the loadable one, records the ZeRO
+/// one as failed with the command that consolidates it (so the timeline shows it), and does not wait on it.
+#[test]
+fn a_zero_checkpoint_is_recorded_as_failed_with_its_command_not_waited_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("tiny-run");
+    let db = tmp.path().join("v.db");
+    copy_dir(
+        &reference_dir().join("tiny/llama"),
+        &run.join("checkpoint-10"),
+    );
+    let zero = run.join("checkpoint-20");
+    std::fs::create_dir_all(zero.join("global_step20")).unwrap();
+    std::fs::copy(
+        reference_dir().join("tiny/llama/config.json"),
+        zero.join("config.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        zero.join("global_step20/zero_pp_rank_0_mp_rank_00_optim_states.pt"),
+        b"x",
+    )
+    .unwrap();
+    std::fs::write(zero.join("latest"), "global_step20").unwrap();
+    let mut store = Store::open(&db).unwrap();
+    let mut failed = Vec::new();
+    let summaries = vibecheck_suite::watch(
+        &mut store,
+        &options(&run, true),
+        &AtomicBool::new(false),
+        &mut |e| {
+            if let WatchEvent::Failed { name, error } = e {
+                failed.push((name.to_string(), error));
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(summaries.len(), 1);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, "checkpoint-20");
+    assert!(failed[0].1.contains("zero_to_fp32"), "{}", failed[0].1);
+    let t = vibecheck_suite::timeline(&store, "tiny-run", None, 0).unwrap();
+    assert_eq!(t.failed.len(), 1);
+    assert!(t.failed[0]
+        .load_error
+        .as_deref()
+        .unwrap()
+        .contains("DeepSpeed ZeRO"));
+}
