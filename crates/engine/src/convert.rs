@@ -27,6 +27,15 @@ pub fn gguf_to_hf(
 ) -> Result<ConvertReport, EngineError> {
     let content = read_gguf(gguf_path)?;
     let cfg = gguf::config_from_gguf(&content).map_err(|m| EngineError::file(gguf_path, m))?;
+    if cfg.arch != crate::config::Arch::Llama {
+        return Err(EngineError::file(
+            gguf_path,
+            format!(
+                "convert writes llama GGUF files out as folders; this one is {} (load it directly: vibecheck serves it)",
+                cfg.arch.hf_name()
+            ),
+        ));
+    }
     if content.tensor_infos.contains_key("rope_freqs.weight") {
         return Err(EngineError::file(
             gguf_path,

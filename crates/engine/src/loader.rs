@@ -189,8 +189,8 @@ impl Model {
         let mut content = content;
         let vocab =
             crate::gguf::GgufVocab::take(&mut content).map_err(|m| EngineError::file(path, m))?;
-        let (heads, kv_heads) = (cfg.num_heads, cfg.num_kv_heads);
-        let mut weights = Weights::from_gguf(content, path, heads, kv_heads, &opts.device)?;
+        let layout = (cfg.num_heads, cfg.num_kv_heads, cfg.arch, cfg.vocab_size);
+        let mut weights = Weights::from_gguf(content, path, layout, &opts.device)?;
         if let Some(dtype) = opts.dtype {
             weights.dtype = dtype;
         }

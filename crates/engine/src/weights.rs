@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use crate::gguf::names::{gguf_name, gguf_permute_heads, gguf_range, unpermute_rows};
+use crate::config::Arch;
+use crate::gguf::names::{gguf_location, gguf_permute_heads, gguf_range, permuted, unpermute_rows};
 use crate::kernels::{PackError, PackedMatrix, Quantize};
 use crate::EngineError;
 
@@ -210,6 +211,11 @@ enum Backend {
         path: PathBuf,
         heads: usize,
         kv_heads: usize,
+        /// Decides the tensor names and whether Q/K rows were permuted.
+        arch: Arch,
+        /// The vocabulary (the embedding's rows): Gemma 3's converter cuts the embedding to the tokenizer's size
+        /// but not the head, whose extra rows are dropped to match.
+        vocab: usize,
     },
 }
 
@@ -286,8 +292,7 @@ impl Weights {
     pub fn from_gguf(
         content: gguf_file::Content,
         path: &Path,
-        heads: usize,
-        kv_heads: usize,
+        (heads, kv_heads, arch, vocab): (usize, usize, Arch, usize),
         device: &Device,
     ) -> Result<Self, EngineError> {
         let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
@@ -304,6 +309,8 @@ impl Weights {
                 path: path.to_path_buf(),
                 heads,
                 kv_heads,
+                arch,
+                vocab,
             },
             dtype: DType::F32,
             device: device.clone(),
@@ -332,9 +339,8 @@ impl Weights {
     pub fn contains(&self, hf_name: &str) -> bool {
         match &self.backend {
             Backend::Safetensors { tensors, .. } => tensors.contains_key(hf_name),
-            Backend::Gguf { content, .. } => {
-                gguf_name(hf_name).is_some_and(|n| content.tensor_infos.contains_key(&n))
-            }
+            Backend::Gguf { content, arch, .. } => gguf_location(hf_name, *arch)
+                .is_some_and(|(n, _)| content.tensor_infos.contains_key(&n)),
         }
     }
 
@@ -432,7 +438,7 @@ impl Weights {
         Ok((t, &opened[t.shard]))
     }
 
-    /// A GGUF tensor's info and (un-permuted) bytes.
+    /// A GGUF tensor's info and (un-permuted) bytes; one expert's slice of a stacked expert tensor.
     fn gguf_bytes(&self, hf_name: &str) -> Result<GgufTensorBytes, EngineError> {
         let Backend::Gguf {
             content,
@@ -440,21 +446,50 @@ impl Weights {
             file_len,
             heads,
             kv_heads,
+            arch,
+            vocab,
             ..
         } = &self.backend
         else {
             unreachable!("only called for GGUF")
         };
-        let name = gguf_name(hf_name).ok_or_else(|| self.missing(hf_name))?;
+        let (name, expert) = gguf_location(hf_name, *arch).ok_or_else(|| self.missing(hf_name))?;
         let info = content
             .tensor_infos
             .get(&name)
             .ok_or_else(|| self.missing(hf_name))?;
         let range = gguf_range(content, info, *file_len).map_err(|m| self.bad(&name, m))?;
-        let dims = info.shape.dims().to_vec();
-        let bytes =
-            read_range(file, range.start as u64, range.len()).map_err(|m| self.bad(&name, m))?;
-        Ok(match gguf_permute_heads(&name, *heads, *kv_heads) {
+        let mut dims = info.shape.dims().to_vec();
+        let (start, len) = match expert {
+            None if name == "output.weight"
+                && dims.len() == 2
+                && dims[0] > *vocab
+                && *vocab > 0 =>
+            {
+                let row = range.len() / dims[0];
+                dims[0] = *vocab;
+                (range.start, row * *vocab)
+            }
+            None => (range.start, range.len()),
+            Some(e) => {
+                // Stacked experts: `[experts, rows, cols]`, each expert's matrix contiguous.
+                let n = dims.first().copied().unwrap_or(0);
+                if dims.len() != 3 || e >= n || !range.len().is_multiple_of(n) {
+                    return Err(self.bad(
+                        &name,
+                        format!("has shape {dims:?}, which holds no expert {e} as a [experts, rows, cols] stack"),
+                    ));
+                }
+                dims.remove(0);
+                let per = range.len() / n;
+                (range.start + e * per, per)
+            }
+        };
+        let bytes = read_range(file, start as u64, len).map_err(|m| self.bad(&name, m))?;
+        let permute = permuted(*arch)
+            .then(|| gguf_permute_heads(&name, *heads, *kv_heads))
+            .flatten();
+        Ok(match permute {
             Some(h) => {
                 let row_bytes = bytes.len() / dims[0].max(1);
                 let permuted = unpermute_rows(&bytes, dims[0], row_bytes, h)

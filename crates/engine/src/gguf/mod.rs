@@ -3,8 +3,9 @@
 //! (`names.rs`), and the embedded vocabulary (`vocab.rs`). The header itself is parsed and checked by
 //! `vibecheck_checkpoint::gguf`.
 //!
-//! Only the llama family (`general.architecture = "llama"`: Llama 1/2/3, SmolLM, TinyLlama, Mistral exports)
-//! is supported; its Q/K rows are un-permuted on load.
+//! The architectures llama.cpp's converter writes for the models this engine runs (`llama` for Llama, Mistral
+//! and Mixtral exports, `qwen2`, `qwen3`, their MoE variants, the Gemmas, `phi3`, `olmo2`, `smollm3`); Q/K rows of
+//! the ones the converter permutes are un-permuted on load, and stacked experts are read one expert at a time.
 
 mod header;
 pub mod names;
@@ -19,7 +20,7 @@ pub use vocab::{GgufSpecialTokens, GgufVocab};
 
 use crate::EngineError;
 
-use crate::config::{bounded, Activation, Arch, Limit, ModelConfig, RopeConfig, RopeScaling};
+use crate::config::{bounded, Arch, Limit, ModelConfig};
 
 fn get<'a>(c: &'a Content, key: &str) -> Option<&'a Value> {
     c.metadata.get(key)
@@ -41,34 +42,67 @@ fn get_f(c: &Content, key: &str) -> Option<f64> {
     get(c, key).and_then(|v| v.to_f32().map(f64::from).or_else(|_| v.to_f64()).ok())
 }
 
-/// The model's hyper-parameters from `llama.*` metadata.
+/// llama.cpp's architecture names and the Hugging Face class each was converted from (Mistral and Mixtral are
+/// written as `llama`; a `llama` file with experts is Mixtral).
+const ARCHES: [(&str, Arch); 11] = [
+    ("llama", Arch::Llama),
+    ("qwen2", Arch::Qwen2),
+    ("qwen3", Arch::Qwen3),
+    ("qwen2moe", Arch::Qwen2Moe),
+    ("qwen3moe", Arch::Qwen3Moe),
+    ("gemma", Arch::Gemma),
+    ("gemma2", Arch::Gemma2),
+    ("gemma3", Arch::Gemma3),
+    ("phi3", Arch::Phi3),
+    ("olmo2", Arch::Olmo2),
+    ("smollm3", Arch::SmolLM3),
+];
+
+/// The model's hyper-parameters from `{arch}.*` metadata, as the config.json llama.cpp's converter read them from
+/// (then parsed by [`ModelConfig::from_hf_json`], so every architecture's rules live in one place). What GGUF does
+/// not record is taken as llama.cpp takes it: Gemma 2 and 3 scale queries by `head_dim^-0.5`, Gemma 3 slides five
+/// layers in six, SmolLM3 drops RoPE on every fourth layer. The Gemma converters store norm weights with the `+1`
+/// already added.
 pub fn config_from_gguf(c: &Content) -> Result<ModelConfig, String> {
-    let arch = get(c, "general.architecture")
+    let name = get(c, "general.architecture")
         .and_then(|v| v.to_string().ok())
         .ok_or("missing `general.architecture`")?;
-    if arch != "llama" {
+    let Some(&(prefix, mut arch)) = ARCHES.iter().find(|(n, _)| n == name) else {
+        let known: Vec<&str> = ARCHES.iter().map(|(n, _)| *n).collect();
         return Err(format!(
-            "GGUF architecture {arch:?} is not supported (supported: \"llama\"); use the Hugging Face checkpoint folder instead"
+            "GGUF architecture {name:?} is not supported (supported: {}); use the Hugging Face checkpoint folder instead",
+            known.join(", ")
         ));
+    };
+    if c.tensor_infos.contains_key("rope_factors_long.weight")
+        || c.tensor_infos.contains_key("rope_factors_short.weight")
+    {
+        return Err(
+            "this GGUF carries long-rope factor tensors (rope_factors_long/short, Phi-3 128k style), which vibecheck \
+             does not read from GGUF yet; load the Hugging Face folder instead (its longrope config is supported)"
+                .into(),
+        );
     }
+    let key = |k: &str| format!("{prefix}.{k}");
     let need = |k: &str, limit: Limit| -> Result<usize, String> {
-        let key = format!("llama.{k}");
+        let key = key(k);
         let v = get_u(c, &key)?.ok_or_else(|| format!("missing `{key}`"))?;
         bounded(&key, v, limit)
     };
+    let opt = |k: &str| get_u(c, &key(k));
     let hidden = need("embedding_length", Limit::Width)?;
     let heads = need("attention.head_count", Limit::Heads)?;
     let kv_heads = bounded(
-        "llama.attention.head_count_kv",
-        get_u(c, "llama.attention.head_count_kv")?.unwrap_or(heads),
+        &key("attention.head_count_kv"),
+        opt("attention.head_count_kv")?.unwrap_or(heads),
         Limit::Heads,
     )?;
     if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
         return Err(format!("head counts {heads}/{kv_heads} are inconsistent"));
     }
     let head_dim = bounded(
-        "llama.attention.key_length",
-        get_u(c, "llama.attention.key_length")?.unwrap_or(hidden / heads),
+        &key("attention.key_length"),
+        opt("attention.key_length")?.unwrap_or(hidden / heads),
         Limit::Width,
     )?;
     let vocab = match c.tensor_infos.get("token_embd.weight") {
@@ -79,53 +113,103 @@ pub fn config_from_gguf(c: &Content) -> Result<ModelConfig, String> {
         )?,
         None => return Err("missing tensor `token_embd.weight`".into()),
     };
-    let scaling = match get(c, "llama.rope.scaling.type")
+    let num_layers = need("block_count", Limit::Layers)?;
+    let experts = opt("expert_count")?.unwrap_or(0);
+    if arch == Arch::Llama && experts > 0 {
+        arch = Arch::Mixtral;
+    }
+    let mut json = serde_json::json!({
+        "architectures": [arch.hf_name()],
+        "hidden_size": hidden,
+        "intermediate_size": need("feed_forward_length", Limit::Width)?,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "vocab_size": vocab,
+        "max_position_embeddings": bounded(&key("context_length"), opt("context_length")?.unwrap_or(2048), Limit::Positions)?,
+        "tie_word_embeddings": !c.tensor_infos.contains_key("output.weight"),
+        "use_sliding_window": false,
+    });
+    let j = json.as_object_mut().expect("an object");
+    let mut put = |k: &str, v: serde_json::Value| {
+        j.insert(k.to_string(), v);
+    };
+    let eps = get_f(c, &key("attention.layer_norm_rms_epsilon"))
+        .or_else(|| get_f(c, &key("attention.layer_norm_epsilon")))
+        .unwrap_or(1e-5);
+    put("rms_norm_eps", eps.into());
+    if let Some(theta) = get_f(c, &key("rope.freq_base")) {
+        put("rope_theta", theta.into());
+    }
+    if let Some(local) = get_f(c, &key("rope.freq_base_swa")) {
+        put("rope_local_base_freq", local.into());
+    }
+    if let Some(rot) = opt("rope.dimension_count")?.filter(|&r| r > 0 && r < head_dim) {
+        put(
+            "partial_rotary_factor",
+            (rot as f64 / head_dim as f64).into(),
+        );
+    }
+    match get(c, &key("rope.scaling.type"))
         .and_then(|v| v.to_string().ok())
         .map(String::as_str)
     {
-        Some("linear") => RopeScaling::Linear {
-            factor: get_f(c, "llama.rope.scaling.factor").unwrap_or(1.0),
-        },
-        Some("none") | None => RopeScaling::None,
+        Some("linear") => put(
+            "rope_scaling",
+            serde_json::json!({"rope_type": "linear", "factor": get_f(c, &key("rope.scaling.factor")).unwrap_or(1.0)}),
+        ),
+        Some("none") | None => {}
         Some(other) => return Err(format!("rope scaling {other:?} in GGUF is not supported")),
-    };
+    }
+    if let Some(orig) = opt("rope.scaling.original_context_length")? {
+        put("original_max_position_embeddings", orig.into());
+    }
+    if let Some(w) = opt("attention.sliding_window")?.filter(|&w| w > 0) {
+        put("sliding_window", w.into());
+    }
+    for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if let Some(v) = get_f(c, &key(k)).filter(|v| *v > 0.0) {
+            put(k, v.into());
+        }
+    }
+    if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
+        put("query_pre_attn_scalar", head_dim.into());
+    }
+    if c.tensor_infos.contains_key("blk.0.attn_q.bias") {
+        put("attention_bias", true.into());
+    }
+    if experts > 0 {
+        put("num_local_experts", experts.into());
+        put(
+            "num_experts_per_tok",
+            opt("expert_used_count")?.unwrap_or(2).into(),
+        );
+        if let Some(n) = opt("expert_feed_forward_length")? {
+            put("moe_intermediate_size", n.into());
+        }
+        if let Some(n) = opt("expert_shared_feed_forward_length")? {
+            put("shared_expert_intermediate_size", n.into());
+        }
+        put(
+            "norm_topk_prob",
+            matches!(arch, Arch::Mixtral | Arch::Qwen3Moe).into(),
+        );
+    }
+    if let Some(bos) = get(c, "tokenizer.ggml.bos_token_id").and_then(|v| v.to_u32().ok()) {
+        put("bos_token_id", bos.into());
+    }
     let eos: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
         .iter()
         .filter_map(|k| get(c, k).and_then(|v| v.to_u32().ok()))
         .collect();
-    let num_layers = need("block_count", Limit::Layers)?;
-    Ok(ModelConfig {
-        arch: Arch::Llama,
-        hidden_size: hidden,
-        intermediate_size: need("feed_forward_length", Limit::Width)?,
-        num_layers,
-        num_heads: heads,
-        num_kv_heads: kv_heads,
-        head_dim,
-        vocab_size: vocab,
-        norm_eps: get_f(c, "llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-        max_position_embeddings: bounded(
-            "llama.context_length",
-            get_u(c, "llama.context_length")?.unwrap_or(2048),
-            Limit::Positions,
-        )?,
-        tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
-        rope: RopeConfig {
-            theta: get_f(c, "llama.rope.freq_base").unwrap_or(10000.0),
-            scaling,
-            partial_rotary_factor: 1.0,
-        },
-        attention_bias: false,
-        mlp_bias: false,
-        activation: Activation::Silu,
-        layer_windows: vec![None; num_layers],
-        attn_logit_softcapping: None,
-        final_logit_softcapping: None,
-        query_pre_attn_scalar: None,
-        bos_token_id: get(c, "tokenizer.ggml.bos_token_id").and_then(|v| v.to_u32().ok()),
-        eos_token_ids: eos,
-        quirks: Default::default(),
-    })
+    put("eos_token_id", eos.into());
+    let mut cfg = ModelConfig::from_hf_json(&json)?;
+    if arch.is_gemma() {
+        // The converter stored `1 + w`.
+        cfg.quirks.norm = crate::config::NormKind::Rms;
+    }
+    Ok(cfg)
 }
 
 /// Llama 3.1-style frequency divisors stored as the `rope_freqs.weight` tensor, when the file has them.

@@ -3,6 +3,72 @@
 
 use candle_core::quantized::{gguf_file, QStorage, QTensor};
 
+use crate::config::Arch;
+
+/// Whether llama.cpp's converter permuted this architecture's Q/K rows (`LlamaModel` and its subclasses).
+pub(crate) fn permuted(arch: Arch) -> bool {
+    matches!(
+        arch,
+        Arch::Llama | Arch::Mistral | Arch::Mixtral | Arch::SmolLM3 | Arch::Granite | Arch::Olmo
+    )
+}
+
+/// The GGUF tensor that holds the Hugging Face tensor `hf` of `arch`, and the expert when it is one slice of
+/// llama.cpp's stacked experts (`ffn_gate_exps` holds every expert's `gate_proj`, expert-major).
+pub fn gguf_location(hf: &str, arch: Arch) -> Option<(String, Option<usize>)> {
+    if arch == Arch::Llama {
+        return gguf_name(hf).map(|n| (n, None));
+    }
+    if let Some((_, g)) = LLAMA_FIXED.iter().find(|(h, _)| *h == hf) {
+        return Some((g.to_string(), None));
+    }
+    let (idx, tail) = hf.strip_prefix("model.layers.")?.split_once('.')?;
+    let idx: usize = idx.parse().ok()?;
+    let (module, suffix) = tail.rsplit_once('.')?;
+    let experts = module
+        .strip_prefix("mlp.experts.")
+        .or_else(|| module.strip_prefix("block_sparse_moe.experts."));
+    if let Some(rest) = experts {
+        let (e, proj) = rest.split_once('.')?;
+        let stacked = match proj {
+            "gate_proj" | "w1" => "ffn_gate_exps",
+            "up_proj" | "w3" => "ffn_up_exps",
+            "down_proj" | "w2" => "ffn_down_exps",
+            _ => return None,
+        };
+        return Some((
+            format!("blk.{idx}.{stacked}.{suffix}"),
+            Some(e.parse().ok()?),
+        ));
+    }
+    let sandwich = matches!(arch, Arch::Gemma2 | Arch::Gemma3 | Arch::Olmo2);
+    let g = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" if sandwich => "post_attention_norm",
+        "post_attention_layernorm" | "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.qkv_proj" => "attn_qkv",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        // Phi-3's fused gate and up rows, in that order.
+        "mlp.gate_up_proj" => "ffn_up",
+        "mlp.gate" | "block_sparse_moe.gate" => "ffn_gate_inp",
+        "mlp.shared_expert.gate_proj" => "ffn_gate_shexp",
+        "mlp.shared_expert.up_proj" => "ffn_up_shexp",
+        "mlp.shared_expert.down_proj" => "ffn_down_shexp",
+        "mlp.shared_expert_gate" => "ffn_gate_inp_shexp",
+        _ => return None,
+    };
+    Some((format!("blk.{idx}.{g}.{suffix}"), None))
+}
+
 /// What a GGUF tensor needs before use: Q and K rows of llama files are permuted for llama.cpp's RoPE.
 pub(crate) fn gguf_permute_heads(gguf: &str, heads: usize, kv_heads: usize) -> Option<usize> {
     if gguf.ends_with("attn_q.weight") {

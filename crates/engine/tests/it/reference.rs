@@ -585,3 +585,124 @@ fn tokenizer_json_loads_as_tokenizers_loads_it() {
         );
     }
 }
+
+fn gguf_fixture(name: &str) -> std::path::PathBuf {
+    vibecheck_test_support::workspace_root()
+        .join("tests/fixtures/gguf")
+        .join(format!("{name}.gguf"))
+}
+
+/// The tiny checkpoint of `name` converted by llama.cpp's own convert_hf_to_gguf.py (float32,
+/// `scripts/make-gguf-fixtures.py`): the same logits and greedy tokens as transformers on the folder.
+fn check_gguf(name: &str) {
+    let reference = read_json(
+        &reference_dir()
+            .join("tiny")
+            .join(name)
+            .join("reference.json"),
+    );
+    let model = Model::load(
+        gguf_fixture(name).to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{name}.gguf: {e}"));
+    // GGUF writes Mistral as `llama`.
+    let want = match reference["architecture"].as_str().unwrap() {
+        "MistralForCausalLM" => "LlamaForCausalLM",
+        other => other,
+    };
+    assert_eq!(model.config().arch.hf_name(), want, "{name}.gguf");
+    let ids: Vec<u32> = reference["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let expected: Vec<f32> = reference["last_position_logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let got = single_logits(&model, &ids);
+    let worst = max_diff(&got, &expected);
+    assert!(worst <= 1e-4, "{name}.gguf: logits differ by up to {worst}");
+    let greedy: Vec<u32> = reference["greedy_8"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(8)
+    };
+    let g = model.generate(&Prompt::Tokens(ids), &params).unwrap();
+    assert_eq!(g.token_ids, greedy, "{name}.gguf: greedy tokens");
+}
+
+#[test]
+fn gguf_files_written_by_llama_cpp_match_transformers() {
+    for name in [
+        "qwen2",
+        "qwen3",
+        "qwen2_moe",
+        "qwen3_moe",
+        "mistral",
+        "mixtral",
+        "gemma",
+        "gemma2",
+        "phi3",
+        "olmo2",
+    ] {
+        check_gguf(name);
+    }
+}
+
+/// What GGUF does not record is taken as llama.cpp takes it: Gemma 3 slides five layers in six and scales queries
+/// by `head_dim^-0.5`, SmolLM3 drops RoPE on every fourth layer. The tiny checkpoints set other values there, so
+/// their GGUF files answer as the folder does with those conventions written into its config.
+#[test]
+fn gguf_conventions_of_gemma3_and_smollm3_follow_llama_cpp() {
+    for (name, edit) in [
+        (
+            "gemma3",
+            Box::new(|c: &mut serde_json::Value| {
+                c["query_pre_attn_scalar"] = serde_json::json!(32);
+                c["layer_types"] = serde_json::json!(["sliding_attention", "sliding_attention"]);
+            }) as Box<dyn Fn(&mut serde_json::Value)>,
+        ),
+        (
+            "smollm3",
+            Box::new(|c: &mut serde_json::Value| {
+                c.as_object_mut().unwrap().remove("no_rope_layers");
+            }),
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(name);
+        crate::fixtures::copy_dir(&reference_dir().join("tiny").join(name), &dir);
+        let mut cfg = read_json(&dir.join("config.json"));
+        edit(&mut cfg);
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        let folder = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        let gguf = Model::load(
+            gguf_fixture(name).to_str().unwrap(),
+            &LoadOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{name}.gguf: {e}"));
+        let ids: Vec<u32> = (1..32).collect();
+        // Gemma 3's converter cuts the vocabulary to the tokenizer's entries (411 of 512 rows here).
+        let (g, f) = (single_logits(&gguf, &ids), single_logits(&folder, &ids));
+        assert!(
+            g.len() <= f.len() && g.len() > 400,
+            "{name}: {} logits",
+            g.len()
+        );
+        let worst = max_diff(&g, &f[..g.len()]);
+        assert!(
+            worst <= 1e-4,
+            "{name}.gguf differs from the folder by {worst}"
+        );
+    }
+}
