@@ -6,7 +6,8 @@ vendored in the llama-cpp-python 0.3.36 source package), float32, into tests/fix
     pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 && tar xzf llama_cpp_python-0.3.36.tar.gz
     LCPP=llama_cpp_python-0.3.36/vendor/llama.cpp python scripts/make-gguf-fixtures.py ../shared/reference
 
-The changes to the converter, all about the tokenizer (the weights and hyper-parameters go through untouched): the
+The changes to the converter, all about the tokenizer (and GPT-NeoX's config keys, given in their transformers-4
+spelling, which its converter reads) (the weights and hyper-parameters go through untouched): the
 tiny checkpoints' 128-merge tokenizer is no published one, so its pre-tokenizer hash is unknown to
 `get_vocab_base_pre`, which then refuses (it is told "default"), and Gemma's and Phi-3's converters want a
 SentencePiece file the tiny checkpoints do not have (they write the byte-level BPE tokenizer instead).
@@ -19,13 +20,24 @@ lcpp = Path(os.environ["LCPP"]).resolve()
 out = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "gguf"
 out.mkdir(parents=True, exist_ok=True)
 archs = sys.argv[2:] or ["qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3", "phi3", "smollm3", "olmo2",
-                         "qwen2_moe", "qwen3_moe", "mixtral"]
+                         "qwen2_moe", "qwen3_moe", "mixtral", "phi", "gpt_neox", "olmo", "stablelm", "cohere",
+                         "granite"]
 runner = f"""
 import sys
 sys.path.insert(0, {str(lcpp)!r})
 sys.path.insert(0, {str(lcpp / 'gguf-py')!r})
 import conversion.base as base
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "default"
+_load = base.ModelBase.load_hparams
+def _load_hparams(dir_model, is_mistral_format):
+    # The GPT-NeoX converter reads transformers 4's `rotary_pct`, which transformers 5 folds into rope_parameters.
+    c = _load(dir_model, is_mistral_format)
+    if c.get("model_type") == "gpt_neox" and "rotary_pct" not in c:
+        rp = c.get("rope_parameters") or {{}}
+        c["rotary_pct"] = rp.get("partial_rotary_factor", 1.0)
+        c["rotary_emb_base"] = rp.get("rope_theta", 10000.0)
+    return c
+base.ModelBase.load_hparams = staticmethod(_load_hparams)
 import conversion, importlib, pkgutil
 for m in pkgutil.iter_modules(conversion.__path__):  # every model class defined
     try:
@@ -58,6 +70,7 @@ for arch in archs:
         shutil.copytree(ref / "tiny" / arch, src)
         for p in src.iterdir():
             p.chmod(0o644)
+
         dest = out / f"{arch}.gguf"
         r = subprocess.run([sys.executable, "-c", runner, "convert", str(src), "--outtype", "f32",
                             "--outfile", str(dest)], capture_output=True, text=True)

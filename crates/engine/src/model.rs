@@ -344,12 +344,15 @@ impl Decoder {
                 h,
                 false,
             )?),
-            Arch::GptNeoX => Projections::PerHead(w.linear(
-                &format!("{p}.query_key_value"),
-                3 * nh * hd,
-                h,
-                b,
-            )?),
+            // GPT-NeoX interleaves each head's q, k and v rows; llama.cpp's converter reorders them to q, k, v.
+            Arch::GptNeoX => {
+                let qkv = w.linear(&format!("{p}.query_key_value"), 3 * nh * hd, h, b)?;
+                if w.is_gguf() {
+                    Projections::Fused(qkv)
+                } else {
+                    Projections::PerHead(qkv)
+                }
+            }
             _ => {
                 let (q, k, v) = (
                     format!("{p}.q_proj"),

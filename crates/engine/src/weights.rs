@@ -336,6 +336,11 @@ impl Weights {
         names
     }
 
+    /// Whether the tensors come from a GGUF file (laid out as llama.cpp's converter left them).
+    pub fn is_gguf(&self) -> bool {
+        matches!(self.backend, Backend::Gguf { .. })
+    }
+
     pub fn contains(&self, hf_name: &str) -> bool {
         match &self.backend {
             Backend::Safetensors { tensors, .. } => tensors.contains_key(hf_name),

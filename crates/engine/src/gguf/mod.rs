@@ -4,7 +4,8 @@
 //! `vibecheck_checkpoint::gguf`.
 //!
 //! The architectures llama.cpp's converter writes for the models this engine runs (`llama` for Llama, Mistral
-//! and Mixtral exports, `qwen2`, `qwen3`, their MoE variants, the Gemmas, `phi3`, `olmo2`, `smollm3`); Q/K rows of
+//! and Mixtral exports, `qwen2`, `qwen3`, their MoE variants, the Gemmas, `phi2`, `phi3`, `gptneox`, `olmo`,
+//! `olmo2`, `stablelm`, `command-r`, `granite`, `smollm3`); Q/K rows of
 //! the ones the converter permutes are un-permuted on load, and stacked experts are read one expert at a time.
 
 mod header;
@@ -44,8 +45,14 @@ fn get_f(c: &Content, key: &str) -> Option<f64> {
 
 /// llama.cpp's architecture names and the Hugging Face class each was converted from (Mistral and Mixtral are
 /// written as `llama`; a `llama` file with experts is Mixtral).
-const ARCHES: [(&str, Arch); 11] = [
+const ARCHES: [(&str, Arch); 17] = [
     ("llama", Arch::Llama),
+    ("phi2", Arch::Phi),
+    ("gptneox", Arch::GptNeoX),
+    ("olmo", Arch::Olmo),
+    ("stablelm", Arch::StableLm),
+    ("command-r", Arch::Cohere),
+    ("granite", Arch::Granite),
     ("qwen2", Arch::Qwen2),
     ("qwen3", Arch::Qwen3),
     ("qwen2moe", Arch::Qwen2Moe),
@@ -92,19 +99,34 @@ pub fn config_from_gguf(c: &Content) -> Result<ModelConfig, String> {
     let opt = |k: &str| get_u(c, &key(k));
     let hidden = need("embedding_length", Limit::Width)?;
     let heads = need("attention.head_count", Limit::Heads)?;
+    let head_dim = bounded(
+        &key("attention.key_length"),
+        opt("attention.key_length")?.unwrap_or(hidden / heads.max(1)),
+        Limit::Width,
+    )?;
+    // The K projection's rows say how many KV heads there are (the Phi-2 converter writes head_count_kv =
+    // head_count whatever the model has).
+    let k_rows = c
+        .tensor_infos
+        .get("blk.0.attn_k.weight")
+        .and_then(|t| t.shape.dims().first().copied())
+        .filter(|&r| head_dim > 0 && r % head_dim == 0);
     let kv_heads = bounded(
         &key("attention.head_count_kv"),
-        opt("attention.head_count_kv")?.unwrap_or(heads),
+        match (arch, k_rows) {
+            (Arch::Phi, Some(rows)) => rows / head_dim,
+            _ => opt("attention.head_count_kv")?.unwrap_or(heads),
+        },
         Limit::Heads,
     )?;
     if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
         return Err(format!("head counts {heads}/{kv_heads} are inconsistent"));
     }
-    let head_dim = bounded(
-        &key("attention.key_length"),
-        opt("attention.key_length")?.unwrap_or(hidden / heads),
-        Limit::Width,
-    )?;
+    // Phi-2's converter writes feed_forward_length = 4 × hidden; the up projection's rows are the truth.
+    let ffn_rows = c
+        .tensor_infos
+        .get("blk.0.ffn_up.weight")
+        .and_then(|t| t.shape.dims().first().copied());
     let vocab = match c.tensor_infos.get("token_embd.weight") {
         Some(t) => bounded(
             "token_embd.weight's rows",
@@ -121,7 +143,10 @@ pub fn config_from_gguf(c: &Content) -> Result<ModelConfig, String> {
     let mut json = serde_json::json!({
         "architectures": [arch.hf_name()],
         "hidden_size": hidden,
-        "intermediate_size": need("feed_forward_length", Limit::Width)?,
+        "intermediate_size": match (arch, ffn_rows) {
+            (Arch::Phi, Some(rows)) => rows,
+            _ => need("feed_forward_length", Limit::Width)?,
+        },
         "num_hidden_layers": num_layers,
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
@@ -178,6 +203,33 @@ pub fn config_from_gguf(c: &Content) -> Result<ModelConfig, String> {
     }
     if c.tensor_infos.contains_key("blk.0.attn_q.bias") {
         put("attention_bias", true.into());
+        put("use_qkv_bias", true.into());
+    }
+    if let Some(parallel) = get(c, &key("use_parallel_residual")).and_then(|v| v.to_bool().ok()) {
+        put("use_parallel_residual", parallel.into());
+    }
+    if let Some(clip) = get_f(c, &key("attention.clamp_kqv")) {
+        put("clip_qkv", clip.into());
+    }
+    match arch {
+        Arch::Cohere => {
+            if let Some(s) = get_f(c, &key("logit_scale")) {
+                put("logit_scale", s.into());
+            }
+        }
+        Arch::Granite => {
+            for (gguf, hf) in [
+                ("attention.scale", "attention_multiplier"),
+                ("embedding_scale", "embedding_multiplier"),
+                ("residual_scale", "residual_multiplier"),
+                ("logit_scale", "logits_scaling"),
+            ] {
+                if let Some(v) = get_f(c, &key(gguf)) {
+                    put(hf, v.into());
+                }
+            }
+        }
+        _ => {}
     }
     if experts > 0 {
         put("num_local_experts", experts.into());

@@ -19,10 +19,20 @@ pub fn gguf_location(hf: &str, arch: Arch) -> Option<(String, Option<usize>)> {
     if arch == Arch::Llama {
         return gguf_name(hf).map(|n| (n, None));
     }
-    if let Some((_, g)) = LLAMA_FIXED.iter().find(|(h, _)| *h == hf) {
-        return Some((g.to_string(), None));
+    let (module, suffix) = hf.rsplit_once('.')?;
+    let fixed = match module {
+        "model.embed_tokens" | "gpt_neox.embed_in" => Some("token_embd"),
+        "model.norm" | "model.final_layernorm" | "gpt_neox.final_layer_norm" => Some("output_norm"),
+        "lm_head" | "embed_out" => Some("output"),
+        _ => None,
+    };
+    if let Some(g) = fixed {
+        return Some((format!("{g}.{suffix}"), None));
     }
-    let (idx, tail) = hf.strip_prefix("model.layers.")?.split_once('.')?;
+    let layers = hf
+        .strip_prefix("model.layers.")
+        .or_else(|| hf.strip_prefix("gpt_neox.layers."))?;
+    let (idx, tail) = layers.split_once('.')?;
     let idx: usize = idx.parse().ok()?;
     let (module, suffix) = tail.rsplit_once('.')?;
     let experts = module
@@ -50,8 +60,10 @@ pub fn gguf_location(hf: &str, arch: Arch) -> Option<(String, Option<usize>)> {
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "self_attn.qkv_proj" => "attn_qkv",
+        "self_attn.o_proj" | "self_attn.dense" | "attention.dense" => "attn_output",
+        "self_attn.qkv_proj" | "attention.query_key_value" => "attn_qkv",
+        "mlp.fc1" | "mlp.dense_h_to_4h" => "ffn_up",
+        "mlp.fc2" | "mlp.dense_4h_to_h" => "ffn_down",
         "self_attn.q_norm" => "attn_q_norm",
         "self_attn.k_norm" => "attn_k_norm",
         "mlp.gate_proj" => "ffn_gate",

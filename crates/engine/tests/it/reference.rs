@@ -654,6 +654,12 @@ fn gguf_files_written_by_llama_cpp_match_transformers() {
         "gemma2",
         "phi3",
         "olmo2",
+        "phi",
+        "gpt_neox",
+        "olmo",
+        "stablelm",
+        "cohere",
+        "granite",
     ] {
         check_gguf(name);
     }
