@@ -241,12 +241,7 @@ pub fn apply(
             )));
         }
         let taken = lin.clone();
-        *lin = taken.with_lora(LoraPart {
-            a,
-            b,
-            scale,
-            offset,
-        });
+        *lin = taken.with_lora(LoraPart::new(a, b, scale, offset)?);
         summary.adapted += 1;
     }
     if summary.adapted == 0 && summary.replaced.is_empty() {

@@ -45,15 +45,127 @@ pub enum Linear {
     },
 }
 
-/// One LoRA update: `scale · (x Aᵀ) Bᵀ` added to output rows `offset..offset + B.rows` of its projection.
+/// One LoRA update: `scale · (x Aᵀ) Bᵀ` added to output rows `offset..offset + out` of its projection.
 #[derive(Debug, Clone)]
 pub struct LoraPart {
-    /// `[r, in]`.
-    pub a: Tensor,
-    /// `[out, r]`.
-    pub b: Tensor,
+    factors: Factors,
     pub scale: f64,
     pub offset: usize,
+}
+
+/// A LoRA update's factors where its projection computes.
+#[derive(Debug, Clone)]
+enum Factors {
+    /// CPU: A (`[r, in]`) and B transposed (`[r, out]`) as float32 rows, applied beside the packed base with no
+    /// tensor op per token (each of Bᵀ's rows is one contiguous multiply-add into the output).
+    Host {
+        a: Arc<Vec<f32>>,
+        bt: Arc<Vec<f32>>,
+        rank: usize,
+    },
+    /// GPU: A `[r, in]` and B `[out, r]` as tensors.
+    Device { a: Tensor, b: Tensor },
+}
+
+impl LoraPart {
+    pub fn new(a: Tensor, b: Tensor, scale: f64, offset: usize) -> candle_core::Result<Self> {
+        let factors = if a.device().is_cpu() {
+            let flat = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+            Factors::Host {
+                rank: a.dim(0)?,
+                a: Arc::new(flat(&a)?),
+                bt: Arc::new(flat(&b.t()?.contiguous()?)?),
+            }
+        } else {
+            Factors::Device { a, b }
+        };
+        Ok(Self {
+            factors,
+            scale,
+            offset,
+        })
+    }
+
+    /// Output rows it updates.
+    fn rows(&self) -> candle_core::Result<usize> {
+        match &self.factors {
+            Factors::Host { bt, rank, .. } => Ok(bt.len() / (*rank).max(1)),
+            Factors::Device { b, .. } => b.dim(0),
+        }
+    }
+
+    /// The factors as tensors on `device` (the general path).
+    fn tensors(&self, device: &candle_core::Device) -> candle_core::Result<(Tensor, Tensor)> {
+        match &self.factors {
+            Factors::Device { a, b } => Ok((a.clone(), b.clone())),
+            Factors::Host { a, bt, rank } => {
+                let a = Tensor::from_slice(a, (*rank, a.len() / (*rank).max(1)), device)?;
+                let b = Tensor::from_slice(bt, (*rank, bt.len() / (*rank).max(1)), device)?
+                    .t()?
+                    .contiguous()?;
+                Ok((a, b))
+            }
+        }
+    }
+}
+
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    // Eight lanes, summed at the end: vectorizes, and the order is fixed whatever the batch.
+    let mut acc = [0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in xc.zip(yc) {
+        for i in 0..8 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The CPU path of a LoRA projection over a packed base: the base product into the output buffer, each update
+/// added to its rows in place, with no tensor op per update (a decoding step has hundreds of them).
+fn lora_packed(
+    weight: &PackedMatrix,
+    bias: Option<&Tensor>,
+    parts: &[LoraPart],
+    x: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = dims[dims.len() - 1];
+    let rows = x.elem_count() / k.max(1);
+    let xv = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let total = weight.rows;
+    let mut out = vec![0f32; rows * total];
+    weight.matmul(&xv, rows, &mut out);
+    for p in parts {
+        let Factors::Host { a, bt, rank: r } = &p.factors else {
+            unreachable!("checked by the caller")
+        };
+        let (r, n) = (*r, bt.len() / (*r).max(1));
+        let scale = p.scale as f32;
+        for row in 0..rows {
+            let xr = &xv[row * k..(row + 1) * k];
+            let o = &mut out[row * total + p.offset..row * total + p.offset + n];
+            for i in 0..r {
+                let c = scale * dot(&a[i * k..(i + 1) * k], xr);
+                for (oj, bj) in o.iter_mut().zip(&bt[i * n..(i + 1) * n]) {
+                    *oj += c * bj;
+                }
+            }
+        }
+    }
+    let mut out_dims = dims;
+    *out_dims.last_mut().unwrap() = total;
+    let y = Tensor::from_vec(out, out_dims, x.device())?.to_dtype(x.dtype())?;
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
 }
 
 impl Linear {
@@ -145,15 +257,24 @@ impl Linear {
 
 /// `base(x) + Σ scale · (x Aᵀ) Bᵀ`, each update on its rows, computed as peft computes the unmerged adapter.
 fn lora_forward(base: &Linear, parts: &[LoraPart], x: &Tensor) -> candle_core::Result<Tensor> {
+    if let Linear::Packed { weight, bias } = base {
+        if parts
+            .iter()
+            .all(|p| matches!(p.factors, Factors::Host { .. }))
+        {
+            return lora_packed(weight, bias.as_ref(), parts, x);
+        }
+    }
     let mut y = base.forward(x)?;
     let dims = x.dims().to_vec();
     let k = dims[dims.len() - 1];
     let rows = x.elem_count() / k.max(1);
     let total = base.out_dim();
-    let x2 = x.reshape((rows, k))?.to_dtype(parts[0].a.dtype())?;
     for p in parts {
-        let out = p.b.dim(0)?;
-        let d = ((x2.matmul(&p.a.t()?)?.matmul(&p.b.t()?)?) * p.scale)?.to_dtype(y.dtype())?;
+        let (a, b) = p.tensors(x.device())?;
+        let x2 = x.reshape((rows, k))?.to_dtype(a.dtype())?;
+        let out = p.rows()?;
+        let d = ((x2.matmul(&a.t()?)?.matmul(&b.t()?)?) * p.scale)?.to_dtype(y.dtype())?;
         let d = if out == total {
             d
         } else {
