@@ -86,20 +86,107 @@ fn refused_global(module: &str, name: &str) -> String {
     )
 }
 
-#[derive(Debug, Clone)]
+/// A container being built. Once put inside another it is frozen: a state dict's pickle fills each container
+/// before nesting it, so a later change can only come from a shared or self-referencing object (a cycle), which is
+/// refused; with the depth kept at each nesting, no value is nested deeper than [`MAX_DEPTH`] (recursion over a
+/// value, its drop included, stays shallow).
+#[derive(Default)]
+struct Cont<T> {
+    items: RefCell<T>,
+    frozen: std::cell::Cell<bool>,
+    depth: std::cell::Cell<u32>,
+}
+
+/// Containers nested deeper than this are refused (a state dict nests four: dict, `_metadata`, entries, values).
+const MAX_DEPTH: u32 = 32;
+
+#[derive(Clone)]
 enum Val {
     None,
     Bool,
     Int(i64),
     Float,
     Str(Rc<str>),
-    Tuple(Rc<Vec<Val>>),
-    List(Rc<RefCell<Vec<Val>>>),
-    Dict(Rc<RefCell<Vec<(Val, Val)>>>),
+    /// Items and nesting depth.
+    Tuple(Rc<Vec<Val>>, u32),
+    List(Rc<Cont<Vec<Val>>>),
+    Dict(Rc<Cont<Vec<(Val, Val)>>>),
     Global(Global),
-    Storage { dtype: &'static str, key: Rc<str> },
+    Storage {
+        dtype: &'static str,
+        key: Rc<str>,
+    },
     Tensor(Rc<(&'static str, Vec<usize>, Rc<str>, usize)>),
     Mark,
+}
+
+/// What a value is, for errors (never the value itself: it may be large or deep).
+fn describe(v: &Val) -> &'static str {
+    match v {
+        Val::None => "None",
+        Val::Bool => "a bool",
+        Val::Int(_) => "an integer",
+        Val::Float => "a float",
+        Val::Str(_) => "a string",
+        Val::Tuple(..) => "a tuple",
+        Val::List(_) => "a list",
+        Val::Dict(_) => "a dict",
+        Val::Global(_) => "a global",
+        Val::Storage { .. } => "a storage reference",
+        Val::Tensor(_) => "a tensor",
+        Val::Mark => "a MARK",
+    }
+}
+
+/// Freezes `v` (when it is a container) as it is nested in another; its depth.
+fn nest(v: &Val) -> u32 {
+    match v {
+        Val::List(c) => {
+            c.frozen.set(true);
+            c.depth.get()
+        }
+        Val::Dict(c) => {
+            c.frozen.set(true);
+            c.depth.get()
+        }
+        Val::Tuple(_, d) => *d,
+        _ => 0,
+    }
+}
+
+/// Checks that `into` may still change and that nesting `items` in it stays within [`MAX_DEPTH`]; records the
+/// new depth.
+fn nest_into<T>(into: &Cont<T>, items: &[&Val]) -> Result<(), String> {
+    let mut depth = into.depth.get();
+    for v in items {
+        depth = depth.max(nest(v) + 1);
+    }
+    // Checked after nesting the items: a container nested into itself is frozen by now too.
+    if into.frozen.get() {
+        return Err(
+            "the pickle changes a container after nesting it in another (a shared or self-referencing object), \
+             which a state dict never does"
+                .into(),
+        );
+    }
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "the pickle nests containers more than {MAX_DEPTH} deep"
+        ));
+    }
+    into.depth.set(depth);
+    Ok(())
+}
+
+/// A tuple of `items` (each nested, so frozen), refused past [`MAX_DEPTH`].
+fn tuple(items: Vec<Val>) -> Result<Val, String> {
+    let depth = items.iter().map(nest).max().unwrap_or(0) + 1;
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "the pickle nests containers more than {MAX_DEPTH} deep"
+        ));
+    }
+    Ok(Val::Tuple(Rc::new(items), depth))
 }
 
 struct Reader<'a> {
@@ -148,20 +235,23 @@ impl<'a> Reader<'a> {
 fn as_usize(v: &Val, what: &str) -> Result<usize, String> {
     match v {
         Val::Int(i) if *i >= 0 && *i <= 1 << 48 => Ok(*i as usize),
-        other => Err(format!("{what} is {other:?}, not a non-negative integer")),
+        other => Err(format!(
+            "{what} is {}, not a non-negative integer",
+            describe(other)
+        )),
     }
 }
 
 fn dims(v: &Val, what: &str) -> Result<Vec<usize>, String> {
     match v {
-        Val::Tuple(t) => t.iter().map(|d| as_usize(d, what)).collect(),
-        other => Err(format!("{what} is {other:?}, not a tuple")),
+        Val::Tuple(t, _) => t.iter().map(|d| as_usize(d, what)).collect(),
+        other => Err(format!("{what} is {}, not a tuple", describe(other))),
     }
 }
 
 /// `_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata])` as data.
 fn rebuild_tensor(args: &Val) -> Result<Val, String> {
-    let Val::Tuple(a) = args else {
+    let Val::Tuple(a, _) = args else {
         return Err("_rebuild_tensor_v2 is not given a tuple".into());
     };
     if a.len() < 4 {
@@ -169,8 +259,8 @@ fn rebuild_tensor(args: &Val) -> Result<Val, String> {
     }
     let Val::Storage { dtype, key } = &a[0] else {
         return Err(format!(
-            "_rebuild_tensor_v2's storage is {:?}, not a storage reference",
-            a[0]
+            "_rebuild_tensor_v2's storage is {}, not a storage reference",
+            describe(&a[0])
         ));
     };
     let offset = as_usize(&a[1], "a tensor's storage offset")?;
@@ -229,7 +319,7 @@ pub fn parse_pickle(bytes: &[u8]) -> Result<Vec<PickledTensor>, String> {
             }
             b'}' => stack.push(Val::Dict(Rc::default())),
             b']' => stack.push(Val::List(Rc::default())),
-            b')' => stack.push(Val::Tuple(Rc::default())),
+            b')' => stack.push(Val::Tuple(Rc::default(), 1)),
             b'(' => stack.push(Val::Mark),
             b'N' => stack.push(Val::None),
             0x88 => stack.push(Val::Bool),
@@ -297,7 +387,7 @@ pub fn parse_pickle(bytes: &[u8]) -> Result<Vec<PickledTensor>, String> {
             }
             b't' => {
                 let items = pop_mark(&mut stack)?;
-                stack.push(Val::Tuple(Rc::new(items)));
+                stack.push(tuple(items)?);
             }
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
@@ -305,19 +395,25 @@ pub fn parse_pickle(bytes: &[u8]) -> Result<Vec<PickledTensor>, String> {
                     return Err("a TUPLE opcode pops an empty stack".into());
                 }
                 let items = stack.split_off(stack.len() - n);
-                stack.push(Val::Tuple(Rc::new(items)));
+                stack.push(tuple(items)?);
             }
             b'a' => {
                 let v = pop(&mut stack)?;
                 match stack.last() {
-                    Some(Val::List(l)) => l.borrow_mut().push(v),
+                    Some(Val::List(l)) => {
+                        nest_into(l, &[&v])?;
+                        l.items.borrow_mut().push(v);
+                    }
                     _ => return Err("APPEND to something that is not a list".into()),
                 }
             }
             b'e' => {
                 let items = pop_mark(&mut stack)?;
                 match stack.last() {
-                    Some(Val::List(l)) => l.borrow_mut().extend(items),
+                    Some(Val::List(l)) => {
+                        nest_into(l, &items.iter().collect::<Vec<_>>())?;
+                        l.items.borrow_mut().extend(items);
+                    }
                     _ => return Err("APPENDS to something that is not a list".into()),
                 }
             }
@@ -334,7 +430,8 @@ pub fn parse_pickle(bytes: &[u8]) -> Result<Vec<PickledTensor>, String> {
                 }
                 match stack.last() {
                     Some(Val::Dict(d)) => {
-                        let mut d = d.borrow_mut();
+                        nest_into(d, &items.iter().collect::<Vec<_>>())?;
+                        let mut d = d.items.borrow_mut();
                         let mut it = items.into_iter();
                         while let (Some(k), Some(v)) = (it.next(), it.next()) {
                             d.push((k, v));
@@ -345,7 +442,7 @@ pub fn parse_pickle(bytes: &[u8]) -> Result<Vec<PickledTensor>, String> {
             }
             b'Q' => {
                 let id = pop(&mut stack)?;
-                let Val::Tuple(t) = &id else {
+                let Val::Tuple(t, _) = &id else {
                     return Err("a persistent id that is not a tuple".into());
                 };
                 match t.as_slice() {
@@ -360,7 +457,7 @@ pub fn parse_pickle(bytes: &[u8]) -> Result<Vec<PickledTensor>, String> {
                             key: key.clone(),
                         });
                     }
-                    _ => return Err(format!("persistent id {id:?} is not a torch storage reference")),
+                    _ => return Err("a persistent id that is not a torch storage reference".into()),
                 }
             }
             b'R' => {
@@ -370,18 +467,23 @@ pub fn parse_pickle(bytes: &[u8]) -> Result<Vec<PickledTensor>, String> {
                     Val::Global(Global::OrderedDict) => Val::Dict(Rc::default()),
                     Val::Global(Global::RebuildTensor) => rebuild_tensor(&args)?,
                     Val::Global(Global::RebuildParameter) => match &args {
-                        Val::Tuple(a) if matches!(a.first(), Some(Val::Tensor(_))) => a[0].clone(),
+                        Val::Tuple(a, _) if matches!(a.first(), Some(Val::Tensor(_))) => a[0].clone(),
                         _ => return Err("_rebuild_parameter is not given a tensor".into()),
                     },
-                    other => return Err(format!("REDUCE of {other:?}, which is not an allowed global")),
+                    other => {
+                        return Err(format!(
+                            "REDUCE of {}, which is not an allowed global",
+                            describe(&other)
+                        ))
+                    }
                 };
                 stack.push(built);
             }
             b'b' => {
                 // BUILD sets an object's state; on a dict (an OrderedDict's `_metadata`) it is dropped.
-                pop(&mut stack)?;
+                let state = pop(&mut stack)?;
                 match stack.last() {
-                    Some(Val::Dict(_)) => {}
+                    Some(Val::Dict(d)) => nest_into(d, &[&state])?,
                     _ => return Err("BUILD on something that is not a dict".into()),
                 }
             }
@@ -398,17 +500,18 @@ pub fn parse_pickle(bytes: &[u8]) -> Result<Vec<PickledTensor>, String> {
     let root = stack.pop().ok_or("the pickle leaves nothing")?;
     let Val::Dict(entries) = root else {
         return Err(format!(
-            "the pickle holds {root:?}, not a dict of tensors (a state dict)"
+            "the pickle holds {}, not a dict of tensors (a state dict)",
+            describe(&root)
         ));
     };
-    let entries = entries.borrow();
+    let entries = entries.items.borrow();
     let mut out = Vec::with_capacity(entries.len());
     for (k, v) in entries.iter() {
         let Val::Str(name) = k else {
-            return Err(format!("a state dict key is {k:?}, not a name"));
+            return Err(format!("a state dict key is {}, not a name", describe(k)));
         };
         let Val::Tensor(t) = v else {
-            return Err(format!("{name:?} holds {v:?}, not a tensor"));
+            return Err(format!("{name:?} holds {}, not a tensor", describe(v)));
         };
         let (dtype, shape, storage, offset) = &**t;
         out.push(PickledTensor {
@@ -585,6 +688,25 @@ mod tests {
         let inst = b"\x80\x02(i__main__\nEvil\n.";
         let e = parse_pickle(inst).unwrap_err();
         assert!(e.contains("INST"), "{e}");
+    }
+
+    /// Found by the torch_pickle fuzz target: a list appended into itself (through the memo) made a cycle that
+    /// formatting the error recursed through until the stack overflowed.
+    #[test]
+    fn regression_self_containing_and_deep_containers_are_refused() {
+        // EMPTY_LIST, BINPUT 0, BINGET 0, APPEND: the list into itself.
+        let cycle = b"\x80\x02]q\x00h\x00a.";
+        let e = parse_pickle(cycle).unwrap_err();
+        assert!(e.contains("nesting it in another"), "{e}");
+        // 10 000 nested lists: refused at depth 32, not a recursion 10 000 deep.
+        let mut deep = b"\x80\x02".to_vec();
+        deep.extend(std::iter::repeat_n(b']', 10_000));
+        deep.extend(std::iter::repeat_n(b'a', 9_999));
+        deep.push(b'.');
+        let e = parse_pickle(&deep).unwrap_err();
+        assert!(e.contains("deep"), "{e}");
+        let crash = include_bytes!("../../../fuzz/regressions/torch_pickle-stack-overflow.bin");
+        assert!(parse_pickle(crash).is_err());
     }
 
     #[test]
