@@ -321,14 +321,17 @@ impl Registry {
                 if current.as_ref().is_some_and(|c| c.problem() == problem) {
                     continue;
                 }
+                // Said once per state: a checkpoint being written changes its reason at every look.
+                let was = current.as_ref().and_then(|c| c.problem()).map(|p| p.status);
                 match &problem {
                     None => {
                         tracing::info!(model = %id, "new checkpoint");
                         added.push(id.clone());
                     }
-                    Some(p) => {
+                    Some(p) if was != Some(p.status) => {
                         tracing::warn!(model = %id, status = p.status, "listed but cannot answer: {}", p.reason)
                     }
+                    Some(_) => {}
                 }
                 let mut entries = self.entries.write();
                 entries.retain(|e| e.id != id);

@@ -46,17 +46,33 @@ fn single_logits(model: &Model, ids: &[u32]) -> Vec<f32> {
 
 fn check(name: &str, dtype: Option<DType>, tol: f32) {
     let dir = reference_dir().join("tiny").join(name);
-    let reference = read_json(&dir.join("reference.json"));
+    check_source(name, &dir, dtype, tol);
+}
+
+/// `source` (the tiny checkpoint of `name`, or a file made from it) against transformers' `reference.json` for
+/// `name`: the architecture, the last position's logits within `tol`, and 8 greedy tokens.
+fn check_source(name: &str, source: &std::path::Path, dtype: Option<DType>, tol: f32) {
+    let reference = read_json(
+        &reference_dir()
+            .join("tiny")
+            .join(name)
+            .join("reference.json"),
+    );
     let opts = LoadOptions {
         dtype,
         device: test_device(),
         ..LoadOptions::default()
     };
-    let model = Model::load(dir.to_str().unwrap(), &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert_eq!(
-        model.config().arch.hf_name(),
-        reference["architecture"].as_str().unwrap()
-    );
+    let shown = source.display();
+    let model =
+        Model::load(source.to_str().unwrap(), &opts).unwrap_or_else(|e| panic!("{shown}: {e}"));
+    // GGUF writes Mistral as `llama`.
+    let gguf = source.extension().is_some_and(|e| e == "gguf");
+    let want = match reference["architecture"].as_str().unwrap() {
+        "MistralForCausalLM" if gguf => "LlamaForCausalLM",
+        other => other,
+    };
+    assert_eq!(model.config().arch.hf_name(), want, "{shown}");
     let ids: Vec<u32> = reference["input_ids"]
         .as_array()
         .unwrap()
@@ -69,24 +85,13 @@ fn check(name: &str, dtype: Option<DType>, tol: f32) {
         .iter()
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
-
-    let mut cache = Cache::new(model.config(), 1);
-    let logits = model
-        .decoder
-        .forward(std::slice::from_ref(&ids), &mut cache, false)
-        .unwrap();
-    let got = logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
-    assert_eq!(got.len(), expected.len(), "{name}: vocabulary size");
-    let worst = got
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let got = single_logits(&model, &ids);
+    assert_eq!(got.len(), expected.len(), "{shown}: vocabulary size");
+    let worst = max_diff(&got, &expected);
     assert!(
         worst <= tol,
-        "{name}: last-position logits differ by up to {worst} (tolerance {tol})"
+        "{shown}: last-position logits differ by up to {worst} (tolerance {tol})"
     );
-
     let greedy: Vec<u32> = reference["greedy_8"]
         .as_array()
         .unwrap()
@@ -98,7 +103,7 @@ fn check(name: &str, dtype: Option<DType>, tol: f32) {
         ..SamplingParams::greedy(8)
     };
     let g = model.generate(&Prompt::Tokens(ids), &params).unwrap();
-    assert_eq!(g.token_ids, greedy, "{name}: greedy tokens");
+    assert_eq!(g.token_ids, greedy, "{shown}: greedy tokens");
 }
 
 #[test]
@@ -595,50 +600,7 @@ fn gguf_fixture(name: &str) -> std::path::PathBuf {
 /// The tiny checkpoint of `name` converted by llama.cpp's own convert_hf_to_gguf.py (float32,
 /// `scripts/make-gguf-fixtures.py`): the same logits and greedy tokens as transformers on the folder.
 fn check_gguf(name: &str) {
-    let reference = read_json(
-        &reference_dir()
-            .join("tiny")
-            .join(name)
-            .join("reference.json"),
-    );
-    let model = Model::load(
-        gguf_fixture(name).to_str().unwrap(),
-        &LoadOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("{name}.gguf: {e}"));
-    // GGUF writes Mistral as `llama`.
-    let want = match reference["architecture"].as_str().unwrap() {
-        "MistralForCausalLM" => "LlamaForCausalLM",
-        other => other,
-    };
-    assert_eq!(model.config().arch.hf_name(), want, "{name}.gguf");
-    let ids: Vec<u32> = reference["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let expected: Vec<f32> = reference["last_position_logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect();
-    let got = single_logits(&model, &ids);
-    let worst = max_diff(&got, &expected);
-    assert!(worst <= 1e-4, "{name}.gguf: logits differ by up to {worst}");
-    let greedy: Vec<u32> = reference["greedy_8"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let params = SamplingParams {
-        ignore_eos: true,
-        ..SamplingParams::greedy(8)
-    };
-    let g = model.generate(&Prompt::Tokens(ids), &params).unwrap();
-    assert_eq!(g.token_ids, greedy, "{name}.gguf: greedy tokens");
+    check_source(name, &gguf_fixture(name), None, 1e-4);
 }
 
 #[test]
