@@ -64,12 +64,33 @@ sys.argv = sys.argv[1:]
 import runpy
 runpy.run_path({str(lcpp / 'convert_hf_to_gguf.py')!r}, run_name="__main__")
 """
+import json
+
+
+def phi3_longrope(cfg):
+    # Phi-3 128k style: long-rope factors over an original context of 64 (the test writes the same config).
+    cfg["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 10000.0,
+                              "short_factor": [1.0 + 0.1 * i for i in range(8)],
+                              "long_factor": [2.0 + 0.5 * i for i in range(8)],
+                              "original_max_position_embeddings": 64}
+    cfg["original_max_position_embeddings"] = 64
+
+
+# Variants: a tiny checkpoint with its config edited before conversion.
+VARIANTS = {"phi3_longrope": ("phi3", phi3_longrope)}
+if not sys.argv[2:]:
+    archs.append("phi3_longrope")
 for arch in archs:
     with tempfile.TemporaryDirectory() as tmp:
+        origin, edit = VARIANTS.get(arch, (arch, None))
         src = Path(tmp) / arch
-        shutil.copytree(ref / "tiny" / arch, src)
+        shutil.copytree(ref / "tiny" / origin, src)
         for p in src.iterdir():
             p.chmod(0o644)
+        if edit:
+            cfg = json.loads((src / "config.json").read_text())
+            edit(cfg)
+            (src / "config.json").write_text(json.dumps(cfg))
 
         dest = out / f"{arch}.gguf"
         r = subprocess.run([sys.executable, "-c", runner, "convert", str(src), "--outtype", "f32",

@@ -182,6 +182,23 @@ impl Model {
             }
             cfg.rope.scaling = crate::config::RopeScaling::Divisors(d);
         }
+        if let Some(scaling) =
+            gguf::long_rope(&content, path).map_err(|m| EngineError::file(path, m))?
+        {
+            if let crate::config::RopeScaling::LongRope { short_factor, .. } = &scaling {
+                if short_factor.len() != cfg.rotary_dim() / 2 {
+                    return Err(EngineError::file(
+                        path,
+                        format!(
+                            "rope_factors_short.weight has {} factors, expected {}",
+                            short_factor.len(),
+                            cfg.rotary_dim() / 2
+                        ),
+                    ));
+                }
+            }
+            cfg.rope.scaling = scaling;
+        }
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "gguf header read");
         let template_src = gguf::chat_template(&content);
         // The vocabulary's strings move into the tokenizer; the weights keep only the tensor table and what

@@ -176,7 +176,23 @@ impl Decoder {
             .map(|i| Self::load_layer(&cfg, w, &names, i))
             .collect::<Result<Vec<_>, _>>()?;
         let lm_head = Self::load_head(&cfg, w, &names)?;
-        let max_positions = max_positions.min(cfg.max_position_embeddings.max(1));
+        let mut max_positions = max_positions.min(cfg.max_position_embeddings.max(1));
+        // Long-rope models switch to their long factors past the original context (transformers recomputes the whole
+        // sequence then); only the short factors are implemented, so the context stops at the original length.
+        if let crate::config::RopeScaling::LongRope {
+            original_max_position_embeddings,
+            ..
+        } = cfg.rope.scaling
+        {
+            let original = original_max_position_embeddings.max(1.0) as usize;
+            if max_positions > original {
+                tracing::info!(
+                    original,
+                    "long-rope model: the context is held to its original length (the long factors are not implemented)"
+                );
+                max_positions = original;
+            }
+        }
         let rope = RopeTables::new(&cfg, max_positions, w.dtype, &w.device)?;
         let rope_local = match cfg.quirks.local_rope_theta {
             Some(theta) => {

@@ -21,7 +21,7 @@ pub use vocab::{GgufSpecialTokens, GgufVocab};
 
 use crate::EngineError;
 
-use crate::config::{bounded, Arch, Limit, ModelConfig};
+use crate::config::{bounded, Arch, Limit, ModelConfig, RopeScaling};
 
 fn get<'a>(c: &'a Content, key: &str) -> Option<&'a Value> {
     c.metadata.get(key)
@@ -81,15 +81,6 @@ pub fn config_from_gguf(c: &Content) -> Result<ModelConfig, String> {
             known.join(", ")
         ));
     };
-    if c.tensor_infos.contains_key("rope_factors_long.weight")
-        || c.tensor_infos.contains_key("rope_factors_short.weight")
-    {
-        return Err(
-            "this GGUF carries long-rope factor tensors (rope_factors_long/short, Phi-3 128k style), which vibecheck \
-             does not read from GGUF yet; load the Hugging Face folder instead (its longrope config is supported)"
-                .into(),
-        );
-    }
     let key = |k: &str| format!("{prefix}.{k}");
     let need = |k: &str, limit: Limit| -> Result<usize, String> {
         let key = key(k);
@@ -264,23 +255,63 @@ pub fn config_from_gguf(c: &Content) -> Result<ModelConfig, String> {
     Ok(cfg)
 }
 
-/// Llama 3.1-style frequency divisors stored as the `rope_freqs.weight` tensor, when the file has them.
-pub fn rope_divisors(c: &Content, path: &std::path::Path) -> Result<Option<Vec<f64>>, String> {
-    if !c.tensor_infos.contains_key("rope_freqs.weight") {
+/// A small tensor of positive RoPE factors, when the file has it.
+fn rope_factors(
+    c: &Content,
+    path: &std::path::Path,
+    name: &str,
+) -> Result<Option<Vec<f64>>, String> {
+    if !c.tensor_infos.contains_key(name) {
         return Ok(None);
     }
     let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let t = c
-        .tensor(&mut file, "rope_freqs.weight", &candle_core::Device::Cpu)
+        .tensor(&mut file, name, &candle_core::Device::Cpu)
         .and_then(|q| q.dequantize(&candle_core::Device::Cpu))
         .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-        .map_err(|e| format!("tensor \"rope_freqs.weight\": {e}"))?;
+        .map_err(|e| format!("tensor {name:?}: {e}"))?;
     if t.iter().any(|v| !v.is_finite() || *v <= 0.0) {
-        return Err(
-            "tensor \"rope_freqs.weight\" holds a non-positive or non-finite factor".into(),
-        );
+        return Err(format!(
+            "tensor {name:?} holds a non-positive or non-finite factor"
+        ));
     }
     Ok(Some(t.into_iter().map(f64::from).collect()))
+}
+
+/// Llama 3.1-style frequency divisors stored as the `rope_freqs.weight` tensor, when the file has them.
+pub fn rope_divisors(c: &Content, path: &std::path::Path) -> Result<Option<Vec<f64>>, String> {
+    rope_factors(c, path, "rope_freqs.weight")
+}
+
+/// Phi-3's long-rope scaling (128k models) as its converter stores it: `rope_factors_short`/`_long` tensors and
+/// the `rope.scaling.*` keys; `None` when the file has no such factors.
+pub fn long_rope(c: &Content, path: &std::path::Path) -> Result<Option<RopeScaling>, String> {
+    let short = rope_factors(c, path, "rope_factors_short.weight")?;
+    let long = rope_factors(c, path, "rope_factors_long.weight")?;
+    let (short_factor, long_factor) = match (short, long) {
+        (None, None) => return Ok(None),
+        (Some(s), Some(l)) if s.len() == l.len() => (s, l),
+        _ => {
+            return Err(
+                "rope_factors_short.weight and rope_factors_long.weight must both be present, of one length"
+                    .into(),
+            )
+        }
+    };
+    let prefix = get(c, "general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    let orig =
+        get_u(c, &format!("{prefix}.rope.scaling.original_context_length"))?.ok_or_else(|| {
+            format!("long-rope factors need `{prefix}.rope.scaling.original_context_length`")
+        })?;
+    Ok(Some(RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        original_max_position_embeddings: orig as f64,
+        attention_factor: get_f(c, &format!("{prefix}.rope.scaling.attn_factor")),
+    }))
 }
 
 pub fn chat_template(c: &Content) -> Option<String> {

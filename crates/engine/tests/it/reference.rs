@@ -674,3 +674,44 @@ fn gguf_conventions_of_gemma3_and_smollm3_follow_llama_cpp() {
         );
     }
 }
+
+/// A Phi-3 with long-rope scaling (128k style: factor tensors and the original context in the GGUF) answers as its
+/// folder does.
+#[test]
+fn phi3_long_rope_gguf_matches_its_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("phi3_longrope");
+    crate::fixtures::copy_dir(&reference_dir().join("tiny/phi3"), &dir);
+    let mut cfg = read_json(&dir.join("config.json"));
+    // As scripts/make-gguf-fixtures.py wrote it before converting.
+    cfg["rope_parameters"] = serde_json::json!({"rope_type": "longrope", "rope_theta": 10000.0,
+        "short_factor": (0..8).map(|i| 1.0 + 0.1 * i as f64).collect::<Vec<_>>(),
+        "long_factor": (0..8).map(|i| 2.0 + 0.5 * i as f64).collect::<Vec<_>>(),
+        "original_max_position_embeddings": 64});
+    cfg["original_max_position_embeddings"] = serde_json::json!(64);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let folder = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let gguf = Model::load(
+        gguf_fixture("phi3_longrope").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        gguf.config().rope.scaling,
+        vibecheck_engine::config::RopeScaling::LongRope { .. }
+    ));
+    let ids: Vec<u32> = (1..40).collect();
+    let (g, f) = (single_logits(&gguf, &ids), single_logits(&folder, &ids));
+    let worst = max_diff(&g, &f);
+    assert!(
+        worst <= 1e-4,
+        "long-rope GGUF differs from its folder by {worst}"
+    );
+    // The factors matter: without them the logits move.
+    let plain = Model::load(
+        reference_dir().join("tiny/phi3").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert!(max_diff(&single_logits(&plain, &ids), &g) > 1e-3);
+}
