@@ -700,6 +700,11 @@ fn phi3_long_rope_gguf_matches_its_folder() {
         gguf.config().rope.scaling,
         vibecheck_engine::config::RopeScaling::LongRope { .. }
     ));
+    // Only the short factors are implemented: the context stops at the original length.
+    assert_eq!(
+        (gguf.decoder.max_positions(), folder.decoder.max_positions()),
+        (64, 64)
+    );
     let ids: Vec<u32> = (1..40).collect();
     let (g, f) = (single_logits(&gguf, &ids), single_logits(&folder, &ids));
     let worst = max_diff(&g, &f);
