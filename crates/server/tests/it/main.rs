@@ -882,6 +882,13 @@ async fn timeline_pages_show_changes_escape_model_output_and_take_notes() {
                 ..Default::default()
             })
             .unwrap();
+        // A checkpoint that could not be loaded: a greyed column with its reason, between steps 20 and 40.
+        let failed = store
+            .upsert_checkpoint(r.id, "checkpoint-35", "/elsewhere/35", Some(35), "h35")
+            .unwrap();
+        store
+            .set_load_error(failed.id, Some("a DeepSpeed ZeRO checkpoint <b>"))
+            .unwrap();
     })
     .await
     .unwrap();
@@ -898,6 +905,14 @@ async fn timeline_pages_show_changes_escape_model_output_and_take_notes() {
     // Same weights at steps 10 and 20: unchanged (h0); the hostile answer at 40 rewrote it (dark).
     assert!(page.contains("<td class=\"h0\">"), "{page}");
     assert!(page.contains("<th title=\"checkpoint-40\">40</th>"));
+    let greyed = "<th class=\"failed\" title=\"checkpoint-35: could not be loaded: a DeepSpeed ZeRO checkpoint \
+                  &lt;b&gt;\">35</th>";
+    assert!(page.contains(greyed), "{page}");
+    assert!(
+        page.find(greyed) < page.find("<th title=\"checkpoint-40\">"),
+        "the greyed column stands at its step"
+    );
+    assert!(page.contains("<td class=\"failed\""));
     assert!(
         page.contains("1 verdict flagged: answer contains a rating token"),
         "the judge summary counts flagged verdicts: {page}"
