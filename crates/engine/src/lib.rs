@@ -14,6 +14,7 @@ mod error;
 pub mod generate;
 pub mod gguf;
 pub mod kernels;
+mod linear;
 pub mod loader;
 pub mod lora;
 mod masks;

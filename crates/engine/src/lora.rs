@@ -15,8 +15,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use crate::linear::LoraPart;
 use crate::model::Decoder;
-use crate::weights::{LoraPart, Weights};
+use crate::weights::Weights;
 use crate::EngineError;
 
 /// What `adapter_config.json` says about the computation.

@@ -4,7 +4,8 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::config::{Activation, MoeConfig};
-use crate::weights::{Linear, Weights};
+use crate::linear::Linear;
+use crate::weights::Weights;
 use crate::EngineError;
 
 fn activate(act: Activation, x: &Tensor) -> candle_core::Result<Tensor> {

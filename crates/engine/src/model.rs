@@ -22,11 +22,12 @@ use candle_nn::kv_cache::KvCache;
 
 pub use crate::cache::Cache;
 use crate::config::{Arch, LayerRope, ModelConfig};
+use crate::linear::Linear;
 use crate::masks::Masks;
 use crate::mlp::{Ffn, Gated, GatedNames, Plain};
 use crate::norm::Norm;
 use crate::rope::RopeTables;
-use crate::weights::{Linear, Weights};
+use crate::weights::Weights;
 use crate::EngineError;
 
 #[derive(Clone)]

@@ -188,10 +188,9 @@ pub fn watch(
                         ckpt.step.map(|s| s as i64),
                         &hash,
                     );
-                    match row.and_then(|row| store.set_load_error(row.id, Some(&error))) {
-                        Err(e) if !transient(&e) => return Err(e.into()),
-                        _ => {}
-                    }
+                    keep_unless_fatal(
+                        row.and_then(|row| store.set_load_error(row.id, Some(&error))),
+                    )?;
                     on_event(WatchEvent::Failed {
                         name: &ckpt.name,
                         error,
@@ -240,10 +239,7 @@ pub fn watch(
                     // A checkpoint that cannot be loaded is recorded with its reason (the timeline and `log` show
                     // it), reported, and retried when its files change.
                     if let Some(id) = id {
-                        match store.set_load_error(id, Some(&error)) {
-                            Err(e) if !transient(&e) => return Err(e.into()),
-                            _ => {}
-                        }
+                        keep_unless_fatal(store.set_load_error(id, Some(&error)))?;
                     }
                     on_event(WatchEvent::Failed {
                         name: &ckpt.name,
@@ -337,6 +333,15 @@ enum HandleError {
         id: Option<i64>,
         error: String,
     },
+}
+
+/// A store write whose failure passes (see [`transient`]) is left for the next look; any other failure ends the
+/// watch.
+fn keep_unless_fatal<T>(result: Result<T, StoreError>) -> Result<(), WatchError> {
+    match result {
+        Err(e) if !transient(&e) => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// Store failures that pass (a lock held past the store's wait, a full disk): retried at the next look.

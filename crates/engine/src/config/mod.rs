@@ -11,6 +11,9 @@ use serde_json::Value;
 
 use crate::EngineError;
 
+mod quirks;
+pub use quirks::{LayerRope, MoeConfig, NormKind, Quirks};
+
 /// The architectures this engine implements, by their `architectures[0]` name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -89,72 +92,6 @@ impl Arch {
             Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen2Moe | Arch::Qwen3Moe
         )
     }
-}
-
-/// How a model normalizes its hidden states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum NormKind {
-    /// RMSNorm times its weight.
-    #[default]
-    Rms,
-    /// RMSNorm times `1 + w` (the Gemma family).
-    RmsPlusOne,
-    /// LayerNorm, with or without a weight and a bias (OLMo 1 has neither, Cohere no bias).
-    LayerNorm { weight: bool, bias: bool },
-}
-
-/// Which rotary table a layer's attention uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayerRope {
-    Global,
-    /// Gemma 3's sliding layers: the local base (`rope_local_base_freq`).
-    Local,
-    /// No positional rotation (SmolLM3's NoPE layers).
-    None,
-}
-
-/// A mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE).
-#[derive(Debug, Clone, PartialEq)]
-pub struct MoeConfig {
-    pub experts: usize,
-    pub top_k: usize,
-    /// Renormalize the chosen experts' router weights to sum to one.
-    pub norm_topk_prob: bool,
-    /// Each expert's intermediate size.
-    pub intermediate_size: usize,
-    /// Qwen2-MoE's shared expert behind a sigmoid gate.
-    pub shared_expert_intermediate_size: Option<usize>,
-    /// Per layer: whether it is sparse (Qwen's `mlp_only_layers` and `decoder_sparse_step` make some dense).
-    pub sparse_layers: Vec<bool>,
-}
-
-/// What sets an architecture apart from Llama, as data (every field's default is Llama's behaviour).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Quirks {
-    pub norm: NormKind,
-    /// Per layer; empty means every layer uses the global table.
-    pub layer_rope: Vec<LayerRope>,
-    /// The RoPE base of [`LayerRope::Local`] layers.
-    pub local_rope_theta: Option<f64>,
-    /// Rotate adjacent pairs (Cohere) rather than the two halves of the rotated dims.
-    pub rope_interleaved: bool,
-    /// Multiplies the embeddings (Gemma's √hidden, Granite's `embedding_multiplier`).
-    pub embedding_multiplier: Option<f64>,
-    /// Multiplies each block's output before the residual add (Granite).
-    pub residual_multiplier: Option<f64>,
-    /// Replaces `head_dim^-0.5` as the attention scale (Granite).
-    pub attention_multiplier: Option<f64>,
-    /// Multiplies the logits (Cohere's `logit_scale`, Granite's `1 / logits_scaling`).
-    pub logits_multiplier: Option<f64>,
-    /// Clamps q, k and v to ±this after projection (OLMo 1).
-    pub clip_qkv: Option<f64>,
-    /// Attention and MLP read the same residual and both add to it (Phi-2, GPT-NeoX, Cohere).
-    pub parallel_residual: bool,
-    /// The output projection has a bias (Phi-2).
-    pub lm_head_bias: bool,
-    /// The attention output projection has a bias (where `attention_bias` covers only q/k/v, it has none).
-    pub attention_out_bias: bool,
-    pub moe: Option<MoeConfig>,
 }
 
 /// The MLP's activation function.
@@ -875,112 +812,4 @@ fn parse_scaling(s: &Value, json: &Value, _arch: Arch) -> Result<RopeScaling, St
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn base() -> Value {
-        json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4,
-               "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 512})
-    }
-
-    #[test]
-    fn transformers5_rope_parameters_theta_is_used() {
-        let mut j = base();
-        j["rope_parameters"] = json!({"rope_theta": 100000.0, "rope_type": "default"});
-        assert_eq!(ModelConfig::from_hf_json(&j).unwrap().rope.theta, 100000.0);
-    }
-
-    #[test]
-    fn transformers5_without_theta_is_an_error_not_10000() {
-        let mut j = base();
-        j["rope_parameters"] = json!({"rope_type": "default"});
-        let err = ModelConfig::from_hf_json(&j).unwrap_err();
-        assert!(err.contains("rope_theta"), "{err}");
-    }
-
-    #[test]
-    fn transformers4_keys_and_llama3_scaling() {
-        let mut j = base();
-        j["rope_theta"] = json!(500000.0);
-        j["rope_scaling"] = json!({"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
-        let c = ModelConfig::from_hf_json(&j).unwrap();
-        assert_eq!(c.rope.theta, 500000.0);
-        assert!(matches!(c.rope.scaling, RopeScaling::Llama3 { factor, .. } if factor == 32.0));
-    }
-
-    #[test]
-    fn unknown_architecture_lists_supported_ones() {
-        let mut j = base();
-        j["architectures"] = json!(["BloomForCausalLM"]);
-        let err = ModelConfig::from_hf_json(&j).unwrap_err();
-        assert!(
-            err.contains("BloomForCausalLM") && err.contains("GPTNeoXForCausalLM"),
-            "{err}"
-        );
-    }
-
-    /// transformers 4 Qwen configs (no `layer_types`): the window applies from `max_window_layers` on, not to
-    /// every layer.
-    #[test]
-    fn qwen_window_starts_at_max_window_layers() {
-        let mut j = base();
-        j["architectures"] = json!(["Qwen2ForCausalLM"]);
-        j["num_hidden_layers"] = json!(4);
-        j["use_sliding_window"] = json!(true);
-        j["sliding_window"] = json!(16);
-        j["max_window_layers"] = json!(2);
-        let c = ModelConfig::from_hf_json(&j).unwrap();
-        assert_eq!(c.layer_windows, vec![None, None, Some(16), Some(16)]);
-        j["use_sliding_window"] = json!(false);
-        let c = ModelConfig::from_hf_json(&j).unwrap();
-        assert_eq!(c.layer_windows, vec![None; 4]);
-    }
-
-    /// Gemma 3's 4.x keys: the sliding pattern and the local base at the top level.
-    #[test]
-    fn gemma3_transformers4_keys() {
-        let mut j = base();
-        j["architectures"] = json!(["Gemma3ForCausalLM"]);
-        j["num_hidden_layers"] = json!(6);
-        j["sliding_window"] = json!(512);
-        j["sliding_window_pattern"] = json!(3);
-        j["rope_theta"] = json!(1e6);
-        j["rope_local_base_freq"] = json!(1e4);
-        let c = ModelConfig::from_hf_json(&j).unwrap();
-        let w = Some(512);
-        assert_eq!(c.layer_windows, vec![w, w, None, w, w, None]);
-        assert_eq!(c.layer_rope(0), LayerRope::Local);
-        assert_eq!(c.layer_rope(2), LayerRope::Global);
-        assert_eq!((c.rope.theta, c.quirks.local_rope_theta), (1e6, Some(1e4)));
-    }
-
-    /// GPT-NeoX's 4.x keys for the rotary fraction and base.
-    #[test]
-    fn gpt_neox_transformers4_rotary_keys() {
-        let mut j = base();
-        j["architectures"] = json!(["GPTNeoXForCausalLM"]);
-        j["rotary_pct"] = json!(0.25);
-        j["rotary_emb_base"] = json!(10000);
-        let c = ModelConfig::from_hf_json(&j).unwrap();
-        assert_eq!(c.rotary_dim(), 4);
-        assert!(c.quirks.parallel_residual && c.attention_bias && c.mlp_bias);
-    }
-
-    /// Variants whose computation is not implemented are refused by name rather than run wrongly.
-    #[test]
-    fn unimplemented_variants_are_refused_by_name() {
-        let mut j = base();
-        j["architectures"] = json!(["CohereForCausalLM"]);
-        j["use_qk_norm"] = json!(true);
-        let err = ModelConfig::from_hf_json(&j).unwrap_err();
-        assert!(err.contains("use_qk_norm"), "{err}");
-    }
-
-    #[test]
-    fn eos_may_be_a_list() {
-        assert_eq!(token_ids(Some(&json!([2, 7]))), vec![2, 7]);
-        assert_eq!(token_ids(Some(&json!(3))), vec![3]);
-    }
-}
+mod tests;
