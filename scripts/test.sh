@@ -25,6 +25,13 @@ fi
 passed=$({ grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" || true; } | awk '{s+=$4} END {print s+0}')
 failed=$({ grep -oE '[0-9]+ failed;' "$log" || true; } | awk '{s+=$1} END {print s+0}')
 
+# llama.cpp's llama-server, built natively once per machine and CPU (a real engine for `serve --engine`).
+if llama_bin="$(scripts/fetch-llama-server.sh | tail -1)" && [ -x "$llama_bin/llama-server" ]; then
+  export VIBECHECK_LLAMA_SERVER="$llama_bin/llama-server"
+elif [ -n "${CI:-}" ]; then
+  echo "llama-server could not be built: the engine tests cannot run"
+  status=1
+fi
 # Python peers, in a virtual environment of their own.
 venv=.cache/test-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"

@@ -47,6 +47,11 @@ enum Command {
     Serve(ServeArgs),
     /// Measure what --quantize costs: perplexity, agreement with the unquantized model, size and speed.
     QuantEval(crate::quality::QuantEvalArgs),
+    /// What serving a model costs: a load test at rising concurrency, $/hour, $/1M tokens and break-even against
+    /// hosted APIs (prices with their sources and dates).
+    Cost(crate::engines::CostArgs),
+    /// Write a SkyPilot task, a Slurm script or Helm values that keep a checkpoint up as a demo.
+    Deploy(crate::engines::DeployArgs),
 }
 
 #[derive(Args)]
@@ -98,9 +103,14 @@ struct ServeArgs {
     #[command(flatten)]
     access: crate::args::AccessArgs,
     /// On Ctrl-C or SIGTERM, seconds running generations may go on before they are cut (queued requests get 503
-    /// at once).
+    /// at once); a launched engine then gets SIGTERM, and SIGKILL if it is still running this long after.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     shutdown_grace: f64,
+    #[command(flatten)]
+    engine: crate::engines::EngineArgs,
+    /// With --engine: print the command that would start the engine, and exit.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -185,6 +195,8 @@ pub fn main() -> ExitCode {
         Command::Plot(a) => crate::judging::plot(a),
         Command::Serve(a) => serve(a),
         Command::QuantEval(a) => crate::quality::quant_eval(a),
+        Command::Cost(a) => crate::engines::cost(a),
+        Command::Deploy(a) => crate::engines::deploy(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -419,9 +431,6 @@ fn parse_remote(spec: &str) -> Result<vibecheck_server::RemoteEndpoint, String> 
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
-    for s in &a.sources {
-        crate::args::fetch_if_hub_id(s)?;
-    }
     let opts = LoadOptions {
         device: parse_device(&a.device)?,
         quantize: a.quantize,
@@ -429,7 +438,43 @@ fn serve(a: ServeArgs) -> Result<()> {
         base: a.base.clone(),
         ..LoadOptions::default()
     };
-    let registry = vibecheck_server::Registry::from_sources(&a.sources, opts)
+    // With --engine, the one source runs on the engine vibecheck starts (or, for `auto`, perhaps on ours).
+    let mut engine = None;
+    let mut local_sources = a.sources.clone();
+    if a.engine.wants_engine() {
+        let [source] = &a.sources[..] else {
+            bail!(
+                "--engine serves one checkpoint (an engine holds one model); give one source, or start one \
+                 vibecheck per model"
+            );
+        };
+        if let crate::engines::Placement::Engine(kind) = a.engine.placement(source, &opts)? {
+            let spec = a
+                .engine
+                .spec(kind, source, &crate::engines::served_name(source))?;
+            if a.dry_run {
+                eprintln!(
+                    "# vibecheck would run this (on 127.0.0.1:{}; it gives the engine a fresh key, shown as \
+                     $VIBECHECK_ENGINE_KEY):",
+                    spec.port
+                );
+                outln!("{}", spec.command()?.shell(&spec.api_key));
+                return Ok(());
+            }
+            engine = Some(std::sync::Arc::new(crate::engines::start(
+                &spec,
+                a.engine.ready_timeout()?,
+            )?));
+            local_sources.clear();
+        }
+    }
+    if a.dry_run && engine.is_none() {
+        bail!("--dry-run prints an engine's command: vibecheck's own engine was chosen, so there is none to print");
+    }
+    for s in &local_sources {
+        crate::args::fetch_if_hub_id(s)?;
+    }
+    let registry = vibecheck_server::Registry::from_sources(&local_sources, opts)
         .context("reading the sources")?
         .with_batching(vibecheck_engine::BatcherSettings {
             max_batch: a.max_concurrent.max(1),
@@ -438,6 +483,9 @@ fn serve(a: ServeArgs) -> Result<()> {
         .with_memory_budget(a.memory_budget);
     for r in a.remote {
         registry.add_remote(r)?;
+    }
+    if let Some(e) = &engine {
+        registry.add_engine(e.clone())?;
     }
     if registry.entries().is_empty() {
         bail!("no complete checkpoint found in {}", a.sources.join(", "));
@@ -466,10 +514,19 @@ fn serve(a: ServeArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(vibecheck_server::serve(state, |addr| {
+    let served = runtime.block_on(vibecheck_server::serve(state, |addr| {
         eprintln!("serving {} model(s): {}", models.len(), models.join(", "));
         outln!("http://{addr}/v1");
         let _ = std::io::stdout().flush();
-    }))?;
+    }));
+    // The server has drained (or failed): the engine goes with it, its whole process group.
+    if let Some(e) = engine {
+        e.stop(settings_grace(a.shutdown_grace));
+    }
+    served?;
     Ok(())
+}
+
+fn settings_grace(secs: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(secs.clamp(1.0, 86400.0))
 }

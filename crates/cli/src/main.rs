@@ -4,6 +4,7 @@
 mod output;
 mod args;
 mod commands;
+mod engines;
 mod judging;
 mod quality;
 mod runs;

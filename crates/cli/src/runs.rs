@@ -63,6 +63,10 @@ pub struct WatchArgs {
     /// `base_model_name_or_path` their adapter_config.json names. Every adapter over one base shares it.
     #[arg(long)]
     base: Option<String>,
+    /// With --engine vllm or sglang: one engine stays up and each new checkpoint is swapped into it (SGLang's
+    /// update_weights_from_disk, vLLM's dev-mode reload_weights), verified, and answered there.
+    #[command(flatten)]
+    engine: crate::engines::EngineArgs,
 }
 
 #[derive(Args)]
@@ -274,6 +278,37 @@ pub fn watch(a: WatchArgs) -> Result<()> {
             a.run_dir.display()
         );
     }
+    let engine = if a.engine.wants_engine() {
+        let kind = match a
+            .engine
+            .engine
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("auto") => bail!(
+                "watch --engine takes vllm or sglang (auto chooses per checkpoint for serve only)"
+            ),
+            Some(k) => vibecheck_engines::EngineKind::parse(k)?,
+            None => unreachable!("wants_engine"),
+        };
+        let run = name
+            .clone()
+            .unwrap_or_else(|| vibecheck_checkpoint::run::run_name(&a.run_dir));
+        let spec = a.engine.watch_spec(kind, &a.run_dir, &run)?;
+        eprintln!(
+            "each checkpoint is answered on {} (started on the first, then swapped in: {})",
+            kind.name(),
+            kind.swap_path().name()
+        );
+        Some(vibecheck_suite::EngineWatch {
+            spec,
+            ready: a.engine.ready_timeout()?,
+            relay: vibecheck_engines::Relay::Stderr,
+        })
+    } else {
+        None
+    };
     let mut store = a.db.open()?;
     if a.serve {
         let url = start_server(
@@ -303,6 +338,7 @@ pub fn watch(a: WatchArgs) -> Result<()> {
         once: a.once,
         poll: Duration::from_secs_f64(a.poll.max(0.05)),
         synthetic: false,
+        engine,
     };
     eprintln!(
         "watching {} with suite {:?} (version {}, {} prompts) into {}",
@@ -664,6 +700,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         once: true,
         poll: Duration::from_millis(200),
         synthetic: true,
+        engine: None,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let (mut report, tally) = reporter();

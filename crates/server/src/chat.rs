@@ -95,6 +95,12 @@ pub(crate) async fn generate(
     let parsed = openai::parse(kind, &body, state.settings.max_tokens_cap)?;
     let entry = state.registry.get(&parsed.model)?;
     if let Some(remote) = entry.remote() {
+        if let Some(p) = entry.problem() {
+            return Err(ApiError::unavailable(format!(
+                "model {} cannot answer ({}): {}",
+                entry.id, p.status, p.reason
+            )));
+        }
         let path = match kind {
             Kind::Chat => "/chat/completions",
             Kind::Text => "/completions",

@@ -7,6 +7,7 @@
 
 mod arena;
 mod chat;
+mod cost;
 mod error;
 mod guard;
 mod listen;

@@ -68,6 +68,10 @@ pub struct Common {
     pub stream_options: Option<StreamOptions>,
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
+    /// Keep generating past end-of-sequence tokens until `max_tokens` (vLLM's, SGLang's and llama.cpp's
+    /// extension, which load tests use for answers of a fixed length).
+    #[serde(default)]
+    pub ignore_eos: bool,
     /// OpenAI fields vibecheck does not implement: a request that uses one is refused naming it, rather than
     /// answered as if it had not asked ([`Unsupported`]).
     #[serde(flatten)]
@@ -257,7 +261,8 @@ impl Common {
             ..SamplingParams::default()
         };
         let overrides = self.overrides();
-        let params = overrides.apply(openai_defaults);
+        let mut params = overrides.apply(openai_defaults);
+        params.ignore_eos = self.ignore_eos;
         params.validate_within(cap)?;
         Ok(Parsed {
             model: self.model.clone(),

@@ -74,7 +74,7 @@ pub fn page_with_script(title: &str, body: &str, script: &str) -> Response {
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{} · vibecheck</title>\
          <link rel=\"stylesheet\" href=\"/ui/timeline.css\"><script src=\"{script}\" defer></script></head>\
          <body><header><a class=\"brand\" href=\"/runs\">vibecheck</a> <a href=\"/runs\">runs</a> \
-         <a href=\"/\">chat</a> <a href=\"/arena\">arena</a> <a href=\"/arena/leaderboard\">leaderboard</a></header>\
+         <a href=\"/\">chat</a> <a href=\"/arena\">arena</a> <a href=\"/arena/leaderboard\">leaderboard</a> <a href=\"/cost\">cost</a></header>\
          <main>{body}</main></body></html>",
         esc(title)
     );

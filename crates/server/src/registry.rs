@@ -48,6 +48,8 @@ pub struct Entry {
     last_used: std::sync::atomic::AtomicU64,
     /// Why it cannot answer, when it cannot (set when a load fails, cleared when one succeeds).
     problem: parking_lot::Mutex<Option<Problem>>,
+    /// The engine vibecheck launched behind a remote entry (`serve --engine`): its state is this entry's.
+    engine: Option<Arc<vibecheck_engines::Engine>>,
 }
 
 impl Entry {
@@ -60,6 +62,7 @@ impl Entry {
             model: Default::default(),
             last_used: Default::default(),
             problem: Default::default(),
+            engine: None,
         }
     }
 
@@ -74,17 +77,45 @@ impl Entry {
         e
     }
 
-    /// Why this model cannot answer, if it cannot.
+    /// Why this model cannot answer, if it cannot (a launched engine that is no longer running cannot).
     pub fn problem(&self) -> Option<Problem> {
+        if let Some(engine) = &self.engine {
+            use vibecheck_engines::EngineState;
+            match engine.state() {
+                EngineState::Running => {}
+                EngineState::Exited { status, last_lines } => {
+                    return Some(Problem {
+                        status: "failed",
+                        reason: format!(
+                        "the engine behind it ({}, pid {}) exited ({status}); its last lines: {}",
+                        engine.kind.name(),
+                        engine.pid(),
+                        last_lines.replace('\n', " | ")
+                    ),
+                    })
+                }
+                EngineState::Stopped => {
+                    return Some(Problem {
+                        status: "failed",
+                        reason: format!(
+                            "the engine behind it ({}) was stopped",
+                            engine.kind.name()
+                        ),
+                    })
+                }
+            }
+        }
         self.problem.lock().clone()
+    }
+
+    /// The engine vibecheck launched for this entry, if it did.
+    pub fn engine(&self) -> Option<&Arc<vibecheck_engines::Engine>> {
+        self.engine.as_ref()
     }
 
     /// `available`, or the [`Problem`]'s status.
     pub fn status(&self) -> &'static str {
-        self.problem
-            .lock()
-            .as_ref()
-            .map_or("available", |p| p.status)
+        self.problem().map_or("available", |p| p.status)
     }
 
     pub fn is_loaded(&self) -> bool {
@@ -109,8 +140,12 @@ impl Entry {
         }
     }
 
-    /// `gguf`, `safetensors`, `lora` or `remote`.
+    /// `gguf`, `safetensors`, `lora`, `remote`, or the launched engine's name (`vllm`, `sglang`,
+    /// `llama-server`).
     pub fn format(&self) -> &'static str {
+        if let Some(e) = &self.engine {
+            return e.kind.name();
+        }
         match &self.backend {
             Backend::Local(s) if s.kind == vibecheck_checkpoint::SourceKind::Gguf => "gguf",
             Backend::Local(s) if s.kind == vibecheck_checkpoint::SourceKind::Adapter => "lora",
@@ -269,6 +304,27 @@ impl Registry {
             None,
             Backend::Remote(remote),
         )));
+        Ok(())
+    }
+
+    /// Adds the engine vibecheck launched, answering as a remote entry whose state is the engine's.
+    pub fn add_engine(&self, engine: Arc<vibecheck_engines::Engine>) -> Result<(), EngineError> {
+        let remote = RemoteEndpoint::new(
+            &engine.served_name,
+            &engine.base_url(),
+            &engine.served_name,
+            Some(engine.api_key().to_string()),
+        );
+        let mut entries = self.entries.write();
+        if entries.iter().any(|e| e.id == remote.id) {
+            return Err(EngineError::Config(format!(
+                "{:?} is already a served model; the engine needs another name",
+                remote.id
+            )));
+        }
+        let mut entry = Entry::new(remote.id.clone(), None, None, Backend::Remote(remote));
+        entry.engine = Some(engine);
+        entries.push(Arc::new(entry));
         Ok(())
     }
 

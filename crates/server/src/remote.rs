@@ -92,6 +92,17 @@ impl RemoteEndpoint {
         })
     }
 
+    /// An endpoint made by vibecheck itself (a launched engine), with its key.
+    pub fn new(id: &str, base_url: &str, model: &str, api_key: Option<String>) -> Self {
+        Self {
+            id: id.to_string(),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            model: model.to_string(),
+            key_env: None,
+            api_key,
+        }
+    }
+
     fn client(&self) -> Client {
         Client::new(&self.base_url, self.api_key.clone())
     }

@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
                 )
             }),
         )
+        .route("/cost", get(crate::cost::cost_page))
         .route("/arena", get(crate::arena::arena_page))
         .route("/arena/leaderboard", get(crate::arena::leaderboard_page))
         .route("/api/arena/battles", post(crate::arena::new_battle))
@@ -183,7 +184,12 @@ async fn health_check(state: &AppState) -> Response {
         .collect();
     if locals.is_empty() {
         // Only remote models (or none that can load): healthy when the first endpoint answers.
-        let Some(remote) = entries.iter().find_map(|e| e.remote()).cloned() else {
+        let Some(remote) = entries
+            .iter()
+            .filter(|e| e.problem().is_none())
+            .find_map(|e| e.remote())
+            .cloned()
+        else {
             let mut e = ApiError::unavailable(format!(
                 "no served model can answer: {}",
                 describe(&unavailable(&entries))

@@ -270,6 +270,8 @@ pub async fn run_page(
     }
     body.push_str("</tbody></table>");
     body.push_str(&judge_section(&st, &t).await?);
+    let names: Vec<String> = t.checkpoints.iter().map(|c| c.name.clone()).collect();
+    body.push_str(&crate::cost::run_section(&st, &t.run.name, &names).await);
     Ok(page(&t.run.name, &body))
 }
 

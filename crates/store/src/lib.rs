@@ -544,6 +544,26 @@ impl Store {
         })
     }
 
+    /// Stores a `vibecheck cost` report (JSON) of `model`.
+    pub fn put_cost_report(&self, model: &str, report_json: &str) -> Result<i64> {
+        self.conn
+            .execute(
+                "INSERT INTO cost_reports(model, report, created) VALUES (?1, ?2, ?3)",
+                params![model, report_json, now()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The newest `limit` cost reports: (model, report JSON), newest first.
+    pub fn cost_reports(&self, limit: i64) -> Result<Vec<(String, String)>> {
+        self.rows(
+            "SELECT model, report FROM cost_reports ORDER BY id DESC LIMIT ?1",
+            [limit],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
     /// The notes on a run's answers, oldest first.
     pub fn notes(&self, run_id: i64) -> Result<Vec<Note>> {
         self.rows(

@@ -4,9 +4,9 @@
 use rusqlite::Connection;
 
 /// The newest schema this build knows.
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
-pub(crate) const STEPS: [&str; 3] = [
+pub(crate) const STEPS: [&str; 4] = [
     r#"
 CREATE TABLE runs (
     id        INTEGER PRIMARY KEY,
@@ -98,6 +98,15 @@ CREATE TABLE battles (
     r#"
 ALTER TABLE checkpoints ADD COLUMN load_error TEXT;
 ALTER TABLE judgments ADD COLUMN flag TEXT;
+"#,
+    // 4: `vibecheck cost` reports (the whole report as JSON, by the model it measured), for the /cost page.
+    r#"
+CREATE TABLE cost_reports (
+    id      INTEGER PRIMARY KEY,
+    model   TEXT NOT NULL,
+    report  TEXT NOT NULL,
+    created TEXT NOT NULL
+);
 "#,
 ];
 

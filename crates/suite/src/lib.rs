@@ -3,6 +3,7 @@
 //! (`watch`), and comparing answers across steps (`diff`, `timeline`).
 
 pub mod diff;
+pub mod endpoint;
 pub mod runner;
 pub mod suite;
 pub mod timeline;
@@ -13,4 +14,4 @@ pub use suite::{Suite, SuiteError, SuitePrompt};
 pub use timeline::{timeline, Timeline};
 /// The `max_tokens` a prompt gets when neither it nor its suite sets one (the engine's one default).
 pub use vibecheck_engine::DEFAULT_MAX_TOKENS;
-pub use watch::{run_name, watch, CheckpointSummary, WatchEvent, WatchOptions};
+pub use watch::{run_name, watch, CheckpointSummary, EngineWatch, WatchEvent, WatchOptions};

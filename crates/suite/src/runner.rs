@@ -3,11 +3,13 @@
 //! is done, and conversations already stored are skipped, so a run can stop at any moment and resume.
 //!
 //! The unit of work is a [`Job`] (one prompt, one sample); [`answer_jobs`] answers a list of them together, turn by
-//! turn, through the decoder's batch dimension (`RunnerSettings::batch` at a time).
+//! turn, through whatever [`Answerer`] runs the checkpoint: vibecheck's own engine (a loaded [`Model`], through the
+//! decoder's batch dimension, `RunnerSettings::batch` at a time) or an engine it drives over HTTP
+//! (`endpoint.rs`: vLLM, SGLang).
 
 use std::time::Instant;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use vibecheck_engine::{
     ChatMessage, EngineError, Model, Prompt, SamplingOverrides, SamplingParams, DEFAULT_MAX_TOKENS,
@@ -83,6 +85,89 @@ fn short(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(f64::from(x))
 }
 
+/// One answer, from whichever engine made it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answered {
+    pub text: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub finish_reason: String,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+/// What answers a suite's conversations.
+pub trait Answerer {
+    /// Each conversation so far answered once, with its parameters; one result per conversation.
+    fn answer_batch(
+        &self,
+        conversations: &[Vec<ChatMessage>],
+        params: &[SamplingParams],
+    ) -> Vec<Result<Answered, String>>;
+    /// SHA-256 of the chat template the answers are made with (`none` without one).
+    fn template_hash(&self) -> String;
+    /// Keys added to every answer's stored parameters: what else decides the answers (a LoRA adapter's base; the
+    /// engine, its version, the weight version and how the weights got there).
+    fn provenance(&self) -> Vec<(&'static str, Value)>;
+}
+
+impl From<vibecheck_engine::Generation> for Answered {
+    fn from(g: vibecheck_engine::Generation) -> Self {
+        Self {
+            text: g.text,
+            prompt_tokens: g.usage.prompt_tokens as u32,
+            completion_tokens: g.usage.completion_tokens as u32,
+            finish_reason: g.finish_reason.as_str().to_string(),
+            prefill_ms: g.timings.prefill_ms,
+            decode_ms: g.timings.decode_ms,
+        }
+    }
+}
+
+/// vibecheck's own engine: the conversations decoded as one batch, or one at a time when the batch fails (a
+/// prompt beyond the context, say), so one bad prompt fails alone.
+impl Answerer for Model {
+    fn answer_batch(
+        &self,
+        conversations: &[Vec<ChatMessage>],
+        params: &[SamplingParams],
+    ) -> Vec<Result<Answered, String>> {
+        let prompts: Vec<Prompt> = conversations.iter().cloned().map(Prompt::Chat).collect();
+        match self.generate_batch(&prompts, params) {
+            Ok(gens) => gens.into_iter().map(|g| Ok(g.into())).collect(),
+            Err(e) => {
+                tracing::warn!(
+                    "a batch of {} failed ({e}); answering one at a time",
+                    prompts.len()
+                );
+                prompts
+                    .iter()
+                    .zip(params)
+                    .map(|(p, sp)| {
+                        self.generate(p, sp)
+                            .map(Answered::from)
+                            .map_err(|e: EngineError| e.to_string())
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn template_hash(&self) -> String {
+        template_hash(self)
+    }
+
+    fn provenance(&self) -> Vec<(&'static str, Value)> {
+        self.adapter
+            .iter()
+            .map(|a| {
+                ("base", json!({"name": a.base.source.name,
+                                "hash": a.base.content_hash().unwrap_or_else(|e| format!("unknown: {e}"))}))
+            })
+            .collect()
+    }
+}
+
 /// The parameters as stored with the answer, with the batch size it was decoded in (on the CPU a batch of up to
 /// 31 sequences computes each exactly as a lone decode does, but larger batches take the prompt GEMM and a GPU's
 /// batched products may round differently, so the batch is part of what reproduces an answer exactly).
@@ -92,7 +177,7 @@ fn params_json(
     p: &SamplingParams,
     batch: usize,
     quantize: Option<&str>,
-    base: Option<&serde_json::Value>,
+    provenance: &[(&'static str, Value)],
 ) -> String {
     let mut v = json!({"temperature": short(p.temperature), "top_p": short(p.top_p), "top_k": p.top_k,
                        "min_p": short(p.min_p), "repetition_penalty": short(p.repetition_penalty),
@@ -110,8 +195,8 @@ fn params_json(
     if let Some(q) = quantize {
         v["quantize"] = json!(q);
     }
-    if let Some(b) = base {
-        v["base"] = b.clone();
+    for (key, value) in provenance {
+        v[*key] = value.clone();
     }
     v.to_string()
 }
@@ -126,11 +211,11 @@ pub fn template_hash(model: &Model) -> String {
 
 /// Answers one conversation: each user turn in order, the model's own answers fed back.
 pub fn answer(
-    model: &Model,
+    model: &dyn Answerer,
     suite: &Suite,
     job: Job,
     s: &RunnerSettings,
-) -> Result<Vec<NewAnswer>, EngineError> {
+) -> Result<Vec<NewAnswer>, String> {
     answer_jobs(model, suite, &[job], s)
         .pop()
         .expect("one result per job")
@@ -138,18 +223,14 @@ pub fn answer(
 
 /// Answers several conversations together: turn by turn, the conversations that have that turn are decoded as
 /// one batch (each with its own sampling parameters and seed), and the answers are fed back for the next turn.
-/// A batch that fails (a prompt beyond the context, say) is retried one conversation at a time, so one bad
-/// prompt fails alone.
 pub fn answer_jobs(
-    model: &Model,
+    model: &dyn Answerer,
     suite: &Suite,
     jobs: &[Job],
     s: &RunnerSettings,
-) -> Vec<Result<Vec<NewAnswer>, EngineError>> {
-    let template = template_hash(model);
-    let base = model.adapter.as_ref().map(|a| {
-        json!({"name": a.base.source.name, "hash": a.base.content_hash().unwrap_or_else(|e| format!("unknown: {e}"))})
-    });
+) -> Vec<Result<Vec<NewAnswer>, String>> {
+    let template = model.template_hash();
+    let provenance = model.provenance();
     let params: Vec<SamplingParams> = jobs
         .iter()
         .map(|j| params_for(suite, &suite.prompts[j.prompt], j.sample, s))
@@ -164,7 +245,7 @@ pub fn answer_jobs(
                 .collect()
         })
         .collect();
-    let mut results: Vec<Result<Vec<NewAnswer>, EngineError>> =
+    let mut results: Vec<Result<Vec<NewAnswer>, String>> =
         jobs.iter().map(|_| Ok(Vec::new())).collect();
     let turns = jobs
         .iter()
@@ -181,26 +262,10 @@ pub fn answer_jobs(
                 &suite.prompts[jobs[i].prompt].turns[turn],
             ));
         }
-        let prompts: Vec<Prompt> = active
-            .iter()
-            .map(|&i| Prompt::Chat(messages[i].clone()))
-            .collect();
+        let conversations: Vec<Vec<ChatMessage>> =
+            active.iter().map(|&i| messages[i].clone()).collect();
         let batch_params: Vec<SamplingParams> = active.iter().map(|&i| params[i].clone()).collect();
-        let generated: Vec<Result<vibecheck_engine::Generation, EngineError>> =
-            match model.generate_batch(&prompts, &batch_params) {
-                Ok(gens) => gens.into_iter().map(Ok).collect(),
-                Err(e) => {
-                    tracing::warn!(
-                        "a batch of {} failed ({e}); answering one at a time",
-                        prompts.len()
-                    );
-                    prompts
-                        .iter()
-                        .zip(&batch_params)
-                        .map(|(p, sp)| model.generate(p, sp))
-                        .collect()
-                }
-            };
+        let generated = model.answer_batch(&conversations, &batch_params);
         for (&i, g) in active.iter().zip(generated) {
             match g {
                 Ok(g) => {
@@ -213,16 +278,16 @@ pub fn answer_jobs(
                                 &params[i],
                                 active.len(),
                                 s.quantize.as_deref(),
-                                base.as_ref(),
+                                &provenance,
                             ),
                             seed: params[i].seed,
                             template_hash: template.clone(),
                             vibecheck_version: env!("CARGO_PKG_VERSION").to_string(),
-                            prompt_tokens: g.usage.prompt_tokens as u32,
-                            completion_tokens: g.usage.completion_tokens as u32,
-                            finish_reason: g.finish_reason.as_str().to_string(),
-                            prefill_ms: g.timings.prefill_ms,
-                            decode_ms: g.timings.decode_ms,
+                            prompt_tokens: g.prompt_tokens,
+                            completion_tokens: g.completion_tokens,
+                            finish_reason: g.finish_reason,
+                            prefill_ms: g.prefill_ms,
+                            decode_ms: g.decode_ms,
                         });
                     }
                 }
@@ -288,7 +353,7 @@ pub fn pending_jobs(
 /// Runs the suite's pending jobs on a loaded checkpoint, storing each conversation when it is done. `keep_going`
 /// is asked between conversations; returning false stops early (what is stored stays).
 pub fn run_suite(
-    model: &Model,
+    model: &dyn Answerer,
     suite: &Suite,
     store: &mut Store,
     checkpoint_id: i64,
@@ -338,7 +403,7 @@ pub fn run_suite(
                 }
                 Err(e) => {
                     tracing::warn!(prompt = %prompt.id, sample = job.sample, "not answered: {e}");
-                    out.failed.push((prompt.id.clone(), e.to_string()));
+                    out.failed.push((prompt.id.clone(), e));
                 }
             }
         }

@@ -5,6 +5,12 @@
 //!
 //! File-system events (inotify and its kin, through `notify`) wake the watcher as soon as the trainer writes; where
 //! they are unavailable (network file systems, exhausted inotify watches) it falls back to looking every `poll`.
+//!
+//! With an engine ([`EngineWatch`]: vLLM or SGLang), one engine stays up for the whole watch: it starts on the first
+//! checkpoint, each later one is swapped in without a restart (`vibecheck_engines::swap`) and checked (the weight
+//! version the engine reports, a probe prompt's greedy answer), and an engine that died is started again on the
+//! checkpoint at hand. Every answer records the engine, its version, the weight version and how the weights got
+//! there. A swap that fails marks that checkpoint failed; the answers stored before it stay.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +21,10 @@ use vibecheck_checkpoint::run;
 use vibecheck_engine::{LoadOptions, Model};
 use vibecheck_store::{Store, StoreError};
 
-use crate::runner::{pending_jobs, run_suite, Progress, RunError, RunOutcome, RunnerSettings};
+use crate::endpoint::{folder_template_hash, EndpointAnswerer};
+use crate::runner::{
+    pending_jobs, run_suite, Answerer, Progress, RunError, RunOutcome, RunnerSettings,
+};
 use crate::timeline::timeline;
 use crate::Suite;
 
@@ -34,6 +43,25 @@ pub struct WatchOptions {
     pub poll: Duration,
     /// Marks the run as made up (the demo).
     pub synthetic: bool,
+    /// Answer on an engine vibecheck starts and swaps checkpoints into, instead of its own.
+    pub engine: Option<EngineWatch>,
+}
+
+/// The engine a watch runs its checkpoints on.
+#[derive(Debug, Clone)]
+pub struct EngineWatch {
+    /// The engine's command line; its model (each checkpoint's folder), port, key and weight version are set
+    /// per start.
+    pub spec: vibecheck_engines::LaunchSpec,
+    pub ready: Duration,
+    pub relay: vibecheck_engines::Relay,
+}
+
+/// The engine of a watch, and what it serves now.
+struct Running {
+    engine: vibecheck_engines::Engine,
+    /// The engine's own version string (`unknown` when it does not say).
+    engine_version: String,
 }
 
 /// What happened, for progress bars and logs.
@@ -146,6 +174,7 @@ pub fn watch(
     let mut summaries = Vec::new();
     let mut first_look = true;
     let events = FolderEvents::new(&opts.run_dir);
+    let mut engine: Option<Running> = None;
     loop {
         let list = run::list(&opts.run_dir).map_err(|e| WatchError::NotARun {
             path: opts.run_dir.display().to_string(),
@@ -214,7 +243,16 @@ pub fn watch(
                 waiting += 1;
                 continue;
             }
-            match handle(store, opts, run.id, &suite_hash, &ckpt, stop, on_event) {
+            match handle(
+                store,
+                opts,
+                run.id,
+                &suite_hash,
+                &ckpt,
+                stop,
+                on_event,
+                &mut engine,
+            ) {
                 Ok(Some(summary)) => {
                     on_event(WatchEvent::Finished(&summary));
                     if !summary.outcome.interrupted {
@@ -356,6 +394,7 @@ impl From<StoreError> for HandleError {
 }
 
 /// Runs the suite's pending jobs on one complete checkpoint. `None`: nothing was pending.
+#[allow(clippy::too_many_arguments)]
 fn handle(
     store: &mut Store,
     opts: &WatchOptions,
@@ -364,6 +403,7 @@ fn handle(
     ckpt: &run::RunCheckpoint,
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(WatchEvent<'_>),
+    engine: &mut Option<Running>,
 ) -> Result<Option<CheckpointSummary>, HandleError> {
     let hash = run::content_hash(&ckpt.path).map_err(|e| HandleError::Checkpoint {
         id: None,
@@ -385,18 +425,29 @@ fn handle(
         step: ckpt.step,
         pending: jobs.len(),
     });
-    let model = Model::load(&ckpt.path.to_string_lossy(), &opts.load).map_err(|e| {
-        HandleError::Checkpoint {
-            id: Some(row.id),
-            error: format!("cannot load {}: {e}", ckpt.path.display()),
-        }
-    })?;
+    let answerer: Box<dyn Answerer> =
+        match &opts.engine {
+            None => Box::new(
+                Model::load(&ckpt.path.to_string_lossy(), &opts.load).map_err(|e| {
+                    HandleError::Checkpoint {
+                        id: Some(row.id),
+                        error: format!("cannot load {}: {e}", ckpt.path.display()),
+                    }
+                })?,
+            ),
+            Some(ew) => Box::new(on_engine(ew, engine, ckpt, &run_name(opts)).map_err(
+                |error| HandleError::Checkpoint {
+                    id: Some(row.id),
+                    error,
+                },
+            )?),
+        };
     if row.load_error.is_some() {
         store.set_load_error(row.id, None)?;
     }
     let name = ckpt.name.clone();
     let outcome = run_suite(
-        &model,
+        answerer.as_ref(),
         &opts.suite,
         store,
         row.id,
@@ -421,6 +472,76 @@ fn handle(
         changed,
         mean_change,
     }))
+}
+
+/// Brings `ckpt` up on the watch's engine: started on the first checkpoint (or again when it died, or for an
+/// engine that cannot swap), swapped in otherwise; then checked with the probe prompt.
+fn on_engine(
+    ew: &EngineWatch,
+    running: &mut Option<Running>,
+    ckpt: &run::RunCheckpoint,
+    served_name: &str,
+) -> Result<EndpointAnswerer, String> {
+    use vibecheck_engines::{EngineState, SwapPath};
+    let version = ckpt.name.clone();
+    let path = ckpt.path.to_string_lossy().into_owned();
+    let alive = running
+        .as_ref()
+        .is_some_and(|r| r.engine.state() == EngineState::Running);
+    let swap = if alive && ew.spec.kind.swap_path() != SwapPath::Restart {
+        let r = running.as_ref().expect("alive");
+        let s = vibecheck_engines::swap::swap(&r.engine, &path, &version).map_err(|e| {
+            format!(
+                "swapping {} into the running {} failed: {e}",
+                ckpt.path.display(),
+                ew.spec.kind.name()
+            )
+        })?;
+        tracing::info!(checkpoint = %ckpt.name, engine = ew.spec.kind.name(), secs = s.seconds, "weights swapped: {}", s.detail);
+        (s.path, s.weight_version)
+    } else {
+        let how = if running.is_some() {
+            SwapPath::Restart
+        } else {
+            SwapPath::Launch
+        };
+        // The old engine (if any) stops before the new one starts: one engine's worth of GPU memory at a time.
+        *running = None;
+        let mut spec = ew.spec.clone();
+        spec.model = path.clone();
+        spec.served_name = served_name.to_string();
+        spec.weight_version = Some(version.clone());
+        spec.swappable = true;
+        spec.port = vibecheck_engines::launch::free_port().map_err(|e| e.to_string())?;
+        spec.api_key = vibecheck_engines::launch::random_key();
+        let engine = vibecheck_engines::Engine::start(&spec, ew.relay, ew.ready).map_err(|e| {
+            format!(
+                "starting {} on {}: {e}",
+                spec.kind.name(),
+                ckpt.path.display()
+            )
+        })?;
+        let engine_version = engine.version();
+        *running = Some(Running {
+            engine,
+            engine_version,
+        });
+        (how, version.clone())
+    };
+    let r = running.as_ref().expect("started or swapped");
+    let probe = vibecheck_engines::swap::probe(&r.engine)
+        .map_err(|e| format!("the probe after bringing up {}: {e}", ckpt.name))?;
+    Ok(EndpointAnswerer {
+        client: r.engine.client(),
+        model: r.engine.served_name.clone(),
+        template_hash: folder_template_hash(&ckpt.path),
+        provenance: vec![(
+            "engine",
+            serde_json::json!({"name": ew.spec.kind.name(), "version": r.engine_version,
+                               "weight_version": swap.1, "swap": swap.0.name(),
+                               "probe": {"prompt": vibecheck_engines::swap::PROBE_PROMPT, "answer": probe}}),
+        )],
+    })
 }
 
 /// Greedy answers of checkpoint `checkpoint_id` compared with the previous checkpoint's: (compared, changed, mean

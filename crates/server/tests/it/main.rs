@@ -838,6 +838,7 @@ async fn timeline_pages_show_changes_escape_model_output_and_take_notes() {
             once: true,
             poll: std::time::Duration::from_millis(100),
             synthetic: false,
+            engine: None,
         };
         let done =
             vibecheck_suite::watch(&mut store, &opts, &Default::default(), &mut |_| {}).unwrap();
@@ -1032,6 +1033,7 @@ async fn the_blind_arena_hides_names_until_the_vote_and_ranks_models() {
             once: true,
             poll: std::time::Duration::from_millis(100),
             synthetic: false,
+            engine: None,
         };
         vibecheck_suite::watch(&mut store, &opts, &Default::default(), &mut |_| {}).unwrap();
     })

@@ -48,6 +48,7 @@ fn options(run: &Path, once: bool) -> WatchOptions {
         once,
         poll: Duration::from_millis(150),
         synthetic: false,
+        engine: None,
     }
 }
 
