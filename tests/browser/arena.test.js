@@ -31,7 +31,9 @@ const { root, check, tinyRun, watchAndServe, launch, finish } = require("./suppo
     await page.waitForSelector("#arena-votes:not([hidden])", { timeout: 60000 });
     const a = await page.textContent("#arena-a");
     const b = await page.textContent("#arena-b");
-    check("both answers streamed", a.length > 0 && b.length > 0 && !a.includes("context holds") && !b.includes("context holds"),
+    // A random-weight checkpoint may end an answer at once (end-of-sequence as its first sampled token), so one
+    // empty side is an answer, not a failure (CI saw it once); an error would show its message in the pane.
+    check("both answers streamed", (a.length > 0 || b.length > 0) && !a.includes("context holds") && !b.includes("context holds"),
           JSON.stringify([a, b]));
     const before = await page.textContent("body");
     check("no model name before the vote", !before.includes("checkpoint-"), before.slice(0, 300));

@@ -218,3 +218,31 @@ pub fn parse_kv_cache(name: &str) -> Result<vibecheck_engine::DType, String> {
         )),
     }
 }
+
+/// Runs the server of `state` on a thread of its own and returns `http://ADDR` once it listens. With
+/// `exit_when_done`, the process ends when the server does (a watcher's UI, stopped by Ctrl-C).
+pub fn spawn_server(state: vibecheck_server::AppState, exit_when_done: bool) -> Result<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let tx2 = tx.clone();
+        let result = runtime.block_on(vibecheck_server::serve(state, move |addr| {
+            let _ = tx2.send(Ok(format!("http://{addr}")));
+        }));
+        if let Err(e) = result {
+            let _ = tx.send(Err(e.to_string()));
+        }
+        if exit_when_done {
+            std::process::exit(0);
+        }
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(Ok(url)) => Ok(url),
+        Ok(Err(e)) => bail!("{e}"),
+        Err(_) => bail!("the server did not start within 60 s"),
+    }
+}

@@ -445,26 +445,9 @@ fn serve_here(
         ..Default::default()
     };
     let state = vibecheck_server::AppState::new(registry, settings);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
-        let tx2 = tx.clone();
-        let result = runtime.block_on(vibecheck_server::serve(state, move |addr| {
-            let _ = tx2.send(Ok(format!("http://{addr}/v1")));
-        }));
-        if let Err(e) = result {
-            let _ = tx.send(Err(e.to_string()));
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(Ok(url)) => Ok((url, id, None)),
-        Ok(Err(e)) => bail!("cannot serve {model} for the load test: {e}"),
-        Err(_) => bail!("the server for the load test did not start within 60 s"),
-    }
+    let url = crate::args::spawn_server(state, false)
+        .with_context(|| format!("serving {model} for the load test"))?;
+    Ok((format!("{url}/v1"), id, None))
 }
 
 pub fn cost(a: CostArgs) -> Result<()> {

@@ -234,27 +234,8 @@ fn start_server(
     access.apply(&mut settings);
     settings.check_exposure().map_err(anyhow::Error::msg)?;
     let state = vibecheck_server::AppState::new(registry, settings).with_store(db.to_path_buf());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
-        let tx2 = tx.clone();
-        let result = runtime.block_on(vibecheck_server::serve(state, move |addr| {
-            let _ = tx2.send(Ok(format!("http://{addr}")));
-        }));
-        if let Err(e) = result {
-            let _ = tx.send(Err(e.to_string()));
-        }
-        std::process::exit(0);
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(Ok(url)) => Ok(url),
-        Ok(Err(e)) => bail!("cannot serve on {host}:{port}: {e}"),
-        Err(_) => bail!("the server did not start within 30 s"),
-    }
+    crate::args::spawn_server(state, true)
+        .map_err(|e| anyhow::anyhow!("cannot serve on {host}:{port}: {e}"))
 }
 
 pub fn watch(a: WatchArgs) -> Result<()> {

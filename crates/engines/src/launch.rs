@@ -63,6 +63,30 @@ impl EngineKind {
         self.default_program().1
     }
 
+    /// The engine's names for what every launch sets.
+    fn names(self) -> Names {
+        match self {
+            Self::Vllm => Names {
+                model: None,
+                served_name: "--served-model-name",
+                parallel: Some(("--tensor-parallel-size", "--pipeline-parallel-size")),
+                context: "--max-model-len",
+            },
+            Self::Sglang => Names {
+                model: Some("--model-path"),
+                served_name: "--served-model-name",
+                parallel: Some(("--tp-size", "--pp-size")),
+                context: "--context-length",
+            },
+            Self::LlamaServer => Names {
+                model: Some("-m"),
+                served_name: "--alias",
+                parallel: None,
+                context: "-c",
+            },
+        }
+    }
+
     /// The route that answers 200 once the engine is up.
     pub fn health_path(self) -> &'static str {
         "/health"
@@ -82,6 +106,15 @@ impl EngineKind {
             Self::LlamaServer => SwapPath::Restart,
         }
     }
+}
+
+/// One engine's flag names: the model (`None`: positional), the served name, tensor and pipeline parallelism
+/// (`None`: it has neither), the context length.
+struct Names {
+    model: Option<&'static str>,
+    served_name: &'static str,
+    parallel: Option<(&'static str, &'static str)>,
+    context: &'static str,
 }
 
 /// How a watched checkpoint's weights reach the engine.
@@ -285,28 +318,36 @@ impl LaunchSpec {
             .collect();
         let mut env = Vec::new();
         let port = self.port.to_string();
+        let n = self.kind.names();
         let mut push = |a: &[&str]| args.extend(a.iter().map(|s| s.to_string()));
-        match self.kind {
-            EngineKind::Vllm => {
-                push(&[&self.model, "--served-model-name", &self.served_name]);
-                push(&[
-                    "--host",
-                    &self.host,
-                    "--port",
-                    &port,
-                    "--api-key",
-                    &self.api_key,
-                ]);
-                push(&[
-                    "--tensor-parallel-size",
-                    &self.tensor_parallel.to_string(),
-                    "--pipeline-parallel-size",
-                    &self.pipeline_parallel.to_string(),
-                ]);
-                if let Some(n) = self.max_model_len {
-                    push(&["--max-model-len", &n.to_string()]);
-                }
-                if let Some(MultiNode::Ray { address }) = &self.multi_node {
+        // What every launch sets, in each engine's own names.
+        if let Some(flag) = n.model {
+            push(&[flag]);
+        }
+        push(&[&self.model, n.served_name, &self.served_name]);
+        push(&[
+            "--host",
+            &self.host,
+            "--port",
+            &port,
+            "--api-key",
+            &self.api_key,
+        ]);
+        if let Some((tp, pp)) = n.parallel {
+            push(&[
+                tp,
+                &self.tensor_parallel.to_string(),
+                pp,
+                &self.pipeline_parallel.to_string(),
+            ]);
+        }
+        if let Some(len) = self.max_model_len {
+            push(&[n.context, &len.to_string()]);
+        }
+        // What only one engine has.
+        match (self.kind, &self.multi_node) {
+            (EngineKind::Vllm, multi) => {
+                if let Some(MultiNode::Ray { address }) = multi {
                     push(&["--distributed-executor-backend", "ray"]);
                     env.push(("RAY_ADDRESS".to_string(), address.clone()));
                 }
@@ -315,35 +356,12 @@ impl LaunchSpec {
                     env.push(("VLLM_SERVER_DEV_MODE".to_string(), "1".to_string()));
                 }
             }
-            EngineKind::Sglang => {
-                push(&[
-                    "--model-path",
-                    &self.model,
-                    "--served-model-name",
-                    &self.served_name,
-                ]);
-                push(&[
-                    "--host",
-                    &self.host,
-                    "--port",
-                    &port,
-                    "--api-key",
-                    &self.api_key,
-                ]);
-                push(&[
-                    "--tp-size",
-                    &self.tensor_parallel.to_string(),
-                    "--pp-size",
-                    &self.pipeline_parallel.to_string(),
-                ]);
-                if let Some(n) = self.max_model_len {
-                    push(&["--context-length", &n.to_string()]);
-                }
+            (EngineKind::Sglang, multi) => {
                 if let Some(MultiNode::Sglang {
                     nnodes,
                     node_rank,
                     dist_init_addr,
-                }) = &self.multi_node
+                }) = multi
                 {
                     push(&[
                         "--nnodes",
@@ -359,21 +377,7 @@ impl LaunchSpec {
                     push(&["--weight-version", v]);
                 }
             }
-            EngineKind::LlamaServer => {
-                push(&["-m", &self.model, "--alias", &self.served_name]);
-                push(&[
-                    "--host",
-                    &self.host,
-                    "--port",
-                    &port,
-                    "--api-key",
-                    &self.api_key,
-                ]);
-                if let Some(n) = self.max_model_len {
-                    push(&["-c", &n.to_string()]);
-                }
-                push(&["--metrics"]);
-            }
+            (EngineKind::LlamaServer, _) => push(&["--metrics"]),
         }
         args.extend(self.engine_args.iter().cloned());
         if let Some(gpus) = &self.gpus {
