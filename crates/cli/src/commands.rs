@@ -49,9 +49,9 @@ enum Command {
     QuantEval(crate::quality::QuantEvalArgs),
     /// What serving a model costs: a load test at rising concurrency, $/hour, $/1M tokens and break-even against
     /// hosted APIs (prices with their sources and dates).
-    Cost(crate::engines::CostArgs),
+    Cost(crate::cost::CostArgs),
     /// Write a SkyPilot task, a Slurm script or Helm values that keep a checkpoint up as a demo.
-    Deploy(crate::engines::DeployArgs),
+    Deploy(crate::deploy::DeployArgs),
 }
 
 #[derive(Args)]
@@ -195,8 +195,8 @@ pub fn main() -> ExitCode {
         Command::Plot(a) => crate::judging::plot(a),
         Command::Serve(a) => serve(a),
         Command::QuantEval(a) => crate::quality::quant_eval(a),
-        Command::Cost(a) => crate::engines::cost(a),
-        Command::Deploy(a) => crate::engines::deploy(a),
+        Command::Cost(a) => crate::cost::cost(a),
+        Command::Deploy(a) => crate::deploy::deploy(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

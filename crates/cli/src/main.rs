@@ -4,6 +4,8 @@
 mod output;
 mod args;
 mod commands;
+mod cost;
+mod deploy;
 mod engines;
 mod judging;
 mod quality;

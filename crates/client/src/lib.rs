@@ -258,6 +258,16 @@ impl Client {
     }
 }
 
+/// The first `max_chars` characters of a peer's text, marked with … when cut (for an error message that quotes
+/// what a peer sent).
+pub fn clip_chars(text: &str, max_chars: usize) -> String {
+    let mut p: String = text.chars().take(max_chars).collect();
+    if p.len() < text.len() {
+        p.push('…');
+    }
+    p
+}
+
 /// The message of an OpenAI-style error body (`{"error": {"message": ...}}`, or a top-level `message`), else
 /// the body's first `max_chars` characters.
 pub fn error_detail(body: &str, max_chars: usize) -> String {

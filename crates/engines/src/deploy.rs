@@ -2,8 +2,11 @@
 //! head and workers when it spans nodes) or values for vLLM's production-stack Helm chart. Each runs the engine
 //! command `launch.rs` builds, and carries the cost estimate in a comment.
 
-use crate::launch::{quote, CommandLine, EngineKind, LaunchSpec};
+use crate::launch::{CommandLine, EngineKind, LaunchSpec};
 use crate::EngineError;
+
+/// The key's place on the engine's command line, written out as `"$VIBECHECK_DEMO_KEY"` (expanded when it runs).
+const KEY_PLACEHOLDER: &str = "$VIBECHECK_DEMO_KEY";
 
 /// Where the demo runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +72,7 @@ impl DeployPlan {
         let mut spec = self.spec.clone();
         spec.host = "0.0.0.0".into();
         spec.port = self.port;
-        spec.api_key = "$VIBECHECK_DEMO_KEY".into();
+        spec.api_key = KEY_PLACEHOLDER.into();
         spec.gpus = None;
         spec.multi_node = None;
         spec.check_files = false;
@@ -92,22 +95,9 @@ impl DeployPlan {
         })
     }
 
+    /// The engine's line, its key expanded from `$VIBECHECK_DEMO_KEY` by the shell that runs it.
     fn shell(command: &CommandLine) -> String {
-        // The key stays a variable, expanded by the shell that runs the line.
-        let mut words: Vec<String> = command
-            .env
-            .iter()
-            .map(|(k, v)| format!("{k}={}", quote(v)))
-            .collect();
-        words.push(quote(&command.program));
-        for a in &command.args {
-            if a == "$VIBECHECK_DEMO_KEY" {
-                words.push("\"$VIBECHECK_DEMO_KEY\"".into());
-            } else {
-                words.push(quote(a));
-            }
-        }
-        words.join(" ")
+        command.shell_with_key_from(KEY_PLACEHOLDER, "VIBECHECK_DEMO_KEY")
     }
 
     fn skypilot(&self, command: &CommandLine, comment: &str) -> String {

@@ -428,6 +428,11 @@ impl CommandLine {
     /// As one shell line (each word quoted where needed); the API key shows as `$VIBECHECK_ENGINE_KEY` so that the
     /// line can be printed and pasted without leaking it.
     pub fn shell(&self, key: &str) -> String {
+        self.shell_with_key_from(key, "VIBECHECK_ENGINE_KEY")
+    }
+
+    /// As one shell line with the argument `key` written as the expansion of the variable `var`.
+    pub fn shell_with_key_from(&self, key: &str, var: &str) -> String {
         let mut words: Vec<String> = self
             .env
             .iter()
@@ -436,7 +441,7 @@ impl CommandLine {
         words.push(quote(&self.program));
         for a in &self.args {
             if !key.is_empty() && a == key {
-                words.push("\"$VIBECHECK_ENGINE_KEY\"".into());
+                words.push(format!("\"${var}\""));
             } else {
                 words.push(quote(a));
             }

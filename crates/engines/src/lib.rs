@@ -5,13 +5,15 @@
 //! - `swap.rs`: a new checkpoint into a running engine (SGLang's `update_weights_from_disk`, vLLM's dev-mode
 //!   `reload_weights`), verified.
 //! - `metrics.rs`: Prometheus text and the engines' token counters.
-//! - `cost.rs`: the bounded load test and the arithmetic of $/hour, $/1M tokens and break-even; `prices.rs`: the
-//!   bundled GPU and API price table (`prices.toml`), each row with its source and the date it was checked.
+//! - `load.rs`: the bounded load test and the latency target it must meet; `cost.rs`: the arithmetic of $/hour,
+//!   $/1M tokens and break-even; `prices.rs`: the bundled GPU and API price table (`prices.toml`), each row with
+//!   its source and the date it was checked.
 //! - `deploy.rs`: SkyPilot, Slurm and Kubernetes files for a long-lasting demo.
 
 pub mod cost;
 pub mod deploy;
 pub mod launch;
+pub mod load;
 pub mod metrics;
 pub mod prices;
 pub mod process;

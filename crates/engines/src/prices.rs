@@ -76,33 +76,36 @@ impl PriceTable {
                 "{origin}: {what} {name:?}: {why}"
             )))
         };
-        let price_ok = |v: f64| v.is_finite() && v >= 0.0;
-        for g in &t.gpus {
-            if !price_ok(g.usd_per_hour) {
-                return bad("gpu", &g.name, "usd_per_hour must be a number ≥ 0");
+        // Every row: its kind, name, prices (field, value) and date, checked by one rule.
+        let gpus = t.gpus.iter().map(|g| {
+            (
+                "gpu",
+                &g.name,
+                vec![("usd_per_hour", g.usd_per_hour)],
+                &g.checked_on,
+            )
+        });
+        let cpus = t.cpus.iter().map(|c| {
+            (
+                "cpu",
+                &c.name,
+                vec![("usd_per_vcpu_hour", c.usd_per_vcpu_hour)],
+                &c.checked_on,
+            )
+        });
+        let apis = t.apis.iter().map(|a| {
+            let prices = vec![
+                ("usd_per_1m_input", a.usd_per_1m_input),
+                ("usd_per_1m_output", a.usd_per_1m_output),
+            ];
+            ("api", &a.name, prices, &a.checked_on)
+        });
+        for (kind, name, prices, date) in gpus.chain(cpus).chain(apis) {
+            if let Some((field, _)) = prices.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
+                return bad(kind, name, &format!("{field} must be a number ≥ 0"));
             }
-            if !is_date(&g.checked_on) {
-                return bad("gpu", &g.name, "checked_on must be a date YYYY-MM-DD");
-            }
-        }
-        for c in &t.cpus {
-            if !price_ok(c.usd_per_vcpu_hour) {
-                return bad("cpu", &c.name, "usd_per_vcpu_hour must be a number ≥ 0");
-            }
-            if !is_date(&c.checked_on) {
-                return bad("cpu", &c.name, "checked_on must be a date YYYY-MM-DD");
-            }
-        }
-        for a in &t.apis {
-            if !price_ok(a.usd_per_1m_input) || !price_ok(a.usd_per_1m_output) {
-                return bad(
-                    "api",
-                    &a.name,
-                    "usd_per_1m_input and usd_per_1m_output must be numbers ≥ 0",
-                );
-            }
-            if !is_date(&a.checked_on) {
-                return bad("api", &a.name, "checked_on must be a date YYYY-MM-DD");
+            if !is_date(date) {
+                return bad(kind, name, "checked_on must be a date YYYY-MM-DD");
             }
         }
         Ok(t)

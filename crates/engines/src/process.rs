@@ -235,13 +235,15 @@ impl Engine {
     /// one-token generation. Fails at once when the engine exits, and after `limit` otherwise, with the engine's
     /// last lines.
     pub fn wait_ready(&self, limit: Duration) -> Result<(), EngineError> {
+        const STEPS: [&str; 3] = ["the health route", "/v1/models", "a one-token generation"];
         let started = Instant::now();
         let name = self.kind.name();
         let short = Timeouts::Phases {
             connect: Duration::from_secs(2),
             read: Duration::from_secs(10),
         };
-        let mut step = "the health route";
+        let mut step = 0;
+        // Why the current step has not passed yet, for the error.
         let mut last = String::new();
         loop {
             if let EngineState::Exited { status, .. } = self.state() {
@@ -252,68 +254,37 @@ impl Engine {
                 });
             }
             if started.elapsed() > limit {
+                let why = if last.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {last}")
+                };
                 return Err(EngineError::NotReady {
                     engine: name.into(),
                     secs: limit.as_secs(),
-                    step: format!(
-                        "{step}{}",
-                        if last.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {last}")
-                        }
-                    ),
+                    step: format!("{}{why}", STEPS[step]),
                     log: self.last_lines(20),
                 });
             }
             let outcome = match step {
-                "the health route" => self
+                0 => self
                     .root_client()
                     .get(self.kind.health_path(), short)
                     .map(|r| r.status == 200),
-                "/v1/models" => match self.client().get("/models", short) {
-                    Ok(r) if r.status == 200 => {
-                        let text = r.text(1 << 20).unwrap_or_default();
-                        let named = serde_json::from_str::<serde_json::Value>(&text)
-                            .ok()
-                            .and_then(|v| {
-                                v["data"].as_array().map(|d| {
-                                    d.iter()
-                                        .any(|m| m["id"].as_str() == Some(&self.served_name))
-                                })
-                            })
-                            .unwrap_or(false);
-                        if !named {
-                            last = format!(
-                                "it lists no model {:?}: {}",
-                                self.served_name,
-                                clip(&text)
-                            );
-                        }
-                        Ok(named)
-                    }
-                    Ok(r) => {
-                        last = format!("HTTP {}", r.status);
-                        Ok(false)
-                    }
-                    Err(e) => Err(e),
-                },
+                1 => self.lists_served_model(short, &mut last),
                 _ => self.one_token(&mut last),
             };
             match outcome {
+                Ok(true) if step + 1 == STEPS.len() => {
+                    tracing::info!(
+                        engine = name,
+                        secs = started.elapsed().as_secs_f64(),
+                        "ready"
+                    );
+                    return Ok(());
+                }
                 Ok(true) => {
-                    step = match step {
-                        "the health route" => "/v1/models",
-                        "/v1/models" => "a one-token generation",
-                        _ => {
-                            tracing::info!(
-                                engine = name,
-                                secs = started.elapsed().as_secs_f64(),
-                                "ready"
-                            );
-                            return Ok(());
-                        }
-                    };
+                    step += 1;
                     last.clear();
                     continue;
                 }
@@ -322,6 +293,33 @@ impl Engine {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Whether `/v1/models` answers and names the served model (else `last` says what it answered).
+    fn lists_served_model(
+        &self,
+        t: Timeouts,
+        last: &mut String,
+    ) -> Result<bool, vibecheck_client::ClientError> {
+        let r = self.client().get("/models", t)?;
+        if r.status != 200 {
+            *last = format!("HTTP {}", r.status);
+            return Ok(false);
+        }
+        let text = r.text(1 << 20).unwrap_or_default();
+        let named = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| {
+                v["data"].as_array().map(|d| {
+                    d.iter()
+                        .any(|m| m["id"].as_str() == Some(&self.served_name))
+                })
+            })
+            .unwrap_or(false);
+        if !named {
+            *last = format!("it lists no model {:?}: {}", self.served_name, clip(&text));
+        }
+        Ok(named)
     }
 
     /// One token from the chat route (or the text route, for a model without a chat template).
@@ -435,9 +433,9 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
+/// A reply quoted on one line of an error.
 fn clip(text: &str) -> String {
-    let t: String = text.trim().chars().take(300).collect();
-    t.replace('\n', " ")
+    vibecheck_client::clip_chars(text.trim(), 300).replace('\n', " ")
 }
 
 /// Spawns `cmd` from one thread that lives as long as the process. (The parent-death signal fires when the

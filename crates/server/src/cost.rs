@@ -105,6 +105,21 @@ fn report_html(r: &Value) -> String {
     out
 }
 
+/// One price row: the name linked to its source, the provider, the prices, the date.
+fn price_row(source: &str, name: &str, provider: &str, prices: &[f64], checked_on: &str) -> String {
+    let cells: String = prices
+        .iter()
+        .map(|p| format!("<td>{}</td>", vibecheck_engines::cost::money(*p)))
+        .collect();
+    format!(
+        "<tr><td><a href=\"{}\" rel=\"noopener noreferrer\">{}</a></td><td>{}</td>{cells}<td>{}</td></tr>",
+        esc(source),
+        esc(name),
+        esc(provider),
+        esc(checked_on)
+    )
+}
+
 /// The price table, every row with its source and date.
 fn price_table_html() -> String {
     let t = vibecheck_engines::prices::PriceTable::bundled();
@@ -114,36 +129,32 @@ fn price_table_html() -> String {
          <table class=\"list\"><tr><th>GPU</th><th>provider</th><th>$/GPU-hour</th><th>checked on</th></tr>",
     );
     for g in &t.gpus {
-        out.push_str(&format!(
-            "<tr><td><a href=\"{}\" rel=\"noopener noreferrer\">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&g.source),
-            esc(&g.name),
-            esc(&g.provider),
-            vibecheck_engines::cost::money(g.usd_per_hour),
-            esc(&g.checked_on)
+        out.push_str(&price_row(
+            &g.source,
+            &g.name,
+            &g.provider,
+            &[g.usd_per_hour],
+            &g.checked_on,
         ));
     }
     out.push_str("</table><table class=\"list\"><tr><th>CPU</th><th>provider</th><th>$/vCPU-hour</th><th>checked on</th></tr>");
     for c in &t.cpus {
-        out.push_str(&format!(
-            "<tr><td><a href=\"{}\" rel=\"noopener noreferrer\">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&c.source),
-            esc(&c.name),
-            esc(&c.provider),
-            vibecheck_engines::cost::money(c.usd_per_vcpu_hour),
-            esc(&c.checked_on)
+        out.push_str(&price_row(
+            &c.source,
+            &c.name,
+            &c.provider,
+            &[c.usd_per_vcpu_hour],
+            &c.checked_on,
         ));
     }
     out.push_str("</table><table class=\"list\"><tr><th>API</th><th>provider</th><th>$/1M in</th><th>$/1M out</th><th>checked on</th></tr>");
     for a in &t.apis {
-        out.push_str(&format!(
-            "<tr><td><a href=\"{}\" rel=\"noopener noreferrer\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&a.source),
-            esc(&a.name),
-            esc(&a.provider),
-            vibecheck_engines::cost::money(a.usd_per_1m_input),
-            vibecheck_engines::cost::money(a.usd_per_1m_output),
-            esc(&a.checked_on)
+        out.push_str(&price_row(
+            &a.source,
+            &a.name,
+            &a.provider,
+            &[a.usd_per_1m_input, a.usd_per_1m_output],
+            &a.checked_on,
         ));
     }
     out.push_str("</table>");

@@ -283,11 +283,7 @@ const RELAY_TIMEOUTS: Timeouts = Timeouts::Phases {
 
 /// The first 200 characters of an upstream's text, for an error message.
 fn prefix(text: &str) -> String {
-    let mut p: String = text.chars().take(200).collect();
-    if p.len() < text.len() {
-        p.push('…');
-    }
-    p
+    vibecheck_client::clip_chars(text, 200)
 }
 
 /// `; its reply began: …` when there is something to show.

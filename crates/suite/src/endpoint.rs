@@ -5,12 +5,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use vibecheck_client::{Client, Timeouts};
 use vibecheck_engine::{ChatMessage, SamplingParams};
 
 use crate::runner::{Answered, Answerer};
-use crate::suite::hex;
 
 /// An OpenAI-compatible engine serving one checkpoint.
 pub struct EndpointAnswerer {
@@ -23,19 +21,12 @@ pub struct EndpointAnswerer {
     pub provenance: Vec<(&'static str, Value)>,
 }
 
-/// The chat template a checkpoint folder carries (`chat_template.jinja`, else `tokenizer_config.json`'s), hashed
-/// as the local runner hashes a loaded model's.
-pub fn folder_template_hash(dir: &std::path::Path) -> String {
-    let from_file = std::fs::read_to_string(dir.join("chat_template.jinja")).ok();
-    let from_config = || {
-        let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
-        let v: Value = serde_json::from_str(&text).ok()?;
-        v["chat_template"].as_str().map(str::to_string)
-    };
-    match from_file.or_else(from_config) {
-        Some(t) => hex(&Sha256::digest(t.as_bytes())),
-        None => "none".into(),
-    }
+/// The chat template a checkpoint folder carries (read as vibecheck's engine reads it), hashed as the local runner
+/// hashes a loaded model's.
+pub fn folder_template_hash(dir: &std::path::Path) -> Result<String, String> {
+    vibecheck_engine::template::template_source_from_dir(dir)
+        .map(|source| crate::runner::hash_template(source.as_deref()))
+        .map_err(|e| e.to_string())
 }
 
 /// A request's body: the conversation and the sampling settings, in the engines' names.
@@ -96,7 +87,7 @@ impl EndpointAnswerer {
             .ok_or_else(|| {
                 format!(
                     "the engine's reply has no message text: {}",
-                    text.chars().take(200).collect::<String>()
+                    vibecheck_client::clip_chars(&text, 200)
                 )
             })?;
         Ok(Answered {

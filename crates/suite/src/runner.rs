@@ -203,8 +203,13 @@ fn params_json(
 
 /// SHA-256 of the chat template the answers were made with (`none` without one).
 pub fn template_hash(model: &Model) -> String {
-    match &model.template {
-        Some(t) => hex(&Sha256::digest(t.source.as_bytes())),
+    hash_template(model.template.as_ref().map(|t| t.source.as_str()))
+}
+
+/// SHA-256 of a chat template's source, `none` without one.
+pub fn hash_template(source: Option<&str>) -> String {
+    match source {
+        Some(s) => hex(&Sha256::digest(s.as_bytes())),
         None => "none".into(),
     }
 }

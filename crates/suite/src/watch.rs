@@ -528,13 +528,14 @@ fn on_engine(
         });
         (how, version.clone())
     };
+    let template_hash = folder_template_hash(&ckpt.path)?;
     let r = running.as_ref().expect("started or swapped");
     let probe = vibecheck_engines::swap::probe(&r.engine)
         .map_err(|e| format!("the probe after bringing up {}: {e}", ckpt.name))?;
     Ok(EndpointAnswerer {
         client: r.engine.client(),
         model: r.engine.served_name.clone(),
-        template_hash: folder_template_hash(&ckpt.path),
+        template_hash,
         provenance: vec![(
             "engine",
             serde_json::json!({"name": ew.spec.kind.name(), "version": r.engine_version,
