@@ -85,7 +85,7 @@ def test_llama_server_is_launched_chatted_with_killed_mid_stream_and_stopped():
         assert "[llama-server]" in s.stderr(), "the engine's log is relayed with its name"
         client = OpenAI(base_url=s.url, api_key="unused")
         [m] = client.models.list().data
-        assert m.id == "SmolLM2-135M-Instruct.Q4_1"
+        assert m.id == "SmolLM2-135M-Instruct.Q4_1.gguf", "the id vibecheck's own engine serves the file under"
         listed = httpx.get(s.url + "/models").json()["data"][0]
         assert (listed["format"], listed["status"]) == ("llama-server", "available"), listed
         reply = client.chat.completions.create(model=m.id, temperature=0, max_tokens=12,

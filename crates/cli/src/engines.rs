@@ -230,23 +230,18 @@ fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The name a launched engine answers to: the checkpoint folder's or file's name, or the hub id.
+/// The name a launched engine answers to: the id vibecheck's own engine would serve the checkpoint under (its
+/// folder's or file's name), or the hub id as given (never resolved here: that could download it).
 pub fn served_name(source: &str) -> String {
-    let p = Path::new(source);
-    if p.exists() {
-        let stem = if p.is_file() {
-            p.file_stem()
-        } else {
-            p.file_name()
-        };
-        if let Some(s) = stem {
-            return s.to_string_lossy().into_owned();
+    if Path::new(source).exists() {
+        if let Ok(s) = vibecheck_checkpoint::resolve(source) {
+            return s.name;
         }
     }
     source.to_string()
 }
 
-/// Starts the engine, with a spinner until it is ready.
+/// Starts the engine, printing the command it runs and where it is once ready.
 pub fn start(spec: &LaunchSpec, timeout: Duration) -> Result<vibecheck_engines::Engine> {
     eprintln!(
         "starting {} on {} (port {}; its log follows, prefixed [{}]):\n  {}",
