@@ -158,6 +158,21 @@ def test_dry_runs_print_each_engines_documented_command(tmp_path):
                                 f"sys.path.insert(0, {str(ROOT / 'tests/python')!r}); import standin_engine as s; "
                                 "print(s.parse(sys.argv[1:])[0])"], capture_output=True, text=True)
         assert probe.stdout.strip() == engine, probe.stderr + port
+    # --engine auto: what vibecheck's engine loads and fits stays here; what it cannot load goes to vLLM, with why.
+    r = subprocess.run([BINARY, "serve", str(ckpt), "--engine", "auto", "--dry-run"], capture_output=True, text=True)
+    assert r.returncode == 1 and "--engine auto: vibecheck's own engine, because" in r.stderr, r.stderr
+    assert "none to print" in r.stderr
+    odd = tmp_path / "odd-arch"
+    shutil.copytree(ckpt, odd)
+    cfg = json.loads((odd / "config.json").read_text())
+    cfg["model_type"], cfg["architectures"] = "mamba", ["MambaForCausalLM"]
+    (odd / "config.json").write_text(json.dumps(cfg))
+    r = subprocess.run([BINARY, "serve", str(odd), "--engine", "auto", "--dry-run"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--engine auto: vLLM, because vibecheck's engine cannot load" in r.stderr, r.stderr
+    assert r.stdout.startswith(f"vllm serve {odd} ")
+    r = subprocess.run([BINARY, "serve", str(ckpt), "--engine", "auto", "--tensor-parallel", "2", "--dry-run"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "vLLM, because parallelism" in r.stderr, r.stderr
     for args, needle in [
         (("--engine", "vllm", "--tensor-parallel", "8", "--gpus", "0,1"), "needs 8 GPUs"),
         (("--engine", "llama-server"), "reads one .gguf file"),

@@ -1220,3 +1220,98 @@ async fn a_client_leaving_a_relayed_stream_stops_the_upstream_generation() {
         "the upstream generation was cancelled: {cancelled:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_cost_reports_show_on_the_cost_page_and_on_their_runs_page() {
+    use vibecheck_engines::cost::{HourlyPrice, Report};
+    use vibecheck_engines::load::{LatencyTarget, Level, LoadSettings};
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("watch.db");
+    let suite = vibecheck_suite::Suite::from_toml(
+        "[[prompts]]\nid = \"hello\"\nprompt = \"hello\"\n",
+        "tiny",
+        "test",
+    )
+    .unwrap();
+    {
+        let mut store = vibecheck_store::Store::open(&db).unwrap();
+        let r = store
+            .upsert_run("tiny-run", "/runs/tiny-run", false)
+            .unwrap();
+        store
+            .put_suite(&suite.hash(), &suite.name, &suite.canonical_json())
+            .unwrap();
+        let ck = store
+            .upsert_checkpoint(
+                r.id,
+                "checkpoint-10",
+                "/runs/tiny-run/checkpoint-10",
+                Some(10),
+                "h",
+            )
+            .unwrap();
+        let answer = vibecheck_store::NewAnswer {
+            text: "hi".into(),
+            params: "{}".into(),
+            finish_reason: "stop".into(),
+            template_hash: "t".into(),
+            ..Default::default()
+        };
+        store
+            .insert_conversation(ck.id, &suite.hash(), "hello", 0, &[answer])
+            .unwrap();
+        let level = Level {
+            concurrency: 2,
+            requests: 8,
+            seconds: 4.0,
+            prompt_tokens: 800,
+            output_tokens: 512,
+            output_tok_s: 128.0,
+            total_tok_s: 328.0,
+            requests_per_s: 2.0,
+            meets_target: true,
+            ..Level::default()
+        };
+        let price = HourlyPrice {
+            hardware: "1 × L4".into(),
+            usd_per_hour: 0.8,
+            source: "invoice".into(),
+            checked_on: "2026-05-07".into(),
+        };
+        // A model name with markup in it: shown escaped.
+        let report = Report::new(
+            "tiny-run/checkpoint-10 <b>x</b>",
+            "http://127.0.0.1:1/v1",
+            &price,
+            &LatencyTarget::default(),
+            &LoadSettings::default(),
+            vec![level],
+            &vibecheck_engines::prices::PriceTable::bundled(),
+        );
+        store
+            .put_cost_report(&report.model, &serde_json::to_string(&report).unwrap())
+            .unwrap();
+    }
+    let registry = Registry::from_sources(&[], LoadOptions::default()).unwrap();
+    let app = router(AppState::new(registry, ServeSettings::default()).with_store(db));
+    // $0.80/hour at 128 output tok/s: 460 800 tokens an hour, $1.736 per 1M.
+    let (status, _, page) = call(&app, "GET", "/cost", None).await;
+    assert_eq!(status, StatusCode::OK);
+    for want in [
+        "At concurrency <b>2</b>",
+        "$1.736 per 1M output tokens",
+        "tiny-run/checkpoint-10 &lt;b&gt;x&lt;/b&gt;",
+        "checked 2026-05-07",
+        "$ per 1M output tokens by concurrency",
+        "gpt-4o-mini",
+    ] {
+        assert!(page.contains(want), "{want}");
+    }
+    assert!(!page.contains("<b>x</b>"));
+    let (status, _, run_page) = call(&app, "GET", "/runs/tiny-run", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        run_page.contains("<h2>Serving cost</h2>")
+            && run_page.contains("$1.736 per 1M output tokens")
+    );
+}
